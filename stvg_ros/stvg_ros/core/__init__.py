@@ -1,0 +1,1 @@
+"""ROS-free contracts shared by perception, grounding, evaluation and training."""

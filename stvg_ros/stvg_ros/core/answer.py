@@ -1,0 +1,117 @@
+"""The answer contract (METHOD.md §5): `<think>…</think><answer>Target ID: N, Time range: a to b</answer>`.
+
+`parse_answer` never raises. Strict mode is bit-identical to the official parser (used for rewards
+and parity metrics); lenient mode is what the robot uses (brackets, units, dashes, swapped bounds).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+
+ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+STRICT_ID = re.compile(r"Target ID:\s*(\d+)", re.IGNORECASE)
+STRICT_SPAN = re.compile(r"Time range:\s*(\d+\.?\d*)\s*(?:to|and)\s*(\d+\.?\d*)", re.IGNORECASE)
+LENIENT_ID = re.compile(r"(?:Target\s*)?ID\s*[:#]?\s*\[?\s*(\d+)", re.IGNORECASE)
+LENIENT_SPAN = re.compile(
+    r"Time\s*range\s*:?\s*\[?\s*(\d+(?:\.\d*)?)\s*s?\s*(?:to|and|-|–)\s*(\d+(?:\.\d*)?)\s*s?", re.IGNORECASE
+)
+FORMAT_PATTERN = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+class AnswerFailure(str, enum.Enum):
+    """Why an answer could not be used. The value is a short human-readable reason."""
+
+    NO_ANSWER_BLOCK = "no <answer>...</answer> block"
+    NO_TARGET_ID = "no 'Target ID: N' in the answer"
+    NO_TIME_RANGE = "no 'Time range: a to b' in the answer"
+    START_AFTER_END = "start time is after end time"
+    SPAN_OUTSIDE_CLIP = "time range lies outside the clip"
+    UNKNOWN_ID = "target ID is not among the tracked objects"
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    """A parsed model answer. `ok` is True only when every field is usable."""
+
+    ok: bool
+    target_id: int | None = None
+    start: float | None = None
+    end: float | None = None
+    failure: AnswerFailure | None = None
+    reasoning: str = ""
+    answer_text: str = ""
+    well_formatted: bool = False
+
+    @property
+    def reason(self) -> str:
+        return "" if self.ok else (self.failure.value if self.failure else "unknown failure")
+
+
+def is_well_formatted(completion: str) -> bool:
+    """True when the whole completion is exactly a think block followed by an answer block."""
+    return FORMAT_PATTERN.fullmatch(completion.strip()) is not None
+
+
+def parse_answer(
+    completion: str,
+    *,
+    strict: bool = True,
+    duration: float | None = None,
+    track_ids: Collection[int] | None = None,
+) -> ParsedAnswer:
+    """Parse a completion into (target ID, start, end) seconds from the clip start.
+
+    strict=True follows the official parser exactly (the last answer block; both clauses required).
+    Lenient mode also accepts a missing answer block, brackets, 's' units, dashes, and swaps
+    reversed bounds, and clamps the span to [0, duration]. Checks against `duration` and
+    `track_ids` run in both modes when given.
+    """
+    if not isinstance(completion, str):
+        completion = str(completion or "")
+    well_formatted = is_well_formatted(completion)
+    think = THINK_BLOCK.findall(completion)
+    reasoning = think[-1].strip() if think else ""
+    blocks = ANSWER_BLOCK.findall(completion)
+
+    def fail(failure: AnswerFailure, body: str = "", **kw) -> ParsedAnswer:
+        return ParsedAnswer(False, failure=failure, reasoning=reasoning, answer_text=body,
+                            well_formatted=well_formatted, **kw)
+
+    if blocks:
+        body = blocks[-1].strip()
+    elif strict:
+        return fail(AnswerFailure.NO_ANSWER_BLOCK)
+    else:
+        body = completion.rsplit("</think>", 1)[-1].strip()
+    id_re, span_re = (STRICT_ID, STRICT_SPAN) if strict else (LENIENT_ID, LENIENT_SPAN)
+    id_match = id_re.search(body)
+    span_match = span_re.search(body)
+    if id_match is None:
+        return fail(AnswerFailure.NO_TARGET_ID, body)
+    if span_match is None:
+        return fail(AnswerFailure.NO_TIME_RANGE, body)
+    target_id = int(id_match.group(1))
+    start, end = float(span_match.group(1)), float(span_match.group(2))
+    if start > end:
+        if strict:
+            return fail(AnswerFailure.START_AFTER_END, body, target_id=target_id, start=start, end=end)
+        start, end = end, start
+    if duration is not None:
+        if start > duration or end < 0:
+            return fail(AnswerFailure.SPAN_OUTSIDE_CLIP, body, target_id=target_id, start=start, end=end)
+        if end > duration:
+            if strict:
+                return fail(AnswerFailure.SPAN_OUTSIDE_CLIP, body, target_id=target_id, start=start, end=end)
+            end = float(duration)
+    if track_ids is not None and target_id not in set(int(t) for t in track_ids):
+        return fail(AnswerFailure.UNKNOWN_ID, body, target_id=target_id, start=start, end=end)
+    return ParsedAnswer(True, target_id, start, end, None, reasoning, body, well_formatted)
+
+
+def format_answer(target_id: int, start: float, end: float) -> str:
+    """The answer body in the trained format (used by grammars, tests and training targets)."""
+    return f"Target ID: {int(target_id)}, Time range: {start:.2f} to {end:.2f}"

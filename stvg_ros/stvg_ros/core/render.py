@@ -1,0 +1,75 @@
+"""The visual prompt: red ID digits at each object's centre (METHOD.md §3).
+
+This is the only place that draws IDs for the model. The robot (grounding), the overlay node,
+training data prep and evaluation all call `render_ids`; tests assert that they do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from stvg_ros.core.types import Tracks
+
+#: Pure red in RGB. Frames inside stvg_ros are RGB uint8 (H, W, 3).
+ID_COLOR_RGB = (255, 0, 0)
+
+
+@dataclass(frozen=True)
+class IdStyle:
+    """How IDs are drawn. Defaults are the trained STVG-R1 drawing; change them only to debug."""
+
+    color_rgb: tuple[int, int, int] = ID_COLOR_RGB
+    #: Objects whose shorter box side is below this many pixels get no ID (METHOD §12: digits
+    #: would cover small objects). 0 draws every object, which is the trained behaviour.
+    min_box_side_px: float = 0.0
+
+
+def id_font_scale(height: int, width: int) -> float:
+    """Font scale of the trained drawing: about 20 px tall at a 336-px long side."""
+    return (20.0 / 30.0) * (max(height, width) / 336.0)
+
+
+def id_thickness(font_scale: float) -> int:
+    return max(2, int(2 * font_scale))
+
+
+def mask_anchor(mask: np.ndarray) -> tuple[int, int] | None:
+    """Text origin for a binary mask: row cy = (ymin+ymax)//2, x = mean of mask pixels on that row."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return None
+    cy = (int(ys.min()) + int(ys.max())) // 2
+    row = np.flatnonzero(mask[cy])
+    cx = int(row.mean()) if len(row) else (int(xs.min()) + int(xs.max())) // 2
+    return cx, cy
+
+
+def render_ids(
+    frame: np.ndarray,
+    tracks: Tracks,
+    style: IdStyle = IdStyle(),
+    anchors: dict[int, tuple[int, int]] | None = None,
+) -> np.ndarray:
+    """Return a copy of `frame` (RGB uint8) with each track's ID drawn at its centre.
+
+    `anchors` maps track IDs to text origins (e.g. SAM2 mask centres from `mask_anchor`);
+    objects without an anchor use their box centre. Untracked rows (ID < 0) are not drawn.
+    """
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"render_ids expects an RGB uint8 (H, W, 3) frame, got {frame.dtype} {frame.shape}")
+    out = frame.copy()
+    h, w = out.shape[:2]
+    scale = id_font_scale(h, w)
+    thickness = id_thickness(scale)
+    centers = tracks.centers
+    sides = np.minimum(tracks.xyxy[:, 2] - tracks.xyxy[:, 0], tracks.xyxy[:, 3] - tracks.xyxy[:, 1])
+    for i in range(len(tracks)):
+        tid = int(tracks.track_id[i])
+        if tid < 0 or sides[i] < style.min_box_side_px:
+            continue
+        x, y = anchors[tid] if anchors and tid in anchors else (int(centers[i, 0]), int(centers[i, 1]))
+        cv2.putText(out, str(tid), (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, style.color_rgb, thickness, cv2.LINE_AA)
+    return out

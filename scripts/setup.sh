@@ -58,7 +58,7 @@ REQ_STAMP="$VENV/.stvg-requirements.sha256"
 req_hash=$(hash_files "$ROOT"/requirements/*.txt)
 if [ "$(cat "$REQ_STAMP" 2>/dev/null)" != "$req_hash" ]; then
   log "installing pinned dependencies (requirements/*.txt); about 2-6 min the first time"
-  pip_quiet install -q --upgrade "pip>=24" "setuptools>=70,<81" wheel
+  pip_quiet install -q "pip==26.3" "setuptools==79.0.1" "wheel==0.48.0"
   pip_quiet install -q -r "$ROOT/requirements/base.txt"
   "$VENV/bin/python" -c "import torch, torchvision, ultralytics, transformers, trl, rclpy, rosbags" \
     || die "the pinned dependencies did not install (see the pip output above)"

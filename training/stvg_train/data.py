@@ -16,7 +16,6 @@ from typing import Any
 
 import datasets
 from datasets import Features, Image, List, Value
-
 from stvg_ros.core.prompt import build_question, frame_label
 
 #: Columns of a prepared sample (one row per query). Rewards read the gt_* and frame_* columns.
@@ -111,20 +110,18 @@ def make_sample(
 
 
 def load_prepared(paths: Sequence[str | Path]) -> datasets.Dataset:
-    """Concatenate prepared datasets (folders written by `stvg-train prep`)."""
+    """Concatenate prepared datasets (`stvg-train prep` output folders, or their dataset/ inside)."""
     if not paths:
         raise FileNotFoundError("no prepared dataset given (data.train in the config, or --data)")
     parts = []
     for path in paths:
         path = Path(path)
+        if (path / "dataset").is_dir():  # a `stvg-train prep` output folder
+            path = path / "dataset"
         if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
             raise FileNotFoundError(f"{path} is not a prepared dataset (run `stvg-train prep` first)")
         parts.append(datasets.load_from_disk(str(path)))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-
-
-def _add_prompt(row: dict[str, Any]) -> dict[str, Any]:
-    return {"prompt": clip_prompt(row["question"], row["timestamps_s"])}
 
 
 def training_dataset(

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
 from stvg_ros.core.answer import ParsedAnswer, is_well_formatted, parse_answer
+from stvg_ros.evaluation.metrics import box_iou, temporal_iou_seconds
 
 RewardFunction = Callable[..., list[float]]
 
@@ -38,26 +38,6 @@ def completion_text(completion: Any) -> str:
             parts.append(completion_text(item.get("text", item.get("content", "")) if isinstance(item, dict) else item))
         return "".join(parts)
     return "" if completion is None else str(completion)
-
-
-def temporal_iou_seconds(pred: tuple[float, float], gt: tuple[float, float]) -> float:
-    """Temporal IoU in seconds exactly as the official reward computes it (no check of start <= end).
-
-    inter = max(0, min(pe, ge) - max(ps, gs)); union = max(pe, ge) - min(ps, gs); 0 when union <= 0.
-    """
-    (ps, pe), (gs, ge) = pred, gt
-    inter = max(0.0, min(pe, ge) - max(ps, gs))
-    union = max(pe, ge) - min(ps, gs)
-    return inter / union if union > 0 else 0.0
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Area IoU of two `xyxy` boxes (plain continuous convention, METHOD §9)."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def _parsed(completion: Any) -> ParsedAnswer:

@@ -115,3 +115,94 @@ def parse_answer(
 def format_answer(target_id: int, start: float, end: float) -> str:
     """The answer body in the trained format (used by grammars, tests and training targets)."""
     return f"Target ID: {int(target_id)}, Time range: {start:.2f} to {end:.2f}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The answer language for constrained decoding. One definition (stvg_r1_answer.gbnf) serves
+# llama.cpp (GBNF) and, as an equivalent regex, transformers and vLLM-style servers.
+
+GRAMMAR_FILE = "stvg_r1_answer.gbnf"
+#: Characters allowed inside <think>: printable ASCII except '<', and newlines. ASCII keeps one
+#: character >= one token, so a bound in characters is also a bound in tokens.
+THINK_CHARS_GBNF = r"[\x20-\x3b\x3d-\x7e\n]"
+THINK_CHARS_REGEX = r"[\x20-\x3b\x3d-\x7e\n]"
+#: Tokens an answer block needs at worst (one character per token): "</think>", spacing and
+#: "<answer>Target ID: NNNNNN, Time range: NNNNN.NN to NNNNN.NN</answer>".
+ANSWER_RESERVE_TOKENS = 96
+
+
+def think_budget_chars(max_new_tokens: int) -> int:
+    """Longest <think> text that still leaves room for the answer within `max_new_tokens`."""
+    return max(0, int(max_new_tokens) - ANSWER_RESERVE_TOKENS)
+
+
+def _id_alternatives(track_ids: Collection[int] | None) -> list[str] | None:
+    ids = sorted({int(t) for t in track_ids if int(t) > 0}) if track_ids is not None else None
+    return [str(t) for t in ids] if ids else None
+
+
+def _grammar_source() -> str:
+    from importlib import resources
+
+    return resources.files("stvg_ros.core").joinpath(GRAMMAR_FILE).read_text(encoding="utf-8")
+
+
+def _set_rule(grammar: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"^{re.escape(name)}\s*::=.*$", re.MULTILINE)
+    if not pattern.search(grammar):
+        raise RuntimeError(f"{GRAMMAR_FILE} has no rule {name!r}")
+    return pattern.sub(lambda _: f"{name} ::= {body}", grammar, count=1)
+
+
+#: Clips longer than this many seconds get no per-second bound on the answer's times.
+MAX_ENUMERATED_SECONDS = 3600
+
+
+def _whole_seconds(max_seconds: float | None) -> list[str] | None:
+    """'0'..'N' for a clip of `max_seconds` (None when unbounded or too long to enumerate)."""
+    if max_seconds is None or not (0 <= max_seconds <= MAX_ENUMERATED_SECONDS):
+        return None
+    return [str(s) for s in range(int(max_seconds) + 1)]
+
+
+def answer_grammar(
+    *,
+    reasoning: bool = True,
+    track_ids: Collection[int] | None = None,
+    max_think_chars: int = 416,
+    max_seconds: float | None = None,
+) -> str:
+    """GBNF for one answer: `<think>…</think>` (reasoning) then the answer block, nothing after.
+
+    `track_ids` limits the ID to those drawn on the frames; `max_seconds` limits the whole seconds
+    of both times to the clip; `max_think_chars` bounds the reasoning (see `think_budget_chars`)
+    so generation cannot run out of tokens before the answer.
+    """
+    grammar = _grammar_source()
+    grammar = _set_rule(grammar, "root", "think ws answer" if reasoning else "answer")
+    grammar = _set_rule(grammar, "think-text", f"{THINK_CHARS_GBNF}{{0,{max(0, int(max_think_chars))}}}")
+    ids = _id_alternatives(track_ids)
+    if ids:
+        grammar = _set_rule(grammar, "target-id", " | ".join(f'"{t}"' for t in ids))
+    whole = _whole_seconds(max_seconds)
+    if whole:
+        grammar = _set_rule(grammar, "seconds", "(" + " | ".join(f'"{s}"' for s in whole) + ') "." [0-9] [0-9]')
+    return grammar
+
+
+def answer_regex(
+    *,
+    reasoning: bool = True,
+    track_ids: Collection[int] | None = None,
+    max_think_chars: int = 416,
+    max_seconds: float | None = None,
+) -> str:
+    """The language of `answer_grammar` as a regular expression (full match)."""
+    ids = _id_alternatives(track_ids)
+    target = "(?:" + "|".join(ids) + ")" if ids else r"[1-9][0-9]{0,5}"
+    whole = _whole_seconds(max_seconds)
+    seconds = ("(?:" + "|".join(whole) + ")" if whole else "[0-9]{1,5}") + r"\.[0-9]{2}"
+    answer = rf"<answer>Target ID: {target}, Time range: {seconds} to {seconds}</answer>"
+    if not reasoning:
+        return answer
+    return rf"<think>{THINK_CHARS_REGEX}{{0,{max(0, int(max_think_chars))}}}</think>[ \n]{{0,2}}" + answer

@@ -105,9 +105,14 @@ def write_image_bag(
                 else:
                     height, width = rgb.shape[:2]
                     msg = types[IMAGE_TYPE](
-                        header=header, height=height, width=width, encoding="rgb8", is_bigendian=0,
-                        step=width * 3, data=rgb.reshape(-1),
-                    )  # fmt: skip
+                        header=header,
+                        height=height,
+                        width=width,
+                        encoding="rgb8",
+                        is_bigendian=0,
+                        step=width * 3,
+                        data=rgb.reshape(-1),
+                    )
                 writer.write(connection, int(stamp_ns), store.serialize_cdr(msg, msgtype))
                 count += 1
     except BagError:

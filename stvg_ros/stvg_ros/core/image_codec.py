@@ -68,9 +68,7 @@ def _layout(encoding: str) -> _Layout:
     if layout is None:
         layout = {k.lower(): v for k, v in ENCODINGS.items()}.get(str(encoding).lower())
     if layout is None:
-        raise ImageDecodeError(
-            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
-        )
+        raise ImageDecodeError(f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
     return layout
 
 

@@ -63,3 +63,22 @@ def build_question(query: str | bytes) -> str:
 def frame_label(seconds: float) -> str:
     """Text placed before each frame when a clip is sent as images (llama.cpp, TRL multi-image)."""
     return f"Frame at {seconds:.2f} s:"
+
+
+def clip_user_content(question: str, timestamps_s, image_urls=None) -> list[dict]:
+    """The user turn for a clip sent as images (llama.cpp, HTTP servers, TRL multi-image).
+
+    The question first (METHOD §5: [text, video]), then for every frame its `frame_label` and the
+    image. With `image_urls` (data URIs) the parts are OpenAI-style `image_url`; without, they are
+    `{"type": "image"}` placeholders that a processor or TRL fills in order.
+    """
+    if image_urls is not None and len(image_urls) != len(timestamps_s):
+        raise ValueError(f"{len(image_urls)} images but {len(timestamps_s)} timestamps")
+    content: list[dict] = [{"type": "text", "text": question}]
+    for index, seconds in enumerate(timestamps_s):
+        content.append({"type": "text", "text": "\n" + frame_label(float(seconds)) + " "})
+        if image_urls is None:
+            content.append({"type": "image"})
+        else:
+            content.append({"type": "image_url", "image_url": {"url": image_urls[index]}})
+    return content

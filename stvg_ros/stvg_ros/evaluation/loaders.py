@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from stvg_ros.evaluation.errors import EvalError
@@ -122,17 +122,21 @@ def _read_json(path: Path, what: str):
 
 
 def _field(entry: Mapping, key: str, kind, where: str):
+    """entry[key], checked against `kind` (int accepts integral floats; bool is never a number)."""
     if not isinstance(entry, Mapping):
         raise EvalError(f"{where}: expected an object, got {type(entry).__name__}")
     if key not in entry:
         raise EvalError(f"{where}: missing field {key!r}")
     value = entry[key]
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if kind in (int, (int, float)) and isinstance(value, float) and kind is int:
-        ok = value.is_integer()
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind) and not isinstance(value, bool)
     if not ok:
         raise EvalError(f"{where}: field {key!r} has the wrong type ({type(value).__name__}: {str(value)[:40]})")
-    return int(value) if kind is int else value
+    return value
 
 
 def _number(value, where: str) -> float:
@@ -240,7 +244,9 @@ def _hcstvg_query(name: str, entry: Mapping, dataset: str, frame_base: int, warn
     return query
 
 
-def load_hcstvg(data: Mapping, path: Path, dataset: str = "hcstvg", frame_base: int = HCSTVG_FRAME_BASE) -> AnnotationSet:
+def load_hcstvg(
+    data: Mapping, path: Path, dataset: str = "hcstvg", frame_base: int = HCSTVG_FRAME_BASE
+) -> AnnotationSet:
     """HC-STVG v1/v2: `{"<name>.mp4": {"st_frame", "bbox": [[x, y, w, h], ...], "img_num", ...}}`."""
     warnings: list[str] = []
     queries: dict[str, Query] = {}
@@ -277,7 +283,9 @@ def load_tubedetr_hcstvg(data: list, path: Path) -> AnnotationSet:
             caption=str(entry.get("caption", "")),
             gt_start=start,
             gt_end=end,
-            gt_boxes={start + i: xywh_to_xyxy(b, f"{where} trajectory[{i}]") for i, b in enumerate(trajectory[: end - start])},
+            gt_boxes={
+                start + i: xywh_to_xyxy(b, f"{where} trajectory[{i}]") for i, b in enumerate(trajectory[: end - start])
+            },
             num_frames=num_frames,
             fps=fps,
             width=int(entry.get("width", 0) or 0),
@@ -352,9 +360,10 @@ def load_tubedetr_vidstg(data: Mapping, path: Path) -> AnnotationSet:
         boxes = trajectories.get(vid, {}).get(tid)
         if boxes is None:
             raise EvalError(f"{where}: no trajectory for video {vid!r} target {tid}")
-        qid = str(video.get("video_id", index))
-        query = _vidstg_query(index, video, boxes, where, warnings)
-        queries[qid] = Query(**{**query.__dict__, "query_id": qid})
+        query = replace(_vidstg_query(index, video, boxes, where, warnings), query_id=str(video.get("video_id", index)))
+        if query.query_id in queries:
+            raise EvalError(f"{where}: query id {query.query_id!r} appears twice")
+        queries[query.query_id] = query
     return AnnotationSet(queries, "vidstg", path, warnings)
 
 
@@ -370,7 +379,12 @@ def _vidor_trajectories(vidor_dir: Path, vid: str, cache: dict) -> dict:
     for frame, objects in enumerate(data.get("trajectories", [])):
         for obj in objects:
             b = obj["bbox"]
-            tracks.setdefault(str(obj["tid"]), {})[frame] = [b["xmin"], b["ymin"], b["xmax"] - b["xmin"], b["ymax"] - b["ymin"]]
+            tracks.setdefault(str(obj["tid"]), {})[frame] = [
+                b["xmin"],
+                b["ymin"],
+                b["xmax"] - b["xmin"],
+                b["ymax"] - b["ymin"],
+            ]
     cache[vid] = tracks
     return tracks
 
@@ -413,6 +427,78 @@ def load_vidstg_original(data: list, path: Path, vidor_dir: Path | None) -> Anno
 
 
 # --------------------------------------------------------------------------------------------
+# synthetic sets (`stvg-ros synth` / core/synth.write_dataset): every query of queries.json
+
+
+def synth_query_id(video_id: str, rank: int) -> str:
+    """Query id of the rank-th query of a synthetic video: the video id for the first (the one
+    annotations.json holds), `<video_id>#<rank>` for the others."""
+    return video_id if rank == 0 else f"{video_id}#{rank}"
+
+
+def load_synth_dataset(root: Path) -> AnnotationSet:
+    """All queries of a synthetic set (`index.json`, `annotations.json`, `queries.json`, `gt/`).
+
+    The first query of each video comes from annotations.json (HC-STVG v2 + fps, target_id);
+    the others take their boxes from gt/<name>.json. Frames are 1-based like HC-STVG."""
+    index = _read_json(root / "index.json", "synthetic set index")
+    primary = load_hcstvg(_read_json(root / index.get("annotations", "annotations.json"), "annotation file"),
+                          root / "annotations.json", dataset="synth", frame_base=SYNTH_FRAME_BASE)  # fmt: skip
+    listing = _read_json(root / index.get("queries", "queries.json"), "synthetic query list")
+    if not isinstance(listing, list):
+        raise EvalError(f"{root / 'queries.json'}: expected a list of queries")
+    gt_files = {video_stem(v["video"]): root / v["gt"] for v in index.get("videos", []) if v.get("gt")}
+    queries: dict[str, Query] = {}
+    ranks: dict[str, int] = {}
+    gt_cache: dict[str, dict] = {}
+    for number, item in enumerate(listing):
+        where = f"{root.name}/queries.json[{number}]"
+        video_id = video_stem(str(_field(item, "video", str, where)))
+        rank = ranks.get(video_id, 0)
+        ranks[video_id] = rank + 1
+        query_id = synth_query_id(video_id, rank)
+        if rank == 0 and video_id in primary.queries:
+            queries[query_id] = primary.queries[video_id]
+            continue
+        if video_id not in gt_files:
+            raise EvalError(f"{where}: no gt file for video {video_id!r} in index.json")
+        if video_id not in gt_cache:
+            gt_cache[video_id] = _read_json(gt_files[video_id], "synthetic ground truth")
+        gt = gt_cache[video_id]
+        target = _field(item, "target_id", int, where)
+        first, last = _field(item, "start_frame", int, where), _field(item, "end_frame", int, where)
+        boxes: dict[int, Box] = {}
+        for frame in gt["frames"][first : last + 1]:
+            for obj in frame["objects"]:
+                if obj["id"] == target:
+                    boxes[int(frame["index"]) + SYNTH_FRAME_BASE] = tuple(float(v) for v in obj["xyxy"])
+        fps = _number(gt["fps"], f"{where} fps")
+        query = Query(
+            query_id=query_id,
+            video_id=video_id,
+            caption=str(item.get("text", "")),
+            gt_start=first + SYNTH_FRAME_BASE,
+            gt_end=last + 1 + SYNTH_FRAME_BASE,
+            gt_boxes=boxes,
+            num_frames=int(gt["num_frames"]),
+            fps=fps,
+            width=int(gt.get("width", 0)),
+            height=int(gt.get("height", 0)),
+            frame_base=SYNTH_FRAME_BASE,
+            eval_start=0,
+            eval_end=int(gt["num_frames"]) - 1,
+            sampling_fps=fps,
+            gt_start_s=item.get("start_s"),
+            gt_end_s=item.get("end_s"),
+            target_id=target,
+            dataset="synth",
+        )
+        _check_tube(query, where, primary.warnings)
+        queries[query_id] = query
+    return AnnotationSet(queries, "synth", root, primary.warnings)
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 
 
@@ -438,26 +524,27 @@ def detect_format(data) -> str:
 
 
 def resolve_annotation_path(path: str | Path) -> Path:
-    """A file as is; for a directory (a synthetic set), its annotation file."""
+    """A file as is; for a directory, its annotations.json (a synthetic set's index.json is
+    handled by `load_annotations`)."""
     path = Path(path)
     if path.is_dir():
         for name in ("annotations.json", "annotation.json", "anno.json"):
             if (path / name).is_file():
                 return path / name
-        candidates = sorted(p for p in path.glob("*.json") if p.name not in ("queries.json", "manifest.json"))
-        if len(candidates) == 1:
-            return candidates[0]
         raise EvalError(f"{path} is a directory without an annotations.json")
     return path
 
 
 def load_annotations(path: str | Path, fmt: str = "auto", vidor_dir: str | Path | None = None) -> AnnotationSet:
-    """Load any supported annotation file into queries keyed by query id.
+    """Load any supported annotation file into queries keyed by query id. A synthetic set's
+    folder (with index.json) gives every query of its queries.json.
 
     Raises EvalError naming the file and the problem (missing, not JSON, unknown format, a field
     missing or of the wrong type, a GT span outside the video)."""
     if fmt not in FORMATS:
         raise EvalError(f"unknown annotation format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if Path(path).is_dir() and (Path(path) / "index.json").is_file() and fmt in ("auto", "synth"):
+        return load_synth_dataset(Path(path))
     path = resolve_annotation_path(path)
     data = _read_json(path, "annotation file")
     try:

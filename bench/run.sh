@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Run every benchmark once and print the figures (JSON per benchmark). Usage: bench/run.sh [SECONDS]
+# Figures are medians/ratios measured within one run; compare runs only on the same machine.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SECONDS_PER_BENCH="${1:-20}"
+OUT="${BENCH_OUT:-$ROOT/.cache/bench}"
+mkdir -p "$OUT"
+
+echo "== setup re-run (must rebuild nothing, goal < 60 s)"
+start=$(date +%s.%N)
+"$ROOT/scripts/setup.sh" 2>"$OUT/setup_rerun.log"
+python3 -c "import sys; print('{\"setup_rerun_s\": %.1f}' % (float(sys.argv[2]) - float(sys.argv[1])))" "$start" "$(date +%s.%N)" | tee "$OUT/setup.json"
+
+echo "== perception (640x480 @ 30 FPS, ${SECONDS_PER_BENCH} s)"
+"$ROOT/scripts/run" stvg-ros bench perception --seconds "$SECONDS_PER_BENCH" --json | tee "$OUT/perception.json"
+
+echo "== grounding (tiny models: llama.cpp and transformers)"
+"$ROOT/scripts/run" stvg-ros bench grounding --json | tee "$OUT/grounding.json"
+
+echo "figures written to $OUT"

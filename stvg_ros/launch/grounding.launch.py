@@ -1,0 +1,75 @@
+"""Start the stvg_ros graph: tracker -> (overlay) -> grounding, on one camera.
+
+    ros2 launch stvg_ros grounding.launch.py camera_topic:=/camera/color/image_raw
+    ros2 launch stvg_ros grounding.launch.py namespace:=front backend:=http model:=stvg-r1-7b-q4_k_m
+
+The node list comes from stvg_ros.nodes.graph.GRAPH_NODES, the same list `stvg-ros up` starts in
+one process. Every node self-activates (configure + activate) when it starts.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from stvg_ros.nodes.graph import DEFAULT_CAMERA_TOPIC, IMAGE_TOPIC, default_params_file, graph_nodes
+
+TRUE_VALUES = ("true", "1", "yes", "on")
+
+ARGUMENTS = (
+    ("camera_topic", DEFAULT_CAMERA_TOPIC, "camera image topic (sensor_msgs/Image) the graph listens to", None),
+    ("namespace", "", "namespace of all nodes, e.g. one per camera", None),
+    ("params_file", "", "ROS parameters file for all nodes (empty: the package's config/stvg_ros.yaml)", None),
+    (
+        "backend",
+        "",
+        "grounding backend, overrides the params file (empty: keep it)",
+        ["", "llama_cpp", "transformers", "http"],
+    ),
+    ("model", "", "grounding model: manifest name or file path, overrides the params file (empty: keep it)", None),
+    ("use_sim_time", "false", "use /clock (rosbag replay with --clock)", ["true", "false"]),
+    ("overlay", "true", "start the overlay node (annotated image with the IDs the model sees)", ["true", "false"]),
+    ("log_level", "info", "log level of all nodes", ["debug", "info", "warn", "error"]),
+)
+
+
+def _value(name: str, context) -> str:
+    return LaunchConfiguration(name).perform(context).strip()
+
+
+def _nodes(context, *args, **kwargs):
+    camera_topic = _value("camera_topic", context) or DEFAULT_CAMERA_TOPIC
+    params_file = _value("params_file", context) or str(default_params_file())
+    use_sim_time = _value("use_sim_time", context).lower() in TRUE_VALUES
+    overlay = _value("overlay", context).lower() in TRUE_VALUES
+    grounding_overrides = {key: _value(key, context) for key in ("backend", "model") if _value(key, context)}
+    remappings = [
+        (IMAGE_TOPIC, camera_topic),
+        (f"{IMAGE_TOPIC}/compressed", camera_topic.rstrip("/") + "/compressed"),
+    ]
+    actions = [LogInfo(msg=f"stvg_ros: camera {camera_topic}, parameters {params_file}")]
+    for spec in graph_nodes(overlay=overlay):
+        parameters = [params_file, {"use_sim_time": use_sim_time}]
+        if spec.name == "grounding_node" and grounding_overrides:
+            parameters.append(grounding_overrides)
+        actions.append(
+            Node(
+                package="stvg_ros",
+                executable=spec.executable,
+                name=spec.name,
+                namespace=_value("namespace", context),
+                parameters=parameters,
+                remappings=remappings,
+                arguments=["--ros-args", "--log-level", _value("log_level", context)],
+                output="screen",
+                emulate_tty=True,
+            )
+        )
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    declared = []
+    for name, default, description, choices in ARGUMENTS:
+        kwargs = {"choices": choices} if choices else {}
+        declared.append(DeclareLaunchArgument(name, default_value=default, description=description, **kwargs))
+    return LaunchDescription([*declared, OpaqueFunction(function=_nodes)])

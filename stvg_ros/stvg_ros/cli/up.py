@@ -1,0 +1,72 @@
+"""`stvg-ros up`: start the node graph (tracker, overlay, grounding) in this process.
+
+The same nodes, parameters file, remaps and namespace as `ros2 launch stvg_ros grounding.launch.py`,
+for machines without the `ros2` CLI. Runs until Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from stvg_ros.nodes.graph import DEFAULT_CAMERA_TOPIC
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "up",
+        help="start the node graph in this process (what the launch file starts)",
+        description="Start tracker, overlay and grounding nodes in one process (MultiThreadedExecutor).",
+    )
+    parser.add_argument("--params", metavar="FILE", help="ROS parameters file (default: config/stvg_ros.yaml)")
+    parser.add_argument("--camera-topic", default=DEFAULT_CAMERA_TOPIC, help="camera image topic (sensor_msgs/Image)")
+    parser.add_argument("--namespace", default="", help="namespace of all nodes (e.g. one per camera)")
+    parser.add_argument("--backend", choices=("llama_cpp", "transformers", "http"), help="grounding backend")
+    parser.add_argument("--model", help="grounding model: manifest name or path")
+    parser.add_argument("--use-sim-time", action="store_true", help="use /clock (bag replay)")
+    parser.add_argument("--no-overlay", action="store_true", help="do not start the overlay node")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NODE:NAME=VALUE",
+        help="override one parameter, e.g. grounding_node:num_frames=8 (YAML value; repeatable)",
+    )
+    return parser
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """['node:name=value', ...] -> {node: {name: value}} with YAML-typed values."""
+    import yaml
+
+    overrides: dict[str, dict] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        node, colon, name = target.partition(":")
+        if not sep or not colon or not node or not name:
+            raise ValueError(f"--param {item!r}: expected NODE:NAME=VALUE, e.g. grounding_node:num_frames=8")
+        overrides.setdefault(node, {})[name] = yaml.safe_load(value) if value else ""
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from stvg_ros.nodes.graph import run_graph
+
+    try:
+        overrides = parse_overrides(args.param)
+    except ValueError as exc:
+        print(f"stvg-ros up: {exc}")
+        return 2
+    grounding = overrides.setdefault("grounding_node", {})
+    if args.backend:
+        grounding["backend"] = args.backend
+    if args.model:
+        grounding["model"] = args.model
+    return run_graph(
+        params_file=args.params,
+        camera_topic=args.camera_topic,
+        namespace=args.namespace,
+        use_sim_time=args.use_sim_time,
+        overlay=not args.no_overlay,
+        overrides=overrides,
+    )

@@ -1,0 +1,146 @@
+"""Seeded synthetic benchmark sets with a difficulty level, as videos + rosbag2 bags + annotations.
+
+`stvg-ros eval make-set --out DIR --level occlusion --count 8 --seed 0` writes, through
+`core/synth.write_dataset` (the `stvg-ros synth` engine):
+
+    DIR/videos/<name>.mp4, DIR/bags/<name>/ (rosbag2), DIR/gt/<name>.json,
+    DIR/annotations.json (HC-STVG v2 + fps, target_id), DIR/queries.json, DIR/index.json,
+    DIR/sidecars/<name>.json (what `eval replay` needs per bag), DIR/benchset.json (this manifest),
+    DIR/gt_predictions.json (the ground truth written as predictions: scores 1 under `tubedetr` and
+    `hcstvg_official`, a check of any evaluation set-up).
+
+Levels: easy, occlusion (the target is fully hidden for a while), distractors (look-alikes),
+crossing (paths cross), mixed (cycles through the four).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from stvg_ros.evaluation.errors import EvalError
+from stvg_ros.evaluation.loaders import AnnotationSet
+from stvg_ros.evaluation.predictions import Prediction, save_predictions
+
+LEVELS = ("easy", "occlusion", "distractors", "crossing", "mixed")
+MANIFEST = "benchset.json"
+DEFAULT_TOPIC = "/camera/image_raw"
+
+
+def add_make_set_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--level", choices=LEVELS, default="mixed", help="difficulty (default: mixed)")
+    parser.add_argument("--count", type=int, default=8, help="videos in the set (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the whole set (default 0)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="clip length (default 20, as HC-STVG)")
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--objects", type=int, default=4, help="objects per scene (2-8)")
+    parser.add_argument("--queries-per-video", type=int, default=1, help="queries per scene (default 1)")
+    parser.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3", help="bag storage")
+    parser.add_argument("--no-bags", action="store_true", help="videos and annotations only")
+
+
+def sidecar_for(video_id: str, bag: Path, annotations: Path, query_ids: list[str], topic: str) -> dict:
+    """The replay sidecar of one bag: which annotation set, which queries, when to ask them.
+
+    Every query is asked once the bag's last frame has been played (`ask_at_frame` null), over
+    the whole buffer (`window_s` 0), as the offline runner grounds over the whole video."""
+    return {
+        "video_id": video_id,
+        "bag": str(bag),
+        "topic": topic,
+        "annotations": str(annotations),
+        "queries": [{"query_id": q, "ask_at_frame": None, "window_s": 0.0} for q in query_ids],
+    }
+
+
+def gt_predictions(annotations: AnnotationSet) -> dict[str, Prediction]:
+    """The ground truth as a prediction file (GT span, GT boxes, the annotated target ID)."""
+    predictions = {}
+    for q in annotations:
+        boxes = dict(q.gt_boxes)
+        predictions[q.query_id] = Prediction(
+            q.query_id, q.gt_start, q.gt_end, boxes, q.gt_start_s, q.gt_end_s, q.target_id
+        )
+    return predictions
+
+
+def make_set(
+    out: str | Path,
+    level: str = "mixed",
+    count: int = 8,
+    seed: int = 0,
+    seconds: float = 20.0,
+    fps: float = 10.0,
+    width: int = 320,
+    height: int = 240,
+    objects: int = 4,
+    queries_per_video: int = 1,
+    storage: str = "sqlite3",
+    bags: bool = True,
+) -> dict:
+    """Write the set and return its manifest (also saved as DIR/benchset.json)."""
+    from stvg_ros.core.synth import SceneSpec, write_dataset
+    from stvg_ros.evaluation.loaders import load_annotations
+
+    if level not in LEVELS:
+        raise EvalError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+    if count < 1:
+        raise EvalError("--count must be at least 1")
+    spec = SceneSpec(seconds=seconds, fps=fps, width=width, height=height, n_objects=objects,
+                     difficulty=level, max_queries=queries_per_video)  # fmt: skip
+    try:
+        spec.validate()
+    except ValueError as exc:
+        raise EvalError(f"invalid set parameters: {exc}") from None
+    root = Path(out)
+    index = write_dataset(root, seed=seed, n_videos=count, spec=spec, bags=bags, storage=storage)
+    annotations = load_annotations(root)
+    sidecars = []
+    if bags:
+        (root / "sidecars").mkdir(exist_ok=True)
+        for name, bag in zip(index.names, index.bags, strict=True):
+            ids = [q.query_id for q in annotations if q.video_id == name]
+            sidecar = sidecar_for(name, Path("..") / bag.relative_to(root), Path(".."), ids, DEFAULT_TOPIC)
+            path = root / "sidecars" / f"{name}.json"
+            path.write_text(json.dumps(sidecar, indent=1) + "\n")
+            sidecars.append(str(path.relative_to(root)))
+    save_predictions(root / "gt_predictions.json", gt_predictions(annotations))
+    manifest = {
+        "root": str(root),
+        "level": level,
+        "seed": seed,
+        "spec": asdict(spec),
+        "n_videos": count,
+        "n_queries": len(annotations),
+        "difficulties": list(index.difficulties),
+        "annotations": "annotations.json",
+        "videos": "videos",
+        "bags": [str(b.relative_to(root)) for b in index.bags],
+        "sidecars": sidecars,
+        "gt_predictions": "gt_predictions.json",
+        "storage": storage,
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def make_set_from_args(args: argparse.Namespace) -> dict:
+    return make_set(
+        args.out,
+        level=args.level,
+        count=args.count,
+        seed=args.seed,
+        seconds=args.seconds,
+        fps=args.fps,
+        width=args.width,
+        height=args.height,
+        objects=args.objects,
+        queries_per_video=args.queries_per_video,
+        storage=args.storage,
+        bags=not args.no_bags,
+    )

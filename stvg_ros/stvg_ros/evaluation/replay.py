@@ -1,0 +1,604 @@
+"""`stvg-ros eval replay`: play rosbag2 files into the running ROS graph with sim time, ask the
+sidecar's queries over the `ground` service at their moments, key every result by the source
+stamps, and score.
+
+Sidecar (JSON; relative paths are relative to the sidecar's folder)::
+
+    {"video_id": "synth_0_000",            # the annotation's video this bag holds
+     "bag": "../bags/synth_0_000",         # rosbag2 folder or .db3/.mcap file
+     "topic": "/camera/image_raw",         # image topic in the bag (null: its only image topic)
+     "annotations": "..",                  # annotation file, or a synthetic set's folder
+     "queries": [{"query_id": "synth_0_000",
+                  "ask_at_frame": null,    # annotation frame after which to ask (null: after the last)
+                  "window_s": 0.0}]}       # Ground.window_seconds (0: the whole buffer)
+
+The bag's k-th image message is annotation frame `k + frame_base`; its frame count must equal the
+annotation's. Playback is lock-step by default (`--pace lockstep`: the next frame is published once
+the tracker's `tracks` for the previous one arrived, so the tracker sees every frame, as offline),
+or paced by the stamps (`--pace rate --rate R`, 0 = as fast as possible). /clock follows the header
+stamps; nothing loops. Several sidecars are played one after another with their stamps shifted by
+`BAG_GAP_S` so that sim time only moves forward (results are mapped back to each bag's frames).
+
+Memory stays bounded: frames are streamed one at a time, tracks are kept only for frames inside a
+GT span (the perception ceiling needs no others) and written to tracks.jsonl as they come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stvg_ros.evaluation.errors import EvalError
+from stvg_ros.evaluation.loaders import AnnotationSet, Query, load_annotations
+from stvg_ros.evaluation.predictions import Prediction, save_predictions, write_records
+from stvg_ros.evaluation.tracks import TrackLog
+
+log = logging.getLogger("stvg_ros.eval.replay")
+
+#: Sim-time gap between consecutive bags (seconds): longer than any buffer, so a query never sees
+#: the previous bag's frames.
+BAG_GAP_S = 1000.0
+#: Most stamps remembered for mapping results back to frames (a tube lies in the node's buffer).
+STAMP_MEMORY = 200_000
+
+
+@dataclass(frozen=True)
+class SidecarQuery:
+    query_id: str
+    ask_at_frame: int | None = None
+    window_s: float = 0.0
+
+
+@dataclass
+class Sidecar:
+    path: Path
+    video_id: str
+    bag: Path
+    topic: str | None
+    annotations: Path
+    queries: list[SidecarQuery] = field(default_factory=list)
+
+
+def load_sidecar(path: str | Path, bag: str | Path | None = None) -> Sidecar:
+    """Read and check a sidecar file (`bag` overrides its bag); EvalError naming what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"sidecar not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvalError(f"sidecar {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise EvalError(f"sidecar {path} must be a JSON object")
+    if bag is not None:
+        data["bag"] = str(Path(bag).resolve())
+    for key in ("video_id", "bag", "annotations"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise EvalError(f"sidecar {path}: missing field {key!r}")
+    base = path.parent
+    queries = []
+    for item in data.get("queries") or []:
+        if not isinstance(item, dict) or "query_id" not in item:
+            raise EvalError(f"sidecar {path}: each query needs a 'query_id'")
+        ask = item.get("ask_at_frame")
+        window = float(item.get("window_s", 0.0) or 0.0)
+        if window < 0:
+            raise EvalError(f"sidecar {path}: window_s must be >= 0")
+        queries.append(SidecarQuery(str(item["query_id"]), None if ask is None else int(ask), window))
+    return Sidecar(
+        path=path,
+        video_id=data["video_id"],
+        bag=(base / data["bag"]).resolve(),
+        topic=data.get("topic") or None,
+        annotations=(base / data["annotations"]).resolve(),
+        queries=queries,
+    )
+
+
+@dataclass
+class BagPlan:
+    """A sidecar checked against its bag and annotations: what to play and what to ask."""
+
+    sidecar: Sidecar
+    topic: str
+    msgtype: str
+    frames: int
+    queries: list[Query]
+    asks: dict[int, list[SidecarQuery]]  # bag message index after which to ask -> queries
+
+
+def plan_bag(sidecar: Sidecar, annotations: AnnotationSet) -> BagPlan:
+    """EvalError/BagError for an unreadable bag, an unknown topic, queries the annotations lack,
+    or a bag whose frame count differs from the annotation's."""
+    from stvg_ros.core.bag_io import BagError, bag_info
+
+    info = bag_info(sidecar.bag)
+    topics = info.image_topics
+    topic = sidecar.topic or (topics[0] if len(topics) == 1 else None)
+    if topic is None:
+        raise BagError(f"bag {sidecar.bag}: set 'topic' in the sidecar; image topics: {topics or 'none'}")
+    if topic not in info.topics:
+        listing = ", ".join(sorted(info.topics)) or "none"
+        raise BagError(f"bag {sidecar.bag} has no topic {topic!r} (topics: {listing})")
+    if topic not in topics:
+        raise BagError(f"topic {topic!r} of bag {sidecar.bag} is {info.topics[topic][0]}, not an image type")
+    msgtype, frames = info.topics[topic]
+    wanted = sidecar.queries or [
+        SidecarQuery(q.query_id) for q in annotations if q.video_id == sidecar.video_id
+    ]  # fmt: skip
+    if not wanted:
+        raise EvalError(f"sidecar {sidecar.path}: no queries, and the annotations have none for {sidecar.video_id!r}")
+    queries, asks = [], {}
+    for item in wanted:
+        query = annotations.queries.get(item.query_id)
+        if query is None:
+            raise EvalError(f"sidecar {sidecar.path}: query {item.query_id!r} is not in {annotations.path}")
+        if query.num_frames != frames:
+            raise EvalError(
+                f"frame-index mismatch: bag {sidecar.bag} has {frames} images on {topic}, the annotation of "
+                f"{query.query_id!r} says the video has {query.num_frames} frames"
+            )
+        index = frames - 1 if item.ask_at_frame is None else query.to_decoded(item.ask_at_frame)
+        if not 0 <= index < frames:
+            raise EvalError(f"sidecar {sidecar.path}: ask_at_frame {item.ask_at_frame} is outside the bag")
+        queries.append(query)
+        asks.setdefault(index, []).append(item)
+    return BagPlan(sidecar, topic, msgtype, frames, queries, asks)
+
+
+class StampIndex:
+    """Published stamp (ns) -> (video id, annotation frame), for the most recent STAMP_MEMORY stamps."""
+
+    def __init__(self, capacity: int = STAMP_MEMORY) -> None:
+        self.capacity = capacity
+        self._map: OrderedDict[int, tuple[str, int]] = OrderedDict()
+
+    def add(self, stamp_ns: int, video_id: str, frame: int) -> None:
+        self._map[int(stamp_ns)] = (video_id, frame)
+        if len(self._map) > self.capacity:
+            self._map.popitem(last=False)
+
+    def get(self, stamp_ns: int) -> tuple[str, int] | None:
+        return self._map.get(int(stamp_ns))
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (MiB), from /proc; peak RSS where /proc is missing."""
+    try:
+        with open(f"/proc/{os.getpid()}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------------------------
+# the replay driver (rclpy is imported only here)
+
+
+@dataclass
+class ReplayConfig:
+    sidecars: list[Path]
+    out: Path
+    bag: Path | None = None  # overrides the first sidecar's bag
+    protocol: str = "tubedetr"
+    annotation_format: str = "auto"
+    vidor_dir: str | None = None
+    pace: str = "lockstep"  # lockstep | rate
+    rate: float = 1.0
+    camera_topic: str = "/camera/image_raw"
+    tracks_topic: str = "/tracks"
+    service: str = "/ground"
+    start_graph: bool = False
+    graph_args: list[str] = field(default_factory=list)
+    graph_timeout_s: float = 120.0
+    frame_timeout_s: float = 10.0
+    query_timeout_s: float = 300.0
+    reasoning: int = 0  # Ground.srv REASONING_DEFAULT
+    progress: bool = True
+
+
+class _Driver:
+    """One rclpy node in this process: camera + /clock publisher, tracks subscriber, ground client."""
+
+    def __init__(self, config: ReplayConfig) -> None:
+        try:
+            import rclpy
+            from rclpy.executors import SingleThreadedExecutor
+            from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+            from rosgraph_msgs.msg import Clock
+            from sensor_msgs.msg import CompressedImage, Image
+
+            from stvg_ros_msgs.msg import TrackedObjectArray
+            from stvg_ros_msgs.srv import Ground
+        except ImportError as exc:
+            raise EvalError(
+                f"replay needs ROS 2 Python and the stvg_ros_msgs interfaces ({exc}); source scripts/env.sh "
+                "or a ROS 2 workspace with stvg_ros built"
+            ) from None
+
+        self.config = config
+        self._owns_context = not rclpy.ok()
+        if self._owns_context:
+            rclpy.init(args=["--ros-args", "-p", "use_sim_time:=false"])
+        self.node = rclpy.create_node("stvg_eval_replay")
+        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                              durability=DurabilityPolicy.VOLATILE)  # fmt: skip
+        self.image_pub = self.node.create_publisher(Image, config.camera_topic, reliable)
+        self.compressed_pub = self.node.create_publisher(
+            CompressedImage, config.camera_topic.rstrip("/") + "/compressed", reliable
+        )
+        self.clock_pub = self.node.create_publisher(Clock, "/clock", 10)
+        tracks_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self.node.create_subscription(TrackedObjectArray, config.tracks_topic, self._on_tracks, tracks_qos)
+        self.client = self.node.create_client(Ground, config.service)
+        self.Ground, self.Clock, self.Image, self.CompressedImage = Ground, Clock, Image, CompressedImage
+        self._cond = threading.Condition()
+        self._tracks: OrderedDict[int, object] = OrderedDict()  # stamp -> message, bounded
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, name="replay-spin", daemon=True)
+        self._thread.start()
+
+    def _on_tracks(self, msg) -> None:
+        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        with self._cond:
+            self._tracks[stamp] = msg
+            while len(self._tracks) > 1000:  # only the recent ones are waited for
+                self._tracks.popitem(last=False)
+            self._cond.notify_all()
+
+    def take_tracks(self, stamp_ns: int, timeout_s: float):
+        """The tracks message of `stamp_ns` (waiting up to timeout_s), or None."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while stamp_ns not in self._tracks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self._tracks.pop(stamp_ns)
+
+    def drain_tracks(self) -> list:
+        with self._cond:
+            items = list(self._tracks.values())
+            self._tracks.clear()
+            return items
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.client.service_is_ready():
+            if time.monotonic() > deadline:
+                raise EvalError(
+                    f"no grounding service {self.config.service!r} after {timeout_s:.0f} s: start the graph "
+                    "(`stvg-ros up --use-sim-time`) or pass --start-graph"
+                )
+            time.sleep(0.1)
+        while self.image_pub.get_subscription_count() + self.compressed_pub.get_subscription_count() == 0:
+            if time.monotonic() > deadline:
+                raise EvalError(f"nothing subscribes to {self.config.camera_topic!r} (is the tracker running?)")
+            time.sleep(0.1)
+
+    def publish(self, stamp_ns: int, msgtype: str, message) -> None:
+        from builtin_interfaces.msg import Time
+
+        stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+        self.clock_pub.publish(self.Clock(clock=stamp))
+        if msgtype.endswith("CompressedImage"):
+            out = self.CompressedImage(format=str(message.format))
+            out.data = bytes(message.data)
+            pub = self.compressed_pub
+        else:
+            out = self.Image(height=int(message.height), width=int(message.width), encoding=str(message.encoding),
+                             is_bigendian=int(message.is_bigendian), step=int(message.step))  # fmt: skip
+            out.data = message.data.tobytes()
+            pub = self.image_pub
+        out.header.stamp = stamp
+        out.header.frame_id = str(message.header.frame_id)
+        pub.publish(out)
+
+    def ground(self, text: str, window_s: float, timeout_s: float):
+        """Call the service; (response or None, error text, wall seconds)."""
+        request = self.Ground.Request(query=text, window_seconds=float(window_s), reasoning=self.config.reasoning)
+        started = time.monotonic()
+        future = self.client.call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout_s):
+            future.cancel()
+            return None, f"no answer within {timeout_s:.0f} s", time.monotonic() - started
+        if future.exception() is not None:
+            return None, f"service call failed: {future.exception()}", time.monotonic() - started
+        return future.result(), "", time.monotonic() - started
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown(timeout_sec=5.0)
+        self.node.destroy_node()
+        self._thread.join(timeout=5.0)
+        if self._owns_context and rclpy.ok():
+            rclpy.try_shutdown()
+
+
+def _start_graph(config: ReplayConfig, log_path: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "stvg_ros.cli.main", "up", "--use-sim-time", "--no-overlay",
+               "--camera-topic", config.camera_topic, *config.graph_args]  # fmt: skip
+    log.info("starting the graph: %s", " ".join(command))
+    handle = log_path.open("w")
+    return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop_graph(process: subprocess.Popen | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    import signal
+
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def _stamp_ns(time_msg) -> int:
+    return int(time_msg.sec) * 1_000_000_000 + int(time_msg.nanosec)
+
+
+def _result_to_prediction(query: Query, result, stamps: StampIndex, video_start_ns: int):
+    """GroundingResult -> (Prediction, problems). Frames come from the source stamps."""
+    problems: list[str] = []
+    if not result.success:
+        return Prediction.failed(query.query_id), problems
+
+    def frame_of(stamp_ns: int) -> int | None:
+        hit = stamps.get(stamp_ns)
+        if hit is None or hit[0] != query.video_id:
+            problems.append(f"stamp {stamp_ns} is not a frame of {query.video_id}")
+            return None
+        return hit[1]
+
+    start, end = frame_of(_stamp_ns(result.start)), frame_of(_stamp_ns(result.end))
+    if start is None or end is None:
+        return Prediction.failed(query.query_id), problems
+    boxes = {}
+    for box in result.tube:
+        frame = frame_of(_stamp_ns(box.header.stamp))
+        if frame is not None:
+            boxes[frame] = (float(box.x1), float(box.y1), float(box.x2), float(box.y2))
+    clip_offset_s = (_stamp_ns(result.clip_start) - video_start_ns) / 1e9
+    return (
+        Prediction(
+            query.query_id,
+            start,
+            end + 1,
+            boxes,
+            start_s=clip_offset_s + float(result.start_offset),
+            end_s=clip_offset_s + float(result.end_offset),
+            target_id=int(result.target_id),
+        ),
+        problems,
+    )
+
+
+def replay(config: ReplayConfig) -> dict:
+    """Replay every sidecar's bag into the graph, ask its queries, score. Returns the summary."""
+    from stvg_ros.core.bag_io import iter_image_messages, stamp_ns_of
+    from stvg_ros.evaluation.scoring import score
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sidecars = [load_sidecar(p, config.bag if i == 0 else None) for i, p in enumerate(config.sidecars)]
+    annotation_sets: dict[Path, AnnotationSet] = {}
+    plans = []
+    for sidecar in sidecars:
+        if sidecar.annotations not in annotation_sets:
+            annotation_sets[sidecar.annotations] = load_annotations(
+                sidecar.annotations, config.annotation_format, config.vidor_dir
+            )
+        plans.append(plan_bag(sidecar, annotation_sets[sidecar.annotations]))
+    queries = {q.query_id: q for plan in plans for q in plan.queries}
+    first_set = next(iter(annotation_sets.values()))
+    subset = AnnotationSet(queries, first_set.format, first_set.path,
+                           [w for s in annotation_sets.values() for w in s.warnings])  # fmt: skip
+    gt_frames = {(q.video_id, f) for q in queries.values() for f in range(q.gt_start, q.gt_end)}
+
+    graph = _start_graph(config, out / "graph.log") if config.start_graph else None
+    driver = None
+    tracks = TrackLog()
+    predictions: dict[str, Prediction] = {}
+    records: list[dict] = []
+    stamps = StampIndex()
+    stats = {"frames_published": 0, "frames_with_tracks": 0, "frames_without_tracks": 0, "rss_mb": []}
+    started = time.monotonic()
+    try:
+        driver = _Driver(config)
+        driver.wait_ready(config.graph_timeout_s)
+        if graph is not None and graph.poll() is not None:
+            raise EvalError(f"the graph exited with code {graph.returncode}; see {out / 'graph.log'}")
+        from tqdm import tqdm
+
+        total = sum(plan.frames for plan in plans)
+        progress = tqdm(total=total, unit="frame", desc="replay", disable=not config.progress, file=sys.stderr)
+        offset_ns = 0
+        last_published = None
+        with (out / "tracks.jsonl").open("w", encoding="utf-8") as tracks_file:
+
+            def keep(msg) -> bool:
+                stamp = _stamp_ns(msg.header.stamp)
+                hit = stamps.get(stamp)
+                if hit is None:
+                    return False
+                ids = [int(o.track_id) for o in msg.objects]
+                boxes = [[float(o.x1), float(o.y1), float(o.x2), float(o.y2)] for o in msg.objects]
+                tracks_file.write(json.dumps({"video_id": hit[0], "frame": hit[1], "stamp_ns": stamp,
+                                              "ids": ids, "boxes": boxes}) + "\n")  # fmt: skip
+                if hit in gt_frames:
+                    tracks.add(hit[0], hit[1], ids, boxes, stamp)
+                return True
+
+            for plan in plans:
+                video_start_ns = None
+                wall_start = time.monotonic()
+                for index, (_, msgtype, message) in enumerate(iter_image_messages(plan.sidecar.bag, plan.topic)):
+                    source_ns = stamp_ns_of(message)
+                    if video_start_ns is None:
+                        video_start_ns = source_ns
+                        if last_published is not None and source_ns + offset_ns <= last_published:
+                            offset_ns = last_published - source_ns + int(BAG_GAP_S * 1e9)
+                        first_stamp = source_ns
+                    stamp = source_ns + offset_ns
+                    frame = plan.queries[0].to_annotation(index)
+                    stamps.add(stamp, plan.sidecar.video_id, frame)
+                    if config.pace == "rate" and config.rate > 0:
+                        due = wall_start + (source_ns - first_stamp) / 1e9 / config.rate - time.monotonic()
+                        if due > 0:
+                            time.sleep(due)
+                    driver.publish(stamp, msgtype, message)
+                    last_published = stamp
+                    stats["frames_published"] += 1
+                    progress.update(1)
+                    if config.pace == "lockstep":
+                        msg = driver.take_tracks(stamp, config.frame_timeout_s)
+                        if msg is not None and keep(msg):
+                            stats["frames_with_tracks"] += 1
+                        else:
+                            stats["frames_without_tracks"] += 1
+                    else:
+                        for msg in driver.drain_tracks():
+                            stats["frames_with_tracks"] += int(keep(msg))
+                    if stats["frames_published"] % 500 == 0:
+                        stats["rss_mb"].append(round(rss_mb(), 1))
+                    for item in plan.asks.get(index, []):
+                        time.sleep(0.3)  # let the grounding node take in the last frame
+                        for msg in driver.drain_tracks():
+                            stats["frames_with_tracks"] += int(keep(msg))
+                        query = queries[item.query_id]
+                        result, error, wall_s = driver.ground(query.caption, item.window_s, config.query_timeout_s)
+                        if result is None:
+                            prediction, problems = Prediction.failed(query.query_id), [error]
+                        else:
+                            prediction, problems = _result_to_prediction(
+                                query, result.result, stamps, video_start_ns + offset_ns
+                            )
+                        predictions[query.query_id] = prediction
+                        records.append(_record(query, prediction, result, error, wall_s, problems, offset_ns))
+                if config.pace != "lockstep":
+                    time.sleep(0.5)
+                    for msg in driver.drain_tracks():
+                        stats["frames_with_tracks"] += int(keep(msg))
+        progress.close()
+    finally:
+        if driver is not None:
+            driver.close()
+        _stop_graph(graph)
+
+    stats["frames_without_tracks"] = max(0, stats["frames_published"] - stats["frames_with_tracks"])
+    stats["wall_s"] = round(time.monotonic() - started, 2)
+    stats["rss_mb"].append(round(rss_mb(), 1))
+    stats["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    summary, scores = score(subset, predictions, config.protocol, tracks)
+    by_id = {s.query_id: s for s in scores}
+    for record in records:
+        record.update(tIoU=by_id[record["query_id"]].tiou, vIoU=by_id[record["query_id"]].viou,
+                      ceiling_vIoU=summary["per_video"][record["query_id"]].get("ceiling_vIoU"))  # fmt: skip
+    summary["replay"] = stats
+    save_predictions(out / "predictions.json", predictions)
+    write_records(out / "records.jsonl", records)
+    from stvg_ros.evaluation.report import write_report
+
+    write_report(out, summary, subset, predictions)
+    return summary
+
+
+def _record(query: Query, prediction: Prediction, response, error: str, wall_s: float, problems, offset_ns) -> dict:
+    record = {
+        "query_id": query.query_id,
+        "video_id": query.video_id,
+        "query": query.caption,
+        "gt_sted": [query.gt_start, query.gt_end],
+        "sted": [prediction.start, prediction.end],
+        "target_id": prediction.target_id,
+        "span_s": [prediction.start_s, prediction.end_s],
+        "n_tube_boxes": len(prediction.boxes),
+        "latency_s": round(wall_s, 3),
+        "problems": problems,
+        "success": False,
+        "failure": error,
+    }
+    if response is not None:
+        result = response.result
+        record.update(
+            success=bool(result.success),
+            failure="" if result.success else str(result.message),
+            message=str(result.message),
+            start_stamp_ns=_stamp_ns(result.start) - offset_ns,
+            end_stamp_ns=_stamp_ns(result.end) - offset_ns,
+            sampled_stamps_ns=[_stamp_ns(s) - offset_ns for s in result.sampled_stamps],
+            raw_answer=str(result.raw_answer),
+            reasoning=str(result.reasoning),
+            model=str(result.model),
+            confidence=float(result.confidence),
+        )
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# CLI glue
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--more-sidecars", nargs="*", default=[], metavar="S", help="further sidecars, played in order")
+    parser.add_argument("--pace", choices=("lockstep", "rate"), default="lockstep",
+                        help="lockstep: next frame once the tracker answered the last (default); rate: by stamps")  # fmt: skip
+    parser.add_argument("--rate", type=float, default=1.0, help="with --pace rate: x real time (0 = no waiting)")
+    parser.add_argument("--camera-topic", default="/camera/image_raw", help="topic the graph's tracker listens to")
+    parser.add_argument("--tracks-topic", default="/tracks", help="the tracker's TrackedObjectArray topic")
+    parser.add_argument("--service", default="/ground", help="the grounding node's Ground service")
+    parser.add_argument("--start-graph", action="store_true", help="start `stvg-ros up --use-sim-time` for the run")
+    parser.add_argument("--graph-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for `stvg-ros up` (repeatable), e.g. --graph-arg=--backend=llama_cpp")  # fmt: skip
+    parser.add_argument("--graph-timeout", type=float, default=120.0, help="seconds to wait for the graph")
+    parser.add_argument(
+        "--frame-timeout", type=float, default=10.0, help="lockstep: seconds to wait for a frame's tracks"
+    )
+    parser.add_argument("--query-timeout", type=float, default=300.0, help="seconds to wait for one answer")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def replay_from_args(args: argparse.Namespace) -> dict:
+    config = ReplayConfig(
+        sidecars=[Path(args.sidecar), *map(Path, args.more_sidecars)],
+        out=Path(args.out),
+        bag=Path(args.bag) if args.bag else None,
+        protocol=args.protocol,
+        annotation_format=args.annotation_format,
+        vidor_dir=args.vidor_dir,
+        pace=args.pace,
+        rate=args.rate,
+        camera_topic=args.camera_topic,
+        tracks_topic=args.tracks_topic,
+        service=args.service,
+        start_graph=args.start_graph,
+        graph_args=list(args.graph_arg),
+        graph_timeout_s=args.graph_timeout,
+        frame_timeout_s=args.frame_timeout,
+        query_timeout_s=args.query_timeout,
+        progress=not args.no_progress,
+    )
+    if config.pace == "rate" and config.rate < 0:
+        raise EvalError("--rate must be >= 0")
+    return replay(config)

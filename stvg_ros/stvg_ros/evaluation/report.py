@@ -1,0 +1,147 @@
+"""Reports: report.json, report.md and plots (matplotlib, Agg backend, no display needed).
+
+Plots: `hist_tiou.png`, `hist_viou.png` (per-query histograms) and `timeline.png` (per query, the GT
+span against the predicted span, in frames).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from stvg_ros.evaluation.loaders import AnnotationSet
+from stvg_ros.evaluation.predictions import Prediction
+
+HEADLINE = ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5")
+TIMELINE_MAX_QUERIES = 40
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.1f}"
+
+
+def summary_lines(summary: Mapping) -> list[str]:
+    """A short human-readable summary (what `stvg-ros eval score` prints without --json)."""
+    keys = [k for k in summary if k.startswith(("m_", "vIoU@", "tIoU@"))]
+    lines = [f"protocol {summary.get('protocol')} ({summary.get('n_queries')} queries, "
+             f"{summary.get('n_missing', 0)} without prediction); values in %"]  # fmt: skip
+    lines += [f"  {key:12s} {_pct(summary[key])}" for key in keys]
+    if summary.get("id_accuracy") is not None:
+        lines.append(f"  {'ID accuracy':12s} {_pct(summary['id_accuracy'])} (reference: {summary.get('id_reference')})")
+    ceiling = summary.get("perception_ceiling")
+    if ceiling:
+        lines.append("  perception ceiling: " + ", ".join(f"{k} {_pct(v)}" for k, v in ceiling.items()))
+    if summary.get("error_sources"):
+        lines.append("  error sources: " + ", ".join(f"{k} {v}" for k, v in summary["error_sources"].items()))
+    for warning in summary.get("warnings", [])[:5]:
+        lines.append(f"  warning: {warning}")
+    return lines
+
+
+def _plots(out: Path, summary: Mapping, annotations: AnnotationSet, predictions: Mapping[str, Prediction]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_video = summary.get("per_video", {})
+    written = []
+    for key, name in (("tIoU", "hist_tiou.png"), ("vIoU", "hist_viou.png")):
+        values = [v[key] for v in per_video.values()]
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.hist(values, bins=20, range=(0.0, 1.0), color="#4c72b0", edgecolor="white")
+        ax.set_xlabel(f"{key} per query ({summary.get('protocol')})")
+        ax.set_ylabel("queries")
+        ax.set_title(f"{key}: mean {_pct(summary.get('m_' + key))} %")
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        written.append(name)
+
+    queries = list(annotations.queries.values())[:TIMELINE_MAX_QUERIES]
+    if queries:
+        fig, ax = plt.subplots(figsize=(8, 0.32 * len(queries) + 1.2))
+        for row, query in enumerate(queries):
+            ax.barh(row + 0.18, query.gt_end - query.gt_start, left=query.gt_start, height=0.34, color="#55a868",
+                    label="GT" if row == 0 else None)  # fmt: skip
+            pred = predictions.get(query.query_id)
+            if pred is not None and not pred.empty:
+                ax.barh(row - 0.18, pred.end - pred.start, left=pred.start, height=0.34, color="#c44e52",
+                        label="predicted" if row == 0 else None)  # fmt: skip
+            ax.plot([query.first_frame, query.end_frame - 1], [row, row], color="#cccccc", lw=0.6, zorder=0)
+        ax.set_yticks(range(len(queries)))
+        ax.set_yticklabels([q.query_id[:24] for q in queries], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("frame (annotation index)")
+        ax.legend(loc="upper right", fontsize=7)
+        ax.set_title("GT vs predicted span")
+        fig.tight_layout()
+        fig.savefig(out / "timeline.png", dpi=100)
+        plt.close(fig)
+        written.append("timeline.png")
+    return written
+
+
+def markdown(
+    summary: Mapping, annotations: AnnotationSet, predictions: Mapping[str, Prediction], plots: list[str]
+) -> str:
+    """report.md: headline metrics, diagnostics, the worst queries, the plots."""
+    rule = summary.get("threshold_rule", ">")
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Protocol **{summary.get('protocol')}** (vIoU@R counts vIoU {rule} R); "
+        f"{summary.get('n_queries')} queries, {summary.get('n_missing', 0)} without prediction.",
+        "",
+        "| metric | value (%) |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {_pct(v)} |" for k, v in summary.items() if k.startswith(("m_", "vIoU@", "tIoU@"))]
+    if summary.get("id_accuracy") is not None:
+        lines.append(f"| ID accuracy ({summary.get('id_reference')}) | {_pct(summary['id_accuracy'])} |")
+    for key, value in (summary.get("perception_ceiling") or {}).items():
+        lines.append(f"| perception ceiling {key} | {_pct(value)} |")
+    if summary.get("error_sources"):
+        lines += ["", "Where queries failed (vIoU ≤ 0.5): " + ", ".join(
+            f"{k}: {v}" for k, v in summary["error_sources"].items())]  # fmt: skip
+    per_video = summary.get("per_video", {})
+    worst = sorted(per_video.items(), key=lambda kv: kv[1]["vIoU"])[:15]
+    if worst:
+        lines += ["", "## Lowest vIoU", "", "| query | caption | GT span | predicted | tIoU | vIoU | ceiling | source |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for query_id, entry in worst:
+            query = annotations.queries.get(query_id)
+            pred = predictions.get(query_id)
+            gt = f"[{query.gt_start}, {query.gt_end})" if query else "?"
+            span = f"[{pred.start}, {pred.end})" if pred is not None and not pred.empty else "none"
+            caption = (query.caption if query else "").replace("|", "/")[:60]
+            lines.append(
+                f"| {query_id} | {caption} | {gt} | {span} | {entry['tIoU']:.3f} | {entry['vIoU']:.3f} | "
+                f"{_fmt(entry.get('ceiling_vIoU'))} | {entry.get('error_source', '')} |"
+            )
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
+    for warning in summary.get("warnings", []):
+        lines.append(f"- warning: {warning}")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{float(value):.3f}"
+
+
+def write_report(
+    out_dir: str | Path,
+    summary: Mapping,
+    annotations: AnnotationSet,
+    predictions: Mapping[str, Prediction],
+    plots: bool = True,
+) -> dict[str, Path]:
+    """Write report.json, report.md and the plots into `out_dir`; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    names = _plots(out, summary, annotations, predictions) if plots else []
+    (out / "report.md").write_text(markdown(summary, annotations, predictions, names), encoding="utf-8")
+    return {name: out / name for name in ["report.json", "report.md", *names]}

@@ -1,0 +1,374 @@
+"""`stvg-ros eval run`: videos (or bags) + annotations -> perception -> grounding -> predictions,
+metrics and a report, offline, without ROS.
+
+It runs the robot's own parts in the robot's order, in one process: every frame goes through the
+perception pipeline (detector + tracker) and into a ClipBuffer; each query of the video is then
+grounded over the whole video (the buffer is sized to hold it) with the GroundingPipeline. Settings
+come from the same ROS parameters file as the graph (`--params`, sections `tracker_node` and
+`grounding_node`), so `eval run` and `eval replay` run the same configuration.
+
+Outputs in `--out`: predictions.json (annotation frame indexing), records.jsonl (one per query:
+answer, raw output, stamps, timings, failure reason, scores), tracks.jsonl (every frame's tracks),
+report.json / report.md / plots.
+
+Frame stamps: a bag's header stamps; for a video file, EPOCH_NS + frame / fps (the synthetic scenes'
+and the player node's convention), so bag and video runs of the same scene agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stvg_ros.evaluation.errors import EvalError
+from stvg_ros.evaluation.loaders import AnnotationSet, Query, find_video, load_annotations
+from stvg_ros.evaluation.predictions import Prediction, save_predictions, write_records
+from stvg_ros.evaluation.tracks import TrackLog
+
+log = logging.getLogger("stvg_ros.eval.run")
+
+#: Seconds of history kept beyond the video's length, so a query sees the whole video.
+BUFFER_MARGIN_S = 2.0
+
+
+@dataclass
+class RunConfig:
+    videos: Path
+    annotations: Path
+    out: Path
+    protocol: str = "tubedetr"
+    annotation_format: str = "auto"
+    vidor_dir: str | None = None
+    source: str = "auto"  # auto | video | bag
+    params_file: str | None = None
+    overrides: dict = field(default_factory=dict)  # {node: {name: value}}, as `stvg-ros up -p`
+    limit: int | None = None  # at most this many videos
+    frame_tolerance: int = 0  # allowed |decoded frames - annotated frames|
+    progress: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# settings: the graph's parameters file, without ROS
+
+
+def node_parameters(params_file: str | None, overrides: dict) -> dict[str, dict]:
+    """{node name: {parameter: value}} from a ROS parameters file plus overrides (no ROS needed)."""
+    import yaml
+
+    path = None
+    if params_file:
+        path = Path(params_file)
+    else:
+        try:
+            from stvg_ros.nodes.graph import default_params_file
+
+            path = default_params_file()
+        except (ImportError, FileNotFoundError):
+            path = None
+    sections: dict[str, dict] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise EvalError(f"cannot read parameters file {path}: {exc}") from None
+        for key, section in data.items():
+            name = str(key).rstrip("/").split("/")[-1]
+            if isinstance(section, dict):
+                sections.setdefault(name, {}).update(section.get("ros__parameters", {}) or {})
+    for node, values in overrides.items():
+        sections.setdefault(node, {}).update(values)
+    return sections
+
+
+def _dataclass_from(cls, values: dict):
+    """`cls` with the fields that `values` names (others keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+# --------------------------------------------------------------------------------------------
+# frame sources
+
+
+def _frame_source(config: RunConfig, query: Query) -> tuple[str, Path]:
+    """('video' | 'bag', path) of a video id."""
+    root = Path(config.videos)
+    bag_dir = root / query.video_id
+    if config.source in ("auto", "bag") and bag_dir.is_dir() and (bag_dir / "metadata.yaml").is_file():
+        return "bag", bag_dir
+    if config.source == "bag":
+        raise EvalError(f"no rosbag2 folder {bag_dir} for video {query.video_id!r}")
+    return "video", find_video(root, query.video_id)
+
+
+def iter_frames(kind: str, path: Path, fps: float) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(decoded index, stamp_ns, rgb) of every frame of a video file or a bag's image topic."""
+    if kind == "bag":
+        from stvg_ros.core.bag_io import iter_image_bag
+
+        for index, frame in enumerate(iter_image_bag(path)):
+            yield index, frame.stamp_ns, frame.rgb
+    else:
+        from stvg_ros.core.synth import stamp_ns
+        from stvg_ros.core.video_io import iter_video
+
+        for index, _, rgb in iter_video(path):
+            yield index, stamp_ns(index, fps), rgb
+
+
+def frame_count(kind: str, path: Path) -> int:
+    if kind == "bag":
+        from stvg_ros.core.bag_io import bag_info
+
+        info = bag_info(path)
+        topics = info.image_topics
+        if len(topics) != 1:
+            raise EvalError(f"bag {path} needs exactly one image topic, has {topics}")
+        return info.topics[topics[0]][1]
+    from stvg_ros.core.video_io import video_info
+
+    return video_info(path).frames
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+class OfflinePipeline:
+    """Perception + buffer + grounding, built from the graph's node parameters."""
+
+    def __init__(self, params: dict[str, dict]) -> None:
+        from stvg_ros.grounding.backends import make_backend
+        from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline
+
+        self.tracker_params = params.get("tracker_node", {})
+        grounding = dict(params.get("grounding_node", {}))
+        self.buffer_seconds = float(grounding.get("buffer_seconds", 30.0))
+        self.reasoning = bool(grounding.get("reasoning", True))
+        timeout_s = float(grounding.get("query_timeout_s", 120.0))
+        backend_kwargs = {k: grounding[k] for k in ("model", "mmproj", "endpoint", "n_ctx", "n_threads", "n_gpu_layers")
+                          if k in grounding}  # fmt: skip
+        self.backend_name = str(grounding.get("backend", "llama_cpp"))
+        self.model_name = str(grounding.get("model", ""))
+        self.backend = make_backend(self.backend_name, timeout_s=timeout_s, **backend_kwargs)
+        config = _dataclass_from(GroundingConfig, {**grounding, "timeout_s": timeout_s})
+        self.grounding = GroundingPipeline(self.backend, config)
+
+    def new_perception(self):
+        """A fresh perception pipeline (track IDs start again for every video, as per camera)."""
+        from stvg_ros.perception.pipeline import PerceptionConfig, build_perception
+
+        return build_perception(_dataclass_from(PerceptionConfig, self.tracker_params))
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+
+def _tracks_of(result):
+    """Tracks from whatever the perception pipeline returns for a frame."""
+    from stvg_ros.core.types import Tracks
+
+    if isinstance(result, Tracks):
+        return result
+    return result.tracks
+
+
+def outcome_to_prediction(query: Query, outcome, frame_of: dict[int, int], video_start_ns: int) -> Prediction:
+    """GroundingOutcome -> Prediction in annotation frames (stamps map back to the frames)."""
+    if not outcome.success or outcome.start_ns is None or outcome.end_ns is None:
+        return Prediction.failed(query.query_id)
+    start, end = frame_of.get(int(outcome.start_ns)), frame_of.get(int(outcome.end_ns))
+    if start is None or end is None:
+        raise EvalError(f"query {query.query_id}: the answer's span stamps are not frames of the video")
+    boxes = {}
+    for entry in outcome.tube or []:
+        frame = frame_of.get(int(entry.stamp_ns))
+        if frame is not None:
+            boxes[frame] = tuple(float(v) for v in entry.xyxy)
+    clip_offset_s = ((outcome.clip_start_ns or video_start_ns) - video_start_ns) / 1e9
+    start_s = None if outcome.start_s is None else clip_offset_s + float(outcome.start_s)
+    end_s = None if outcome.end_s is None else clip_offset_s + float(outcome.end_s)
+    return Prediction(query.query_id, start, end + 1, boxes, start_s, end_s, outcome.target_id)
+
+
+def _record(query: Query, prediction: Prediction, outcome, wall_s: float, error: str = "") -> dict:
+    record = {
+        "query_id": query.query_id,
+        "video_id": query.video_id,
+        "query": query.caption,
+        "gt_sted": [query.gt_start, query.gt_end],
+        "sted": [prediction.start, prediction.end],
+        "target_id": prediction.target_id,
+        "span_s": [prediction.start_s, prediction.end_s],
+        "n_tube_boxes": len(prediction.boxes),
+        "latency_s": round(wall_s, 3),
+        "success": bool(outcome is not None and outcome.success),
+        "failure": error,
+    }
+    if outcome is not None:
+        record.update(
+            failure=error or ("" if outcome.success else str(outcome.message or "")),
+            start_stamp_ns=outcome.start_ns,
+            end_stamp_ns=outcome.end_ns,
+            sampled_stamps_ns=list(outcome.sampled_stamps_ns or []),
+            raw_answer=str(outcome.raw or ""),
+            reasoning=str(getattr(outcome, "reasoning", "") or ""),
+            model=str(getattr(outcome, "model", "") or ""),
+            timings_ms=dict(getattr(outcome, "timings", {}) or {}),
+        )
+    return record
+
+
+def run_dataset(config: RunConfig) -> dict:
+    """Run the pipeline over every video of the annotations; write outputs; return the summary."""
+    from tqdm import tqdm
+
+    from stvg_ros.core.prompt import QueryError, normalize_query
+    from stvg_ros.evaluation.report import write_report
+    from stvg_ros.evaluation.scoring import score
+
+    annotations = load_annotations(config.annotations, config.annotation_format, config.vidor_dir)
+    by_video: dict[str, list[Query]] = {}
+    for query in annotations:
+        by_video.setdefault(query.video_id, []).append(query)
+    videos = sorted(by_video)[: config.limit] if config.limit else sorted(by_video)
+    # check every input before the (slow) run starts
+    sources = {v: _frame_source(config, by_video[v][0]) for v in videos}
+    for video_id, (kind, path) in sources.items():
+        frames = frame_count(kind, path)
+        expected = by_video[video_id][0].num_frames
+        if abs(frames - expected) > config.frame_tolerance:
+            raise EvalError(
+                f"frame-index mismatch: {path} has {frames} frames, the annotations say {expected} "
+                f"(--frame-tolerance {config.frame_tolerance})"
+            )
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from stvg_ros.grounding.pipeline import GroundingRequest
+    from stvg_ros.perception.buffer import ClipBuffer
+
+    params = node_parameters(config.params_file, config.overrides)
+    pipeline = OfflinePipeline(params)
+    tracks = TrackLog()
+    predictions: dict[str, Prediction] = {}
+    records: list[dict] = []
+    started = time.monotonic()
+    n_frames = 0
+    perception_s = 0.0
+    try:
+        for video_id in tqdm(videos, desc="eval run", unit="video", disable=not config.progress, file=sys.stderr):
+            kind, path = sources[video_id]
+            first = by_video[video_id][0]
+            perception = pipeline.new_perception()
+            duration_s = first.num_frames / first.fps
+            buffer = ClipBuffer(seconds=max(pipeline.buffer_seconds, duration_s + BUFFER_MARGIN_S))
+            frame_of: dict[int, int] = {}
+            video_start_ns = None
+            for index, stamp, rgb in iter_frames(kind, path, first.fps):
+                video_start_ns = stamp if video_start_ns is None else video_start_ns
+                tick = time.perf_counter()
+                frame_tracks = _tracks_of(perception.process(stamp, rgb))
+                perception_s += time.perf_counter() - tick
+                buffer.add_frame(stamp, rgb)
+                buffer.add_tracks(stamp, frame_tracks)
+                frame = first.to_annotation(index)
+                frame_of[stamp] = frame
+                tracks.add(video_id, frame, frame_tracks.track_id, frame_tracks.xyxy, stamp)
+                n_frames += 1
+            for query in by_video[video_id]:
+                tick = time.monotonic()
+                outcome, error = None, ""
+                try:
+                    request = GroundingRequest(query=normalize_query(query.caption), window_s=0.0,
+                                               reasoning=pipeline.reasoning)  # fmt: skip
+                    outcome = pipeline.grounding.ground(buffer.snapshot(0.0), request)
+                    prediction = outcome_to_prediction(query, outcome, frame_of, video_start_ns)
+                except QueryError as exc:
+                    prediction, error = Prediction.failed(query.query_id), f"bad query: {exc}"
+                predictions[query.query_id] = prediction
+                records.append(_record(query, prediction, outcome, time.monotonic() - tick, error))
+    finally:
+        pipeline.close()
+
+    subset = AnnotationSet({q.query_id: q for v in videos for q in by_video[v]}, annotations.format,
+                           annotations.path, annotations.warnings)  # fmt: skip
+    summary, _ = score(subset, predictions, config.protocol, tracks)
+    per_video = summary["per_video"]
+    for record in records:
+        entry = per_video[record["query_id"]]
+        record.update(tIoU=entry["tIoU"], vIoU=entry["vIoU"], ceiling_vIoU=entry.get("ceiling_vIoU"),
+                      error_source=entry.get("error_source"))  # fmt: skip
+    wall_s = time.monotonic() - started
+    summary["run"] = {
+        "videos": len(videos),
+        "frames": n_frames,
+        "wall_s": round(wall_s, 2),
+        "perception_fps": round(n_frames / perception_s, 2) if perception_s > 0 else None,
+        "mean_query_latency_s": round(float(np.mean([r["latency_s"] for r in records])), 3) if records else None,
+        "backend": pipeline.backend_name,
+        "model": pipeline.model_name,
+    }
+    save_predictions(out / "predictions.json", predictions)
+    write_records(out / "records.jsonl", records)
+    tracks.save(out / "tracks.jsonl")
+    write_report(out, summary, subset, predictions)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# CLI glue
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", choices=("auto", "video", "bag"), default="auto",
+                        help="read <videos>/<video_id>/ rosbag2 folders or video files (default: what exists)")  # fmt: skip
+    parser.add_argument("--params", default=None, metavar="FILE",
+                        help="ROS parameters file of the graph (default: config/stvg_ros.yaml)")  # fmt: skip
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NODE:NAME=VALUE",
+                        help="override one parameter, e.g. grounding_node:num_frames=8 (repeatable)")  # fmt: skip
+    parser.add_argument("--backend", default=None, help="grounding backend (llama_cpp, transformers, http)")
+    parser.add_argument("--model", default=None, help="grounding model: manifest name or path")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N videos")
+    parser.add_argument("--frame-tolerance", type=int, default=0,
+                        help="allowed difference between decoded and annotated frame counts")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_from_args(args: argparse.Namespace) -> dict:
+    from stvg_ros.cli.up import parse_overrides
+
+    try:
+        overrides = parse_overrides(args.param)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    grounding = overrides.setdefault("grounding_node", {})
+    if args.backend:
+        grounding["backend"] = args.backend
+    if args.model:
+        grounding["model"] = args.model
+    config = RunConfig(
+        videos=Path(args.videos),
+        annotations=Path(args.annotations),
+        out=Path(args.out),
+        protocol=args.protocol,
+        annotation_format=args.annotation_format,
+        vidor_dir=args.vidor_dir,
+        source=args.source,
+        params_file=args.params,
+        overrides=overrides,
+        limit=args.limit,
+        frame_tolerance=args.frame_tolerance,
+        progress=not args.no_progress,
+    )
+    return run_dataset(config)

@@ -1,0 +1,345 @@
+"""Helpers every stvg_ros node shares: parameter schemas, image QoS, image decoding, stamps, startup.
+
+A node's parameters are ONE dataclass whose fields carry `metadata={"description": ...}`:
+`declare_parameters(node, Schema)` declares them as ROS parameters (with descriptors) and returns
+the values, and `parameters_markdown(Schema)` renders the README table, so docs cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from stvg_ros.core.image_codec import decode_compressed, decode_image
+
+Schema = TypeVar("Schema")
+
+# --------------------------------------------------------------------------------------------
+# Parameter schemas
+
+
+def param(default: Any, description: str, *, read_only: bool = False, **extra: Any) -> Any:
+    """A schema field: `x: float = param(0.25, "detector confidence threshold")`.
+
+    Mutable defaults (lists) are copied per instance. `extra` goes into the field metadata
+    (e.g. `choices=("onnx", "ultralytics")`, checked by `declare_parameters`).
+    """
+    metadata = {"description": description, "read_only": read_only, **extra}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _field_kind(field: dataclasses.Field, hints: dict[str, Any]) -> tuple[type, type | None]:
+    """(python type, list element type or None) of a schema field from its annotation."""
+    hint = hints[field.name]
+    origin = typing.get_origin(hint)
+    if origin in (list, Sequence, tuple):
+        args = typing.get_args(hint)
+        return list, (args[0] if args else str)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = non_none[0]
+    if hint not in (str, int, float, bool):
+        raise TypeError(
+            f"parameter {field.name!r}: type {hint!r} is not a ROS parameter type (str/int/float/bool/list)"
+        )
+    return hint, None
+
+
+def _ros_type(kind: type, element: type | None):
+    from rclpy.parameter import Parameter
+
+    if kind is list:
+        return {
+            str: Parameter.Type.STRING_ARRAY,
+            int: Parameter.Type.INTEGER_ARRAY,
+            float: Parameter.Type.DOUBLE_ARRAY,
+            bool: Parameter.Type.BOOL_ARRAY,
+        }[element]
+    return {
+        str: Parameter.Type.STRING,
+        int: Parameter.Type.INTEGER,
+        float: Parameter.Type.DOUBLE,
+        bool: Parameter.Type.BOOL,
+    }[kind]
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    raise TypeError(f"parameter {field.name!r} needs a default")
+
+
+def declare_parameters(node, schema_cls: type[Schema], prefix: str = "") -> Schema:
+    """Declare every field of `schema_cls` on `node` and return an instance with the values.
+
+    Values come from parameter overrides (YAML `--params-file`, launch) where given, else the
+    field defaults. An int given for a float field is accepted. Raises ValueError naming the
+    parameter when a value is outside the field's `choices`.
+    """
+    from rcl_interfaces.msg import ParameterDescriptor
+    from rclpy.exceptions import ParameterUninitializedException
+
+    hints = typing.get_type_hints(schema_cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(schema_cls):
+        kind, element = _field_kind(field, hints)
+        default = _default(field)
+        ros_type = _ros_type(kind, element)
+        choices = field.metadata.get("choices")
+        description = field.metadata.get("description", "")
+        descriptor = ParameterDescriptor(
+            name=prefix + field.name,
+            type=ros_type.value,
+            description=description + (f" (one of: {', '.join(map(str, choices))})" if choices else ""),
+            read_only=bool(field.metadata.get("read_only", False)),
+            # Lets an integer in a YAML file set a float parameter (e.g. `conf: 1`).
+            dynamic_typing=kind is float,
+        )
+        # An empty list cannot say its element type: declare by type, fall back to the default.
+        initial = ros_type if (kind is list and not default) else default
+        node.declare_parameter(prefix + field.name, initial, descriptor)
+        try:
+            value = node.get_parameter(prefix + field.name).value
+        except ParameterUninitializedException:
+            value = default
+        if value is None:
+            value = default
+        if kind is float:
+            value = float(value)
+        elif kind is list:
+            value = [element(v) for v in value]
+        if choices and value not in choices:
+            raise ValueError(f"parameter {prefix + field.name!r} = {value!r} is not one of {list(choices)}")
+        values[field.name] = value
+    return schema_cls(**values)
+
+
+def read_parameters(node, schema_cls: type[Schema], prefix: str = "") -> Schema:
+    """Current values of already-declared schema parameters (e.g. re-read on configure)."""
+    from rclpy.exceptions import ParameterUninitializedException
+
+    hints = typing.get_type_hints(schema_cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(schema_cls):
+        kind, element = _field_kind(field, hints)
+        try:
+            value = node.get_parameter(prefix + field.name).value
+        except ParameterUninitializedException:
+            value = None
+        if value is None:
+            value = _default(field)
+        values[field.name] = float(value) if kind is float else [element(v) for v in value] if kind is list else value
+        choices = field.metadata.get("choices")
+        if choices and values[field.name] not in choices:
+            raise ValueError(
+                f"parameter {prefix + field.name!r} = {values[field.name]!r} is not one of {list(choices)}"
+            )
+    return schema_cls(**values)
+
+
+def parameters_markdown(schema_cls: type) -> str:
+    """The README table of a schema: name, type, default, description."""
+    hints = typing.get_type_hints(schema_cls)
+    lines = ["| parameter | type | default | description |", "|---|---|---|---|"]
+    for field in dataclasses.fields(schema_cls):
+        kind, element = _field_kind(field, hints)
+        type_name = f"{element.__name__}[]" if kind is list else kind.__name__
+        default = _default(field)
+        shown = (
+            "`"
+            + (
+                repr(default)
+                if isinstance(default, str)
+                else str(default).lower()
+                if isinstance(default, bool)
+                else str(default)
+            )
+            + "`"
+        )
+        description = field.metadata.get("description", "")
+        if field.metadata.get("choices"):
+            description += " (one of: " + ", ".join(f"`{c}`" for c in field.metadata["choices"]) + ")"
+        lines.append(f"| `{field.name}` | {type_name} | {shown} | {description.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# QoS and publisher watchdog
+
+RELIABILITIES = ("best_effort", "reliable", "system_default")
+
+
+def image_qos(depth: int = 1, reliability: str = "best_effort"):
+    """QoS for image subscriptions: KEEP_LAST `depth`, VOLATILE, the given reliability.
+
+    BEST_EFFORT (the sensor-data default) receives from both best-effort and reliable
+    publishers; RELIABLE receives nothing from a best-effort camera (a classic silent failure).
+    """
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    policies = {
+        "best_effort": ReliabilityPolicy.BEST_EFFORT,
+        "reliable": ReliabilityPolicy.RELIABLE,
+        "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
+    }
+    if reliability not in policies:
+        raise ValueError(f"image reliability {reliability!r} is not one of {list(policies)}")
+    if depth < 1:
+        raise ValueError(f"QoS depth must be at least 1, got {depth}")
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=int(depth),
+        reliability=policies[reliability],
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+class NoPublisherWatchdog:
+    """Logs a warning when subscriptions have matched no publisher for `after_s` seconds.
+
+    When publishers exist on the topic but none matched (QoS mismatch), the warning says so and
+    names their reliability. It warns again every `after_s` while nothing matches, and logs once
+    when a publisher matches.
+    """
+
+    def __init__(self, node, subscriptions: Sequence, after_s: float = 5.0) -> None:
+        self._node = node
+        self._subscriptions = list(subscriptions)
+        self._matched = False
+        self.warnings = 0
+        self._timer = node.create_timer(max(float(after_s), 0.1), self.check) if after_s > 0 else None
+
+    def matched_publishers(self) -> int:
+        return sum(s.get_publisher_count() for s in self._subscriptions)
+
+    def check(self) -> bool:
+        """True when some subscription has a matched publisher; warns otherwise."""
+        if self.matched_publishers() > 0:
+            if not self._matched:
+                self._node.get_logger().info("image publisher matched")
+            self._matched = True
+            return True
+        self._matched = False
+        self.warnings += 1
+        for sub in self._subscriptions:
+            topic = sub.topic_name
+            offered = [
+                str(getattr(info.qos_profile.reliability, "name", info.qos_profile.reliability)).lower()
+                for info in self._node.get_publishers_info_by_topic(topic)
+            ]
+            if offered:
+                self._node.get_logger().warning(
+                    f"{len(offered)} publisher(s) on {topic!r} but none matched: QoS mismatch? they offer "
+                    f"reliability {offered}; set the image reliability parameter to match (best_effort receives both)"
+                )
+            else:
+                self._node.get_logger().warning(f"no publisher on {topic!r} yet (check the topic name / remapping)")
+        return False
+
+    def destroy(self) -> None:
+        if self._timer is not None:
+            self._node.destroy_timer(self._timer)
+            self._timer = None
+
+
+# --------------------------------------------------------------------------------------------
+# Images and stamps
+
+try:  # real ROS systems: cv_bridge knows every encoding; here the core codec is used instead
+    from cv_bridge import CvBridge as _CvBridge  # type: ignore[import-not-found]
+
+    _BRIDGE = _CvBridge()
+except Exception:  # cv_bridge missing or broken: fall back to core/image_codec
+    _BRIDGE = None
+
+
+def decode_ros_image(msg) -> np.ndarray:
+    """A sensor_msgs/Image or CompressedImage as RGB uint8 (H, W, 3); ImageDecodeError when it cannot.
+
+    Uses cv_bridge where importable and the core codec (core/image_codec.py) otherwise or when
+    cv_bridge rejects the message.
+    """
+    compressed = hasattr(msg, "format") and not hasattr(msg, "encoding")
+    if _BRIDGE is not None:
+        try:
+            if compressed:
+                return np.ascontiguousarray(_BRIDGE.compressed_imgmsg_to_cv2(msg, desired_encoding="rgb8"))
+            if int(msg.height) > 0 and int(msg.width) > 0:
+                return np.ascontiguousarray(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
+        except Exception:  # let the core codec decide and explain
+            pass
+    return decode_compressed(msg) if compressed else decode_image(msg)
+
+
+def stamp_to_ns(stamp) -> int:
+    """builtin_interfaces/Time (or anything with sec/nanosec) -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(stamp_ns: int):
+    """Integer nanoseconds -> builtin_interfaces/Time."""
+    from builtin_interfaces.msg import Time
+
+    stamp_ns = int(stamp_ns)
+    return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+
+
+# --------------------------------------------------------------------------------------------
+# Lifecycle startup
+
+
+def autostart(node) -> bool:
+    """Configure then activate a lifecycle node (what `ros2 lifecycle set` would do); True on success.
+
+    A failed transition is logged by the node's callback; the node stays unconfigured/inactive and
+    can be driven by a lifecycle manager afterwards.
+    """
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error("configure failed; the node stays unconfigured (see the message above)")
+        return False
+    if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error("activate failed; the node stays inactive (see the message above)")
+        return False
+    return True
+
+
+def run_lifecycle_node(make_node: Callable[[], Any], args: list[str] | None = None) -> int:
+    """`main()` of a node module: init rclpy, build the node, self-activate when its `autostart`
+    parameter is true, spin until shutdown. Returns the process exit code (1 when autostart failed
+    and `exit_on_failure` is set on the node)."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = make_node()
+        wants_autostart = node.has_parameter("autostart") and bool(node.get_parameter("autostart").value)
+        if wants_autostart and not autostart(node) and getattr(node, "exit_on_failure", False):
+            return 1
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return code

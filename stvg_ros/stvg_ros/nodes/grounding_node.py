@@ -1,0 +1,681 @@
+"""grounding node: answers "which object, and when?" over the camera history, then follows the target.
+
+Subscribes `image` (sensor_msgs/Image, or `image/compressed` with image_transport=compressed) and
+`tracks` (stvg_ros_msgs/TrackedObjectArray) into a ClipBuffer. Serves `ground` as a service
+(stvg_ros_msgs/srv/Ground) and as an action (stvg_ros_msgs/action/Ground: feedback stage +
+progress, cancel) through one bounded queue; a query that finds the queue full is answered "busy"
+at once. Publishes every answer on `grounding_result`, then the target's live box on `target` for
+every new tracks message until `~/stop_target`, a new answer, or the track is lost for longer than
+`target_lost_timeout_s` (one STATUS_LOST message says so).
+
+Lifecycle: configure reads the parameters and checks that the model files exist (a missing file
+fails the transition with a message that names it); activate loads the model; deactivate frees it.
+The node configures and activates itself when `autostart` is true.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+
+from stvg_ros.core.image_codec import ImageDecodeError
+from stvg_ros.core.prompt import QueryError, normalize_query
+from stvg_ros.core.types import Tracks
+from stvg_ros.nodes.common import (
+    RELIABILITIES,
+    NoPublisherWatchdog,
+    autostart,
+    declare_parameters,
+    decode_ros_image,
+    image_qos,
+    ns_to_stamp,
+    param,
+    read_parameters,
+    stamp_to_ns,
+)
+from stvg_ros_msgs.action import Ground as GroundAction
+from stvg_ros_msgs.msg import GroundingResult, Target, TrackedObjectArray, TubeBox
+from stvg_ros_msgs.srv import Ground as GroundService
+
+BACKENDS = ("llama_cpp", "transformers", "http")
+#: Feedback stages of the action, in order.
+STAGES = ("queued", "sampling", "encoding", "reasoning", "parsing")
+
+
+@dataclass
+class GroundingParams:
+    """Parameters of the grounding node (config/grounding.yaml; table in docs/ros.md)."""
+
+    autostart: bool = param(True, "configure and activate on start (false: wait for a lifecycle manager)")
+    backend: str = param("llama_cpp", "VLM backend", choices=BACKENDS)
+    model: str = param(
+        "stvg-r1-7b-q4_k_m",
+        "model manifest name (models/*.yaml) or a path: GGUF file (llama_cpp), HF folder (transformers), "
+        "served model name (http)",
+    )
+    mmproj: str = param("", "vision projector GGUF for llama_cpp (empty: the one the manifest names)")
+    endpoint: str = param("", "OpenAI-compatible base URL for backend http, e.g. http://gpu-server:8080/v1")
+    n_ctx: int = param(8192, "llama.cpp context length in tokens (frames + prompt + answer must fit)")
+    n_threads: int = param(0, "llama.cpp CPU threads (0: all cores)")
+    n_gpu_layers: int = param(-1, "llama.cpp layers offloaded to the GPU (-1: all, 0: CPU only)")
+    num_frames: int = param(16, "frames sampled from the query window and shown to the model")
+    reasoning: bool = param(True, "queries with REASONING_DEFAULT get a <think> block first (false: answer only)")
+    max_new_tokens: int = param(512, "longest model answer in tokens (reasoning included)")
+    buffer_seconds: float = param(30.0, "camera history kept for queries, in seconds of source time")
+    query_timeout_s: float = param(120.0, "longest a query may take from arrival (queue wait included)")
+    queue_size: int = param(2, "queries that may wait while one runs; more are answered busy at once")
+    target_lost_timeout_s: float = param(3.0, "stop following when the target is unseen this long (source time)")
+    image_transport: str = param(
+        "raw",
+        "camera input: sensor_msgs/Image on `image` or CompressedImage on `image/compressed`",
+        choices=("raw", "compressed"),
+    )
+    image_reliability: str = param(
+        "best_effort",
+        "QoS reliability of the image subscription (best_effort also receives from reliable publishers)",
+        choices=RELIABILITIES,
+    )
+    no_image_warning_s: float = param(5.0, "warn when no image publisher has matched for this long (0: never)")
+
+
+# --------------------------------------------------------------------------------------------
+# ROS-free parts: the bounded query queue and the target follower
+
+
+@dataclass
+class QueryJob:
+    """One query on its way through the queue; the caller waits on `done`."""
+
+    request: Any  # grounding.pipeline.GroundingRequest
+    snapshot: Any  # perception.buffer.ClipSnapshot
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    stage: str = "queued"
+    progress: float = 0.0
+    outcome: Any = None  # grounding.pipeline.GroundingOutcome once it ran
+    error: str = ""  # why it did not run or failed outside the pipeline
+
+    def report(self, stage: str, fraction: float) -> None:
+        """Progress callback of the pipeline."""
+        self.stage, self.progress = str(stage), float(min(max(fraction, 0.0), 1.0))
+
+    def finish(self, outcome: Any = None, error: str = "") -> None:
+        self.outcome, self.error = outcome, error
+        self.done.set()
+
+
+class QueryQueue:
+    """At most `waiting + 1` queries in flight (one running, the rest waiting), served in order by
+    one worker thread; `submit` never blocks and returns False when there is no room."""
+
+    def __init__(self, run: Callable[[QueryJob], Any], waiting: int) -> None:
+        if waiting < 0:
+            raise ValueError(f"queue_size must be >= 0, got {waiting}")
+        self._run = run
+        self._slots = threading.BoundedSemaphore(waiting + 1)
+        self._jobs: queue.Queue[QueryJob | None] = queue.Queue()  # bounded by the slots
+        self._running: QueryJob | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="grounding-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: QueryJob) -> bool:
+        if self._stopping.is_set() or not self._slots.acquire(blocking=False):
+            return False
+        self._jobs.put(job)
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                if self._stopping.is_set():
+                    job.finish(error="the grounding node was deactivated before the query ran")
+                elif job.cancel.is_set():
+                    job.finish(error="cancelled while queued")
+                else:
+                    self._running = job
+                    job.finish(outcome=self._run(job))
+            except Exception as exc:
+                job.finish(error=f"grounding failed: {type(exc).__name__}: {exc}")
+            finally:
+                self._running = None
+                self._slots.release()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Cancel the running query, fail the waiting ones, and end the worker."""
+        self._stopping.set()
+        if (running := self._running) is not None:
+            running.cancel.set()
+        self._jobs.put(None)
+        self._thread.join(timeout=timeout_s)
+
+
+@dataclass
+class TargetUpdate:
+    """What to publish on `target` for one tracks message."""
+
+    status: str  # tracking | occluded | lost | stopped
+    target_id: int
+    query: str
+    seconds_since_seen: float
+    box: np.ndarray | None
+
+
+class TargetFollower:
+    """Follows one track ID over incoming tracks; thread-safe. Times are source stamps (ns)."""
+
+    def __init__(self, lost_timeout_s: float) -> None:
+        self.lost_timeout_ns = int(lost_timeout_s * 1e9)
+        self._lock = threading.Lock()
+        self._target: tuple[int, str] | None = None
+        self._last_seen_ns = 0
+        self._last_box: np.ndarray | None = None
+
+    @property
+    def target_id(self) -> int | None:
+        with self._lock:
+            return self._target[0] if self._target else None
+
+    def follow(self, target_id: int, query: str, last_seen_ns: int, box: np.ndarray | None) -> TargetUpdate | None:
+        """Start following `target_id`; returns a `stopped` update for the previous target, if any."""
+        with self._lock:
+            previous = self._stop_locked()
+            self._target = (int(target_id), query)
+            self._last_seen_ns, self._last_box = int(last_seen_ns), box
+            return previous
+
+    def stop(self) -> TargetUpdate | None:
+        with self._lock:
+            return self._stop_locked()
+
+    def _stop_locked(self) -> TargetUpdate | None:
+        if self._target is None:
+            return None
+        update = TargetUpdate("stopped", self._target[0], self._target[1], 0.0, self._last_box)
+        self._target = None
+        return update
+
+    def update(self, stamp_ns: int, tracks: Tracks) -> TargetUpdate | None:
+        """The target's state on a new frame, or None when nothing is being followed."""
+        with self._lock:
+            if self._target is None:
+                return None
+            target_id, query = self._target
+            rows = np.flatnonzero(tracks.track_id == target_id)
+            if len(rows):
+                self._last_box = tracks.xyxy[rows[0]].copy()
+                if bool(tracks.detected[rows[0]]):
+                    self._last_seen_ns = max(self._last_seen_ns, int(stamp_ns))
+            since_s = max(0, int(stamp_ns) - self._last_seen_ns) / 1e9
+            if since_s * 1e9 > self.lost_timeout_ns:
+                self._target = None
+                return TargetUpdate("lost", target_id, query, since_s, self._last_box)
+            status = "tracking" if len(rows) and bool(tracks.detected[rows[0]]) else "occluded"
+            return TargetUpdate(status, target_id, query, since_s, self._last_box)
+
+
+def reasoning_for(flag: int, default: bool) -> bool:
+    """REASONING_DEFAULT (0) -> the node's parameter; ON (1) -> True; OFF (2) -> False."""
+    return {1: True, 2: False}.get(int(flag), bool(default))
+
+
+def check_window(window_s: float) -> str:
+    """'' when `window_s` is a usable window (0 = whole buffer), else why not."""
+    if not math.isfinite(window_s) or window_s < 0:
+        return f"window_seconds must be a finite number >= 0 (0 = the whole buffer), got {window_s}"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# The node
+
+
+STATUS_CODES = {
+    "tracking": Target.STATUS_TRACKING,
+    "occluded": Target.STATUS_OCCLUDED,
+    "lost": Target.STATUS_LOST,
+    "stopped": Target.STATUS_STOPPED,
+}
+RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class GroundingNode(LifecycleNode):
+    """Thin ROS shell around ClipBuffer + GroundingPipeline (see the module docstring)."""
+
+    def __init__(self, node_name: str = "grounding_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self.params: GroundingParams = declare_parameters(self, GroundingParams)
+        # Each query in flight holds one executor thread while it waits (see Graph.build).
+        self.executor_threads = max(0, self.params.queue_size) + 3
+        self._stream_group = MutuallyExclusiveCallbackGroup()
+        self._query_group = ReentrantCallbackGroup()
+        self._active = False
+        self._model_files: dict = {}
+        self._buffer = None
+        self._pipeline = None
+        self._backend = None
+        self._queue: QueryQueue | None = None
+        self._follower = TargetFollower(self.params.target_lost_timeout_s)
+        self._entities: list = []  # subscriptions, services, action server, timers made on configure
+        self._watchdog = None
+        self._result_pub = self._target_pub = None
+        self._frame_id = ""
+        self._decode_warned = 0.0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from stvg_ros.grounding.backends import resolve_model_files
+        from stvg_ros.perception.buffer import ClipBuffer
+
+        try:
+            self.params = read_parameters(self, GroundingParams)
+            problems = _check_params(self.params)
+            if problems:
+                raise ValueError("; ".join(problems))
+            self._model_files = resolve_model_files(**_backend_kwargs(self.params))
+        except Exception as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        p = self.params
+        self.executor_threads = p.queue_size + 3
+        self._buffer = ClipBuffer(seconds=p.buffer_seconds)
+        self._follower = TargetFollower(p.target_lost_timeout_s)
+        self._result_pub = self.create_lifecycle_publisher(GroundingResult, "grounding_result", RESULTS_QOS)
+        self._target_pub = self.create_lifecycle_publisher(Target, "target", 10)
+        if p.image_transport == "compressed":
+            image_sub = self.create_subscription(
+                CompressedImage,
+                "image/compressed",
+                self._on_image,
+                image_qos(1, p.image_reliability),
+                callback_group=self._stream_group,
+            )
+        else:
+            image_sub = self.create_subscription(
+                Image, "image", self._on_image, image_qos(1, p.image_reliability), callback_group=self._stream_group
+            )
+        tracks_sub = self.create_subscription(
+            TrackedObjectArray, "tracks", self._on_tracks, 30, callback_group=self._stream_group
+        )
+        self._entities = [
+            image_sub,
+            tracks_sub,
+            self.create_service(GroundService, "ground", self._on_ground_service, callback_group=self._query_group),
+            self.create_service(Trigger, "~/stop_target", self._on_stop_target),
+            ActionServer(
+                self,
+                GroundAction,
+                "ground",
+                execute_callback=self._on_ground_action,
+                goal_callback=lambda _goal: GoalResponse.ACCEPT,
+                cancel_callback=lambda _handle: CancelResponse.ACCEPT,
+                callback_group=self._query_group,
+            ),
+        ]
+        self._watchdog = NoPublisherWatchdog(self, [image_sub], after_s=p.no_image_warning_s)
+        files = ", ".join(f"{k}={v}" for k, v in self._model_files.items()) or p.endpoint
+        self.get_logger().info(f"configured: backend {p.backend}, model {files}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from stvg_ros.grounding.backends import make_backend
+        from stvg_ros.grounding.pipeline import GroundingPipeline
+
+        started = time.monotonic()
+        try:
+            self._backend = make_backend(self.params.backend, **_backend_kwargs(self.params))
+            self._pipeline = GroundingPipeline(self._backend, _grounding_config(self.params))
+        except Exception as exc:
+            self.get_logger().error(f"activate failed: could not load the model: {exc}")
+            self._backend = self._pipeline = None
+            return TransitionCallbackReturn.FAILURE
+        self._queue = QueryQueue(self._run_job, self.params.queue_size)
+        self._active = True
+        self.get_logger().info(
+            f"active: model loaded in {time.monotonic() - started:.1f} s; serving `ground` (service and action)"
+        )
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        self._stop_following()
+        if self._queue is not None:
+            self._queue.stop()
+            self._queue = None
+        self._pipeline = None
+        if self._backend is not None and hasattr(self._backend, "close"):
+            self._backend.close()
+        self._backend = None
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._active:
+            self.on_deactivate(state)
+        self._destroy_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        self._active = False
+        if self._queue is not None:
+            self._queue.stop(timeout_s=2.0)
+            self._queue = None
+        super().destroy_node()
+
+    def _destroy_entities(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.destroy()
+            self._watchdog = None
+        for entity in self._entities:
+            if hasattr(entity, "destroy") and not hasattr(entity, "topic_name") and not hasattr(entity, "srv_type"):
+                entity.destroy()  # the action server
+            elif hasattr(entity, "srv_type"):
+                self.destroy_service(entity)
+            else:
+                self.destroy_subscription(entity)
+        self._entities = []
+        for pub in (self._result_pub, self._target_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        self._result_pub = self._target_pub = None
+        self._buffer = None
+
+    # ---------------------------------------------------------------- streams
+
+    def _on_image(self, msg) -> None:
+        if not self._active:
+            return
+        try:
+            rgb = decode_ros_image(msg)
+        except ImageDecodeError as exc:
+            now = time.monotonic()
+            if now - self._decode_warned > 5.0:  # a bad camera must not flood the log
+                self._decode_warned = now
+                self.get_logger().warning(f"dropping an image that cannot be decoded: {exc}")
+            return
+        self._frame_id = msg.header.frame_id
+        self._buffer.add_frame(stamp_to_ns(msg.header.stamp), rgb)
+
+    def _on_tracks(self, msg) -> None:
+        if not self._active:
+            return
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        tracks = tracks_from_msg(msg)
+        self._buffer.add_tracks(stamp_ns, tracks, frame_id=msg.header.frame_id)
+        update = self._follower.update(stamp_ns, tracks)
+        if update is not None:
+            self._publish_target(update, msg.header)
+
+    def _publish_target(self, update: TargetUpdate, header) -> None:
+        box = update.box if update.box is not None else np.zeros(4, np.float32)
+        self._target_pub.publish(
+            Target(
+                header=header,
+                target_id=int(update.target_id),
+                query=update.query,
+                status=STATUS_CODES[update.status],
+                seconds_since_seen=float(update.seconds_since_seen),
+                x1=float(box[0]),
+                y1=float(box[1]),
+                x2=float(box[2]),
+                y2=float(box[3]),
+            )
+        )
+        if update.status == "lost":
+            self.get_logger().info(
+                f"target {update.target_id} lost for {update.seconds_since_seen:.1f} s; stopped following"
+            )
+
+    def _stop_following(self) -> TargetUpdate | None:
+        update = self._follower.stop()
+        if update is not None and self._target_pub is not None:
+            self._publish_target(update, Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_id))
+        return update
+
+    def _on_stop_target(self, request, response):
+        update = self._stop_following()
+        response.success = update is not None
+        response.message = f"stopped following target {update.target_id}" if update else "no target is being followed"
+        return response
+
+    # ---------------------------------------------------------------- queries
+
+    def _submit(self, query: str, window_s: float, reasoning_flag: int) -> tuple[QueryJob | None, str]:
+        """Queue a query; (job, '') or (None, why it cannot run)."""
+        from stvg_ros.grounding.pipeline import GroundingRequest
+
+        if not self._active or self._queue is None:
+            return None, "the grounding node is not active (lifecycle state: not active); try again later"
+        try:
+            text = normalize_query(query)
+        except QueryError as exc:
+            return None, f"bad query: {exc}"
+        if problem := check_window(window_s):
+            return None, problem
+        if self._buffer is None or self._buffer.num_frames == 0:
+            topic = "image/compressed" if self.params.image_transport == "compressed" else "image"
+            return None, f"no camera frames received yet on {self.resolve_topic_name(topic)}; nothing to ground"
+        request = GroundingRequest(
+            query=text, window_s=float(window_s), reasoning=reasoning_for(reasoning_flag, self.params.reasoning)
+        )
+        job = QueryJob(request=request, snapshot=self._buffer.snapshot(float(window_s)))
+        if not self._queue.submit(job):
+            return None, (
+                f"busy: {self.params.queue_size + 1} queries are already in flight "
+                "(queue_size + 1 running); try again later"
+            )
+        return job, ""
+
+    def _run_job(self, job: QueryJob):
+        """Worker thread: run the pipeline, publish the answer, follow the target."""
+        outcome = self._pipeline.ground(job.snapshot, job.request, progress=job.report, cancel=job.cancel)
+        return outcome
+
+    def _result(self, query: str, job: QueryJob | None, error: str):
+        """The GroundingResult for a finished (or refused) query; publishes answers that ran."""
+        if job is not None and job.outcome is not None and not job.error:
+            result = result_msg(
+                job.outcome, query, self._model_name(), frame_id=self._frame_id, now=self.get_clock().now().to_msg()
+            )
+            if job.cancel.is_set() and not job.outcome.success:
+                result.message = result.message or "cancelled"
+            self._result_pub.publish(result)
+            self._after_result(job)
+            return result
+        message = error or (job.error if job is not None else "") or "no answer"
+        result = GroundingResult(query=query, success=False, message=message, target_id=-1, model=self._model_name())
+        result.header.stamp = self.get_clock().now().to_msg()
+        result.header.frame_id = self._frame_id
+        return result
+
+    def _after_result(self, job: QueryJob) -> None:
+        """A new answer replaces the followed target (or stops following when it failed)."""
+        outcome = job.outcome
+        if not outcome.success:
+            self._stop_following()
+            return
+        seen_ns, box = last_sighting(job.snapshot, outcome.target_id, default_ns=outcome.end_ns)
+        previous = self._follower.follow(outcome.target_id, job.request.query, seen_ns, box)
+        if previous is not None:
+            self._publish_target(previous, Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_id))
+
+    def _model_name(self) -> str:
+        return str(self._model_files.get("name") or self.params.model)
+
+    def _deadline(self) -> float:
+        return time.monotonic() + max(0.1, self.params.query_timeout_s)
+
+    def _on_ground_service(self, request, response):
+        deadline = self._deadline()
+        job, error = self._submit(request.query, request.window_seconds, request.reasoning)
+        if job is not None and not job.done.wait(timeout=max(0.0, deadline - time.monotonic())):
+            job.cancel.set()
+            job, error = None, f"timed out after {self.params.query_timeout_s:.0f} s (query_timeout_s); cancelled"
+        response.result = self._result(request.query, job, error)
+        return response
+
+    def _on_ground_action(self, goal_handle):
+        goal = goal_handle.request
+        deadline = self._deadline()
+        job, error = self._submit(goal.query, goal.window_seconds, goal.reasoning)
+        reported = None
+        while job is not None and not job.done.wait(timeout=0.05):
+            if goal_handle.is_cancel_requested:
+                job.cancel.set()
+            if time.monotonic() > deadline:
+                job.cancel.set()
+                job, error = None, f"timed out after {self.params.query_timeout_s:.0f} s; cancelled"
+                break
+            if (job.stage, round(job.progress, 3)) != reported:
+                reported = (job.stage, round(job.progress, 3))
+                goal_handle.publish_feedback(GroundAction.Feedback(stage=job.stage, progress=float(job.progress)))
+        result = self._result(goal.query, job, error)
+        if goal_handle.is_cancel_requested:
+            result.success, result.message = False, result.message or "cancelled"
+            goal_handle.canceled()
+        elif result.success:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return GroundAction.Result(result=result)
+
+
+def result_msg(outcome, query: str, model: str, frame_id: str, now) -> GroundingResult:
+    """GroundingOutcome (pipeline) -> GroundingResult message."""
+    msg = GroundingResult(
+        query=query,
+        success=bool(outcome.success),
+        message=str(outcome.message or ""),
+        model=str(outcome.model or model),
+    )
+    msg.header.stamp, msg.header.frame_id = now, frame_id
+    msg.target_id = int(outcome.target_id) if outcome.success and outcome.target_id is not None else -1
+    for name in ("start", "end", "clip_start"):
+        value = getattr(outcome, f"{name}_ns", None)
+        if value is not None:
+            setattr(msg, name, ns_to_stamp(value))
+    msg.start_offset = float(outcome.start_s or 0.0) if outcome.start_s is not None else 0.0
+    msg.end_offset = float(outcome.end_s or 0.0) if outcome.end_s is not None else 0.0
+    msg.confidence = float(outcome.confidence or 0.0)
+    msg.reasoning = str(outcome.reasoning or "")
+    msg.raw_answer = str(outcome.raw or "")
+    msg.tube = [
+        TubeBox(
+            header=Header(stamp=ns_to_stamp(entry.stamp_ns), frame_id=str(entry.frame_id or frame_id)),
+            x1=float(entry.xyxy[0]),
+            y1=float(entry.xyxy[1]),
+            x2=float(entry.xyxy[2]),
+            y2=float(entry.xyxy[3]),
+            interpolated=bool(entry.interpolated),
+        )
+        for entry in (outcome.tube or [])
+    ]
+    msg.sampled_stamps = [ns_to_stamp(s) for s in (outcome.sampled_stamps_ns or [])]
+    return msg
+
+
+def tracks_from_msg(msg) -> Tracks:
+    """TrackedObjectArray -> Tracks."""
+    objects = msg.objects
+    return Tracks(
+        xyxy=np.array([[o.x1, o.y1, o.x2, o.y2] for o in objects], np.float32).reshape(-1, 4),
+        track_id=np.array([o.track_id for o in objects], np.int64),
+        score=np.array([o.score for o in objects], np.float32),
+        class_id=np.array([o.class_id for o in objects], np.int32),
+        detected=np.array([o.detected for o in objects], bool),
+    )
+
+
+def last_sighting(snapshot, target_id: int, default_ns: int | None) -> tuple[int, np.ndarray | None]:
+    """(stamp, box) of the newest frame in `snapshot` where `target_id` was detected."""
+    for frame in reversed(list(getattr(snapshot, "tracks", []) or [])):
+        tracks = frame.tracks
+        rows = np.flatnonzero((tracks.track_id == target_id) & tracks.detected)
+        if len(rows):
+            return int(frame.stamp_ns), tracks.xyxy[rows[0]].copy()
+    return int(default_ns or 0), None
+
+
+def _check_params(p: GroundingParams) -> list[str]:
+    problems = []
+    if p.num_frames < 1:
+        problems.append(f"num_frames must be >= 1, got {p.num_frames}")
+    if p.buffer_seconds <= 0:
+        problems.append(f"buffer_seconds must be > 0, got {p.buffer_seconds}")
+    if p.query_timeout_s <= 0:
+        problems.append(f"query_timeout_s must be > 0, got {p.query_timeout_s}")
+    if p.queue_size < 0:
+        problems.append(f"queue_size must be >= 0, got {p.queue_size}")
+    if p.backend == "http" and not p.endpoint:
+        problems.append("backend http needs `endpoint` (e.g. http://gpu-server:8080/v1)")
+    return problems
+
+
+def _backend_kwargs(p: GroundingParams) -> dict:
+    """Keyword arguments of make_backend / resolve_model_files for the node's parameters."""
+    return {
+        "model": p.model,
+        "mmproj": p.mmproj,
+        "endpoint": p.endpoint,
+        "n_ctx": p.n_ctx,
+        "n_threads": p.n_threads,
+        "n_gpu_layers": p.n_gpu_layers,
+        "timeout_s": p.query_timeout_s,
+    }
+
+
+def _grounding_config(p: GroundingParams):
+    from stvg_ros.grounding.pipeline import GroundingConfig
+
+    return GroundingConfig(num_frames=p.num_frames, max_new_tokens=p.max_new_tokens, timeout_s=p.query_timeout_s)
+
+
+def main(args: list[str] | None = None) -> int:
+    """`ros2 run stvg_ros grounding_node`: one node, self-activating, spun until SIGINT/SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = GroundingNode()
+        if node.params.autostart:
+            autostart(node)  # a failure is logged; the node stays up for a lifecycle manager
+        executor = MultiThreadedExecutor(num_threads=node.executor_threads + 1)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""Helpers for the ROS tests (tests/test_ros_*.py): node processes and a DDS client in the test process.
+
+Every wait has a timeout; processes are started in their own process group and killed in `stop`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies (even by a C-level abort), so no node
+    is left running."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class NodeProcess:
+    """A child process (a node, `stvg-ros up`, a player) whose output goes to a log file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict | None = None) -> None:
+        self.args = args
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            cwd=REPO,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+    @classmethod
+    def python(cls, module_args: list[str], log_path: Path, env: dict | None = None) -> NodeProcess:
+        return cls([sys.executable, *module_args], log_path, env)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout_s: float) -> bool:
+        return wait_until(lambda: text in self.log() or self.proc.poll() is not None, timeout_s) and text in self.log()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGINT (a clean rclpy shutdown), then SIGKILL of the whole group after `timeout_s`."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)
+                self.proc.wait(timeout=timeout_s)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=5)
+        self._log.close()
+        return self.proc.returncode
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())
+
+
+# --------------------------------------------------------------------------------------------
+# A DDS client in the test process (own rclpy context, spun in a background thread)
+
+
+class RosClient:
+    """Publishers, subscriptions, service and action clients for one test module."""
+
+    def __init__(self, namespace: str = "", name: str = "stvg_test_client") -> None:
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, namespace=namespace or None, context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown(timeout_sec=5)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+        self._thread.join(timeout=5)
+
+    # ------------------------------------------------------------- topics
+
+    def collect(self, msg_type, topic: str, qos=10, maxlen: int = 2000) -> deque:
+        """Messages received on `topic`, newest last (bounded)."""
+        received: deque = deque(maxlen=maxlen)
+        self.node.create_subscription(msg_type, topic, lambda msg: received.append(msg), qos)
+        return received
+
+    # ------------------------------------------------------------- services and actions
+
+    def service(self, srv_type, name: str, timeout_s: float):
+        client = self.node.create_client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            raise TimeoutError(f"service {name} did not appear within {timeout_s} s")
+        return client
+
+    @staticmethod
+    def result_of(future, timeout_s: float):
+        if not wait_until(future.done, timeout_s):
+            raise TimeoutError(f"no answer within {timeout_s} s")
+        return future.result()
+
+    def call(self, client, request, timeout_s: float):
+        return self.result_of(client.call_async(request), timeout_s)
+
+    def action(self, action_type, name: str, timeout_s: float):
+        from rclpy.action import ActionClient
+
+        client = ActionClient(self.node, action_type, name)
+        if not client.wait_for_server(timeout_sec=timeout_s):
+            raise TimeoutError(f"action server {name} did not appear within {timeout_s} s")
+        return client
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic camera input published by the test
+
+
+def stamp(stamp_ns: int):
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+
+
+def image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera"):
+    from sensor_msgs.msg import Image
+
+    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
+    msg.data = rgb.tobytes()
+    msg.header.stamp, msg.header.frame_id = stamp(stamp_ns), frame_id
+    return msg
+
+
+def tracks_msg(boxes: dict[int, tuple[float, float, float, float]], stamp_ns: int, frame_id: str = "camera"):
+    from stvg_ros_msgs.msg import TrackedObject, TrackedObjectArray
+
+    msg = TrackedObjectArray()
+    msg.header.stamp, msg.header.frame_id = stamp(stamp_ns), frame_id
+    msg.objects = [
+        TrackedObject(track_id=tid, label="shape", class_id=0, score=0.9, x1=float(b[0]), y1=float(b[1]), x2=float(b[2]), y2=float(b[3]),
+                      detected=True)
+        for tid, b in boxes.items()
+    ]
+    return msg

@@ -1,0 +1,405 @@
+"""Wiring of trl.GRPOTrainer for STVG-R1: config -> GRPOConfig, model, processor, data, rewards, callbacks.
+
+Nothing here changes TRL's algorithm. The clip reaches the model as a list of images (see
+stvg_train.data), which TRL 1.16 passes to the loss forward; `VisionGradProbe` counts the
+vision-tower calls made with gradients enabled so a run can show its visual inputs take part in
+the gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from stvg_train.config import ConfigError, TrainConfig
+from stvg_train.data import load_prepared, training_dataset
+from stvg_train.rewards import reward_functions
+
+log = logging.getLogger("stvg_train.grpo")
+
+#: GRPOConfig values of the official STVG-R1 run (METHOD §7 / METHOD_DETAILS §4.3-4.4) that differ
+#: from TRL 1.16 defaults; a config's `grpo:` section overrides them.
+STVG_R1_GRPO_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 1e-6,
+    "beta": 0.04,  # KL weight (TRL 0.15.1 default used by the official run)
+    "num_generations": 8,
+    "max_completion_length": 1024,
+    "temperature": 1.0,
+    "top_k": 50,  # transformers' sampling default, which the official trainer used
+    "loss_type": "grpo",  # mean over sequences of the per-sequence token mean
+    "scale_rewards": "group",
+    "per_device_train_batch_size": 8,  # = num_generations: one prompt per device per step
+    "gradient_accumulation_steps": 1,
+    "num_train_epochs": 1,
+    "save_steps": 50,
+    "logging_steps": 1,
+    "data_seed": 42,
+    "max_grad_norm": 1.0,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0,
+    "activation_checkpointing": True,
+}
+
+
+def find_vision_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """The Qwen2.5-VL vision encoder inside `model` (also through PEFT / DeepSpeed wrappers)."""
+    for name, module in model.named_modules():
+        if name.split(".")[-1] == "visual":
+            return module
+    raise ValueError(f"{type(model).__name__} has no vision tower (`visual` module); is it a Qwen2.5-VL model?")
+
+
+class VisionGradProbe(TrainerCallback):
+    """Counts vision-tower forward calls with gradients enabled, and the tower's gradient norm.
+
+    TRL runs generation and the reference/old log-probs under no_grad, so a grad-enabled call can
+    only come from the loss forward: `grad_calls > 0` shows the images take part in the loss.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.tower = find_vision_tower(model)
+        self.grad_calls = 0
+        self.no_grad_calls = 0
+        self.grad_norms: list[float] = []
+        self._handle = self.tower.register_forward_hook(self._on_forward)
+
+    def _on_forward(self, module, inputs, output) -> None:
+        if torch.is_grad_enabled():
+            self.grad_calls += 1
+        else:
+            self.no_grad_calls += 1
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        norms = [p.grad.detach().float().norm() for p in self.tower.parameters() if p.grad is not None]
+        self.grad_norms.append(float(torch.stack(norms).norm()) if norms else 0.0)
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+class JsonLogCallback(TrainerCallback):
+    """Appends every Trainer log record (loss, rewards, KL, ...) to a JSON-lines file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.records: list[dict[str, Any]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "time": time.time(), **logs}
+        self.records.append(record)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+
+@dataclass
+class BuiltTrainer:
+    """A ready GRPOTrainer and what was decided while building it."""
+
+    trainer: Any
+    args: Any
+    probe: VisionGradProbe
+    json_log: JsonLogCallback | None
+    train_rows: int
+    resume_from: str | None
+    #: Parts of the config not engaged in this build and why (dry runs without the hardware).
+    substitutions: dict[str, str] = field(default_factory=dict)
+
+
+def grpo_arguments(cfg: TrainConfig, *, overrides: dict[str, Any] | None = None):
+    """trl.GRPOConfig from the config: STVG-R1 defaults < `grpo:` section < `overrides`."""
+    from trl import GRPOConfig
+
+    values = {**STVG_R1_GRPO_DEFAULTS, **cfg.grpo, **(overrides or {})}
+    if values.get("deepspeed") and isinstance(values["deepspeed"], str):
+        ds_path = cfg.config_relative(values["deepspeed"])
+        if not ds_path.is_file():
+            raise ConfigError(f"grpo.deepspeed: {ds_path} not found")
+        values["deepspeed"] = str(ds_path)
+    report_to = ["tensorboard"] if "tensorboard" in cfg.log_to else []
+    if report_to:
+        from transformers.integrations import is_tensorboard_available
+
+        if not is_tensorboard_available():
+            raise ConfigError("log_to: tensorboard needs the `tensorboard` package (pip install tensorboard)")
+    try:
+        return GRPOConfig(output_dir=cfg.output_dir, seed=cfg.seed, report_to=report_to, **values)
+    except (TypeError, ValueError) as exc:  # unknown field, or a value GRPOConfig rejects
+        raise ConfigError(f"grpo: {exc}") from None
+
+
+def load_policy(cfg: TrainConfig, model_path: str | None = None):
+    """The policy model and its processor (per-frame pixel budget from the config)."""
+    from transformers import AutoProcessor
+    from trl.trainer.utils import create_model_from_path
+
+    path = model_path or cfg.model.name_or_path
+    model = create_model_from_path(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    processor = AutoProcessor.from_pretrained(path, padding_side="left")
+    image_processor = processor.image_processor
+    if cfg.model.max_pixels is not None:
+        image_processor.max_pixels = cfg.model.max_pixels
+        image_processor.size = {**dict(image_processor.size or {}), "longest_edge": cfg.model.max_pixels}
+    if cfg.model.min_pixels is not None:
+        image_processor.min_pixels = cfg.model.min_pixels
+        image_processor.size = {**dict(image_processor.size or {}), "shortest_edge": cfg.model.min_pixels}
+    if cfg.model.freeze_vision_tower:
+        for p in find_vision_tower(model).parameters():
+            p.requires_grad_(False)
+    return model, processor
+
+
+def lora_config(cfg: TrainConfig):
+    """peft.LoraConfig for the language model, or None for full fine-tuning."""
+    if cfg.lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        # Keep adapters off the vision tower (the merged model must convert to a stock mmproj).
+        exclude_modules=r".*visual.*",
+        task_type="CAUSAL_LM",
+    )
+
+
+def resume_checkpoint(cfg: TrainConfig) -> str | None:
+    """The checkpoint to resume from: "auto" picks the last one in output_dir, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = cfg.resume_from_checkpoint
+    if value in (None, "", False):
+        return None
+    if value == "auto":
+        out = Path(cfg.output_dir)
+        return get_last_checkpoint(str(out)) if out.is_dir() else None
+    if not Path(value).is_dir():
+        raise ConfigError(f"resume_from_checkpoint: {value} is not a checkpoint folder")
+    return str(value)
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    *,
+    model_path: str | None = None,
+    data_paths: list[str] | None = None,
+    grpo_overrides: dict[str, Any] | None = None,
+    substitutions: dict[str, str] | None = None,
+    extra_rewards: list | None = None,
+) -> BuiltTrainer:
+    """Build a GRPOTrainer from the config (no training yet).
+
+    `model_path` / `data_paths` replace the config's model and datasets (dry runs, the smoke test);
+    `grpo_overrides` replace GRPOConfig values, `substitutions` records why; `extra_rewards` are
+    reward functions added after the configured ones.
+    """
+    from trl import GRPOTrainer
+
+    args = grpo_arguments(cfg, overrides=grpo_overrides)  # first: ZeRO-3 must be set up before the model loads
+    prepared = load_prepared(data_paths or cfg.data.train)
+    train_ds = training_dataset(prepared, min_vote_share=cfg.data.min_vote_share, max_samples=cfg.data.max_samples)
+    model, processor = load_policy(cfg, model_path)
+    probe = VisionGradProbe(model)
+    callbacks: list[TrainerCallback] = [probe]
+    json_log = None
+    if "json" in cfg.log_to:
+        json_log = JsonLogCallback(Path(cfg.output_dir) / "train_log.jsonl")
+        callbacks.append(json_log)
+    trainer = GRPOTrainer(
+        model=model,
+        processing_class=processor,
+        reward_funcs=reward_functions(cfg.rewards) + list(extra_rewards or []),
+        args=args,
+        train_dataset=train_ds,
+        peft_config=lora_config(cfg),
+        callbacks=callbacks,
+    )
+    return BuiltTrainer(
+        trainer=trainer,
+        args=args,
+        probe=probe,
+        json_log=json_log,
+        train_rows=len(train_ds),
+        resume_from=resume_checkpoint(cfg),
+        substitutions=dict(substitutions or {}),
+    )
+
+
+def train(built: BuiltTrainer) -> dict[str, Any]:
+    """Run training (resuming if a checkpoint was found) and save the final model; a summary dict."""
+    trainer = built.trainer
+    start = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=built.resume_from)
+    trainer.save_model(built.args.output_dir)
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(built.args.output_dir)
+    history = [r for r in trainer.state.log_history if "loss" in r]
+    reward_key = "reward"
+    rewards = [r[reward_key] for r in history if reward_key in r]
+    losses = [float(r["loss"]) for r in history]
+    return {
+        "steps": int(trainer.state.global_step),
+        "train_rows": built.train_rows,
+        "resumed_from": built.resume_from,
+        "train_loss": float(result.training_loss),
+        "loss_finite": all(math.isfinite(v) for v in losses) and math.isfinite(float(result.training_loss)),
+        "reward_mean_first": float(rewards[0]) if rewards else None,
+        "reward_mean_last": float(rewards[-1]) if rewards else None,
+        "visual_grad_calls": built.probe.grad_calls,
+        "visual_grad_norm_max": max(built.probe.grad_norms, default=0.0),
+        "output_dir": str(built.args.output_dir),
+        "log_file": str(built.json_log.path) if built.json_log else None,
+        "wall_s": round(time.monotonic() - start, 2),
+    }
+
+
+def ensure_launcher_env() -> bool:
+    """Give a plain single process (no accelerate/torchrun launcher) the variables DeepSpeed needs.
+
+    Lets `stvg-train grpo` run a DeepSpeed config on one GPU (or build it in a dry run) without a
+    launcher. Returns True when the variables were set here.
+    """
+    if "WORLD_SIZE" in os.environ:
+        return False
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    return True
+
+
+def _validate_accelerate_config(cfg: TrainConfig) -> dict[str, Any]:
+    """Check the accelerate launch file named by `launch.accelerate_config` against the run config."""
+    import yaml
+
+    path = cfg.config_relative(cfg.launch.accelerate_config)
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise ConfigError(f"launch.accelerate_config: {path} not found")
+    acc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    procs = int(acc.get("num_processes", 1))
+    if procs != cfg.launch.num_processes:
+        raise ConfigError(f"{path}: num_processes {procs} != launch.num_processes {cfg.launch.num_processes}")
+    kind = acc.get("distributed_type", "NO")
+    if cfg.grpo.get("deepspeed") and kind != "DEEPSPEED":
+        raise ConfigError(f"{path}: distributed_type must be DEEPSPEED for a DeepSpeed config, got {kind}")
+    ds_file = (acc.get("deepspeed_config") or {}).get("deepspeed_config_file")
+    if ds_file and not (Path(ds_file).is_file() or (path.parent / Path(ds_file).name).is_file()):
+        raise ConfigError(f"{path}: deepspeed_config_file {ds_file} not found")
+    return {"accelerate_config": str(path), "launch_distributed_type": kind, "launch_num_processes": procs}
+
+
+def _global_batch(cfg: TrainConfig, args) -> dict[str, int]:
+    """Completions and prompts per generation batch on the launched world size (not this process's)."""
+    world = max(cfg.launch.num_processes, 1)
+    generation_batch = int(args.per_device_train_batch_size) * world * int(args.steps_per_generation)
+    return {
+        "world_size": world,
+        "completions_per_step": generation_batch,
+        "prompts_per_step": generation_batch // args.num_generations,
+    }
+
+
+def dry_run(
+    cfg: TrainConfig, *, model_path: str | None = None, data_paths: list[str] | None = None
+) -> dict[str, Any]:
+    """Parse the config and build the trainer without training; a JSON-able report.
+
+    Without a GPU, the parts that need one are replaced and the report says so in `substitutions`:
+    the run is built on CPU, FlashAttention-2 becomes SDPA, and vLLM (which needs CUDA) is validated
+    by GRPOConfig but its engine is not started. DeepSpeed ZeRO-3 is really initialised (one CPU
+    process, gloo) when the deepspeed package is installed.
+    """
+    import importlib.util
+
+    from trl import GRPOConfig
+
+    substitutions: dict[str, str] = {}
+    overrides: dict[str, Any] = {}
+    launch = _validate_accelerate_config(cfg)
+    uses_deepspeed = bool(cfg.grpo.get("deepspeed"))
+    if uses_deepspeed:
+        ds_path = cfg.config_relative(cfg.grpo["deepspeed"])
+        if not ds_path.is_file():
+            raise ConfigError(f"grpo.deepspeed: {ds_path} not found")
+        ds = json.loads(ds_path.read_text(encoding="utf-8"))
+        launch["zero_stage"] = int(ds.get("zero_optimization", {}).get("stage", 0))
+        if importlib.util.find_spec("deepspeed") is None:
+            overrides["deepspeed"] = None
+            substitutions["deepspeed"] = "deepspeed is not installed: JSON checked, trainer built without ZeRO"
+        else:
+            ensure_launcher_env()
+    if not torch.cuda.is_available():
+        overrides["use_cpu"] = True
+        substitutions["device"] = "no CUDA device: built on CPU"
+        if cfg.model.attn_implementation == "flash_attention_2":
+            cfg.model.attn_implementation = "sdpa"
+            substitutions["attn_implementation"] = "flash_attention_2 needs CUDA: sdpa"
+    if "tensorboard" in cfg.log_to:
+        from transformers.integrations import is_tensorboard_available
+
+        if not is_tensorboard_available():
+            cfg.log_to = [t for t in cfg.log_to if t != "tensorboard"]
+            substitutions["tensorboard"] = "tensorboard is not installed: JSON log only"
+    vllm_settings = {}
+    if cfg.grpo.get("use_vllm"):
+        # Let GRPOConfig validate the vLLM settings as written, then build without the engine if it cannot start.
+        GRPOConfig(output_dir=cfg.output_dir, **{**STVG_R1_GRPO_DEFAULTS, **cfg.grpo, "deepspeed": None,
+                                                 "use_cpu": True, "report_to": []})
+        vllm_settings = {k: v for k, v in cfg.grpo.items() if k.startswith("vllm_")}
+        if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
+            overrides["use_vllm"] = False
+            substitutions["vllm"] = "vLLM needs its package and a CUDA GPU: settings validated, engine not started"
+    built = build_trainer(cfg, model_path=model_path, data_paths=data_paths, grpo_overrides=overrides,
+                          substitutions=substitutions)
+    trainer, args = built.trainer, built.args
+    model = trainer.model
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    ds_engine = type(getattr(trainer, "ref_model", None)).__name__ if uses_deepspeed else None
+    report = {
+        "dry_run": True,
+        "trainer": type(trainer).__name__,
+        "model": model_path or cfg.model.name_or_path,
+        "lora": cfg.lora is not None,
+        "trainable_parameters": int(trainable),
+        "train_rows": built.train_rows,
+        "rewards": list(trainer.reward_func_names),
+        "distributed_type": args.distributed_state.distributed_type.value,
+        "deepspeed_zero3": bool(getattr(args, "hf_deepspeed_config", None) and args.hf_deepspeed_config.is_zero3()),
+        "reference_model": ds_engine or (type(trainer.ref_model).__name__ if trainer.ref_model is not None else None),
+        "use_vllm": bool(cfg.grpo.get("use_vllm")),
+        "vllm": vllm_settings,
+        "num_generations": int(args.num_generations),
+        "learning_rate": float(args.learning_rate),
+        "beta": float(args.beta),
+        **_global_batch(cfg, args),
+        **launch,
+        "resume_from": built.resume_from,
+        "substitutions": substitutions,
+    }
+    built.probe.close()
+    return report
+
+
+def distributed_env_hint() -> dict[str, str]:
+    """The launcher variables this process sees (for logs and dry-run reports)."""
+    keys = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_CONFIG_FILE")
+    return {k: os.environ[k] for k in keys if k in os.environ}

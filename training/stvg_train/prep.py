@@ -1,0 +1,447 @@
+"""`stvg-train prep`: annotations + videos -> the robot's perception -> prepared samples on disk.
+
+Each video runs once through the same perception pipeline (detector, tracker) and clip buffer the
+robot uses; each query of the video then becomes one sample: the frames the grounding node would
+send (`grounding.sampling.sample_clip`, IDs drawn by `core.render.render_ids`), their timestamps,
+the question, the GT span in seconds from the clip start, and the GT target ID voted as METHOD §6
+says (per GT frame the track with the highest box IoU; the most common winner).
+
+Queries whose GT boxes match no track keep gt_target_id = -1: they are written, counted and listed
+in report.json, and left out of training by `stvg_train.data.training_dataset`. Work is sharded per
+video under <out>/shards/, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stvg_ros.core.types import Tracks
+from stvg_ros.evaluation.metrics import box_iou
+
+log = logging.getLogger("stvg_train.prep")
+
+#: A sample whose winning track holds less than this share of the voting GT frames is counted as
+#: low-confidence in the report (METHOD_DETAILS §3 recommends 0.5 as a production floor).
+LOW_CONFIDENCE_SHARE = 0.5
+#: Version of the prepared-sample format; shards of another version are redone.
+PREP_VERSION = "1"
+
+
+# ------------------------------------------------------------------------------------------------
+# GT target ID (METHOD §6)
+
+
+@dataclass(frozen=True)
+class GtVote:
+    """The GT target ID of one query and how convincing the vote was."""
+
+    target_id: int  # -1: no GT frame had an overlapping track
+    vote_share: float  # votes of the winner / voting frames
+    mean_iou: float  # mean IoU of the winner's box with the GT box on the frames it won
+    voting_frames: int  # GT frames with at least one overlapping track
+    gt_frames: int  # GT frames seen in the video
+
+
+def vote_gt_id(frame_tracks: Mapping[int, Tracks], gt_boxes: Mapping[int, Sequence[float]], min_iou: float = 0.0) -> GtVote:
+    """Majority vote of per-frame best-IoU tracks (METHOD §6; METHOD_DETAILS §3).
+
+    `frame_tracks` and `gt_boxes` are keyed by the same (decoded) frame index. A frame votes for the
+    track with the highest IoU if that IoU is above `min_iou` (0: any overlap, as the official code);
+    frames without such a track cast no vote. Ties go to the ID that got its first vote earliest.
+    """
+    votes: list[int] = []
+    won_ious: dict[int, list[float]] = {}
+    seen = 0
+    for frame in sorted(gt_boxes):
+        tracks = frame_tracks.get(frame)
+        if tracks is None:
+            continue
+        seen += 1
+        tracked = tracks[tracks.track_id >= 0]
+        if not len(tracked):
+            continue
+        ious = np.array([box_iou(box, gt_boxes[frame]) for box in tracked.xyxy])
+        best = int(np.argmax(ious))
+        if ious[best] <= min_iou:
+            continue
+        winner = int(tracked.track_id[best])
+        votes.append(winner)
+        won_ious.setdefault(winner, []).append(float(ious[best]))
+    if not votes:
+        return GtVote(-1, 0.0, 0.0, 0, seen)
+    winner, count = Counter(votes).most_common(1)[0]  # stable: the earliest-voted ID wins a tie
+    return GtVote(winner, count / len(votes), float(np.mean(won_ious[winner])), len(votes), seen)
+
+
+def track_identity(
+    frame_tracks: Mapping[int, Tracks], track_id: int, object_boxes: Mapping[int, Mapping[int, Sequence[float]]]
+) -> int | None:
+    """Which annotated object a track followed: per frame the object whose box overlaps the track's box
+    best, then the most common one over the track's whole life. Used to check the vote where the
+    annotation knows every object's box (synthetic scenes). None if the track never overlapped one."""
+    votes = []
+    for frame, tracks in frame_tracks.items():
+        box = tracks.box_of(track_id)
+        objects = object_boxes.get(frame)
+        if box is None or not objects:
+            continue
+        ids = list(objects)
+        ious = [box_iou(box, objects[i]) for i in ids]
+        best = int(np.argmax(ious))
+        if ious[best] > 0.3:
+            votes.append(ids[best])
+    return Counter(votes).most_common(1)[0][0] if votes else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Options and jobs
+
+
+@dataclass
+class PrepOptions:
+    """What `stvg-train prep` does (CLI flags map 1:1)."""
+
+    out_dir: str
+    annotations: str | None = None
+    synthetic: str | None = None
+    synthetic_videos: int = 0
+    synthetic_seed: int = 0
+    #: SceneSpec fields for generated synthetic videos (seconds, fps, width, height, ...).
+    synthetic_spec: dict[str, Any] = field(default_factory=dict)
+    videos: str | None = None
+    detector: str | None = None
+    perception_config: str | dict[str, Any] | None = None
+    num_frames: int | None = None
+    min_iou: float = 0.0
+    workers: int = 1
+    limit: int | None = None
+    resume: bool = True
+    #: Torch threads per worker (tiny models run fastest on one thread per process).
+    threads: int = 1
+
+
+@dataclass
+class VideoJob:
+    video_id: str
+    video_path: str
+    queries: list[Any]  # evaluation.loaders.Query
+    scene_gt: str | None = None  # synthetic gt/<name>.json: every object's box per frame
+
+
+def _load_jobs(opts: PrepOptions) -> tuple[list[VideoJob], str]:
+    from stvg_ros.evaluation.loaders import EvalError, find_video, load_annotations
+
+    scene_gt: dict[str, str] = {}
+    if opts.synthetic:
+        root = Path(opts.synthetic)
+        if opts.synthetic_videos > 0 and not (root / "index.json").is_file():
+            from stvg_ros.core.synth import SceneSpec, write_dataset
+
+            log.info("writing %d synthetic videos to %s", opts.synthetic_videos, root)
+            write_dataset(root, opts.synthetic_seed, opts.synthetic_videos, SceneSpec(**opts.synthetic_spec), bags=False)
+        from stvg_ros.core.synth import DatasetIndex
+
+        index = DatasetIndex.load(root)
+        annotations_path, videos_dir = index.annotations, Path(opts.videos or root / "videos")
+        scene_gt = {Path(v).stem: str(g) for v, g in zip(index.videos, index.gt, strict=True)}
+        source = "synthetic"
+    else:
+        annotations_path = Path(opts.annotations)
+        if not opts.videos:
+            raise ValueError("--videos is required with --annotations")
+        videos_dir = Path(opts.videos)
+        source = ""
+    annotations = load_annotations(annotations_path)
+    source = source or annotations.format
+    by_video: dict[str, list] = {}
+    for query in annotations:
+        by_video.setdefault(query.video_id, []).append(query)
+    jobs = []
+    for video_id in sorted(by_video):
+        try:
+            path = str(find_video(videos_dir, video_id))
+        except EvalError:
+            path = ""  # reported as a failed video, not dropped silently
+        jobs.append(VideoJob(video_id, path, by_video[video_id], scene_gt.get(video_id)))
+    if opts.limit is not None:
+        jobs = jobs[: opts.limit]
+    return jobs, source
+
+
+# ------------------------------------------------------------------------------------------------
+# One video (runs in a worker process)
+
+_WORKER: dict[str, Any] = {}
+
+
+def _perception_settings(opts: PrepOptions) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if isinstance(opts.perception_config, dict):
+        settings.update(opts.perception_config)
+    elif opts.perception_config:
+        import yaml
+
+        settings.update(yaml.safe_load(Path(opts.perception_config).read_text(encoding="utf-8")) or {})
+    if opts.detector:
+        settings["detector_model"] = opts.detector
+    return settings
+
+
+def _init_worker(opts: PrepOptions) -> None:
+    import torch
+    from stvg_ros.perception.pipeline import PerceptionConfig, build_perception
+
+    torch.set_num_threads(max(1, opts.threads))
+    _WORKER["opts"] = opts
+    _WORKER["perception_config"] = PerceptionConfig(**_perception_settings(opts))
+    _WORKER["build"] = build_perception
+
+
+def _perceive(job: VideoJob, fps: float) -> tuple[dict[int, Tracks], Any, dict[int, int]]:
+    """Run the video through a fresh perception pipeline and clip buffer (fresh IDs per video)."""
+    from stvg_ros.core.video_io import iter_video
+    from stvg_ros.perception.buffer import ClipBuffer
+
+    pipeline = _WORKER["build"](_WORKER["perception_config"])
+    frame_tracks: dict[int, Tracks] = {}
+    stamp_to_frame: dict[int, int] = {}
+    frames: list[tuple[int, np.ndarray, Tracks]] = []
+    for index, _, rgb in iter_video(job.video_path):
+        stamp = round(index * 1e9 / fps)
+        tracks = pipeline.process(stamp, rgb)
+        frame_tracks[index] = tracks
+        stamp_to_frame[stamp] = index
+        frames.append((stamp, rgb, tracks))
+    duration_s = len(frames) / fps
+    buffer = ClipBuffer(window_s=duration_s + 1.0)
+    for stamp, rgb, tracks in frames:
+        buffer.add(stamp, rgb, tracks)
+    return frame_tracks, buffer.snapshot(), stamp_to_frame
+
+
+def _object_boxes(scene_gt_path: str | None) -> dict[int, dict[int, list[float]]]:
+    if not scene_gt_path:
+        return {}
+    data = json.loads(Path(scene_gt_path).read_text())
+    return {f["index"]: {o["id"]: o["xyxy"] for o in f["objects"] if o.get("visible", 1) > 0} for f in data["frames"]}
+
+
+def prepare_video(job: VideoJob) -> list[dict[str, Any]]:
+    """Samples of one video's queries (in a worker set up by _init_worker)."""
+    from PIL import Image
+    from stvg_ros.grounding.sampling import sample_clip
+
+    from stvg_train.data import make_sample
+
+    opts: PrepOptions = _WORKER["opts"]
+    if not job.video_path:
+        raise FileNotFoundError(f"no video file for {job.video_id}")
+    fps = float(job.queries[0].fps)
+    frame_tracks, snapshot, stamp_to_frame = _perceive(job, fps)
+    duration_s = len(frame_tracks) / fps
+    kwargs = {"num_frames": opts.num_frames} if opts.num_frames else {}
+    clip = sample_clip(snapshot, window_s=duration_s, **kwargs)
+    clip_offset_s = clip.clip_start_ns / 1e9  # the video's frame 0 has stamp 0
+    sampled = [stamp_to_frame.get(int(s)) for s in clip.stamps_ns]
+    objects = _object_boxes(job.scene_gt)
+    samples = []
+    for query in job.queries:
+        gt_boxes = {query.to_decoded(f): box for f, box in query.gt_boxes.items()}
+        vote = vote_gt_id(frame_tracks, gt_boxes, opts.min_iou)
+        gt_start = query.gt_start_s if query.gt_start_s is not None else query.to_decoded(query.gt_start) / fps
+        gt_end = query.gt_end_s if query.gt_end_s is not None else query.to_decoded(query.gt_end) / fps
+        match = -1
+        if objects and query.target_id is not None and vote.target_id >= 0:
+            match = int(track_identity(frame_tracks, vote.target_id, objects) == query.target_id)
+        track_ids, track_boxes, frame_gt = [], [], []
+        for frame in sampled:
+            tracks = frame_tracks.get(frame) if frame is not None else None
+            tracked = tracks[tracks.track_id >= 0] if tracks is not None else Tracks.empty()
+            track_ids.append(tracked.track_id.tolist())
+            track_boxes.append(tracked.xyxy.tolist())
+            box = gt_boxes.get(frame) if frame is not None else None
+            frame_gt.append(list(box) if box is not None else [])
+        sample = make_sample(
+            sample_id=query.query_id,
+            source=query.dataset or "annotations",
+            video=job.video_id,
+            caption=query.caption,
+            images=[Image.fromarray(f) for f in clip.frames_rgb_with_ids],
+            timestamps_s=clip.timestamps_s,
+            clip_duration_s=duration_s,
+            gt_start_s=gt_start - clip_offset_s,
+            gt_end_s=gt_end - clip_offset_s,
+            gt_target_id=vote.target_id,
+            gt_vote_share=vote.vote_share,
+            gt_mean_iou=vote.mean_iou,
+            gt_voting_frames=vote.voting_frames,
+            gt_frames=vote.gt_frames,
+            annotated_target_id=query.target_id if query.target_id is not None else -1,
+            frame_track_ids=track_ids,
+            frame_track_boxes=track_boxes,
+            frame_gt_boxes=frame_gt,
+        )
+        sample["_annotated_match"] = match
+        samples.append(sample)
+    return samples
+
+
+# ------------------------------------------------------------------------------------------------
+# Shards, resume, report
+
+
+def _shard_dir(out: Path, video_id: str) -> Path:
+    return out / "shards" / video_id
+
+
+def _write_shard(out: Path, job: VideoJob, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    import datasets
+
+    from stvg_train.data import SAMPLE_FEATURES
+
+    shard = _shard_dir(out, job.video_id)
+    tmp = shard.with_name(shard.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rows = [{k: v for k, v in s.items() if not k.startswith("_")} for s in samples]
+    datasets.Dataset.from_list(rows, features=SAMPLE_FEATURES).save_to_disk(str(tmp))
+    summary = {
+        "prep_version": PREP_VERSION,
+        "video": job.video_id,
+        "samples": [
+            {
+                "sample_id": s["sample_id"],
+                "gt_target_id": s["gt_target_id"],
+                "gt_vote_share": s["gt_vote_share"],
+                "gt_mean_iou": s["gt_mean_iou"],
+                "gt_voting_frames": s["gt_voting_frames"],
+                "gt_frames": s["gt_frames"],
+                "annotated_target_id": s["annotated_target_id"],
+                "annotated_match": s["_annotated_match"],
+            }
+            for s in samples
+        ],
+    }
+    (tmp / "prep_summary.json").write_text(json.dumps(summary, indent=1))
+    shutil.rmtree(shard, ignore_errors=True)
+    tmp.rename(shard)
+    return summary
+
+
+def _finished_shard(out: Path, video_id: str) -> dict[str, Any] | None:
+    path = _shard_dir(out, video_id) / "prep_summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("prep_version") == PREP_VERSION else None
+
+
+def _report(summaries: list[dict], failed: list[dict], skipped: int, opts: PrepOptions, dataset_dir: Path,
+            wall_s: float, source: str) -> dict[str, Any]:
+    rows = [s for summary in summaries for s in summary["samples"]]
+    matched = [r for r in rows if r["gt_target_id"] >= 0]
+    checked = [r for r in rows if r["annotated_match"] >= 0]
+    shares = [r["gt_vote_share"] for r in matched]
+    ious = [r["gt_mean_iou"] for r in matched]
+    return {
+        "source": source,
+        "dataset": str(dataset_dir),
+        "videos": len(summaries) + len(failed),
+        "videos_prepared": len(summaries) - skipped,
+        "videos_resumed": skipped,
+        "videos_failed": failed,
+        "samples": len(rows),
+        "matched": len(matched),
+        "unmatched": len(rows) - len(matched),
+        "unmatched_samples": [r["sample_id"] for r in rows if r["gt_target_id"] < 0],
+        "matched_share": len(matched) / len(rows) if rows else 0.0,
+        "vote_share_mean": float(np.mean(shares)) if shares else 0.0,
+        "vote_share_min": float(np.min(shares)) if shares else 0.0,
+        "gt_mean_iou_mean": float(np.mean(ious)) if ious else 0.0,
+        "low_confidence": sum(1 for s in shares if s < LOW_CONFIDENCE_SHARE),
+        "low_confidence_threshold": LOW_CONFIDENCE_SHARE,
+        # Where the annotation names the target object and every object's box is known (synthetic):
+        # does the voted track follow that object? (unmatched queries count as wrong)
+        "id_checked": len(checked) + sum(1 for r in rows if r["gt_target_id"] < 0 and r["annotated_target_id"] >= 0),
+        "id_correct": sum(r["annotated_match"] for r in checked),
+        "id_correct_share": (
+            sum(r["annotated_match"] for r in checked) / n
+            if (n := len(checked) + sum(1 for r in rows if r["gt_target_id"] < 0 and r["annotated_target_id"] >= 0))
+            else None
+        ),
+        "wrong_id_samples": [r["sample_id"] for r in checked if r["annotated_match"] == 0],
+        "min_iou": opts.min_iou,
+        "workers": opts.workers,
+        "wall_s": round(wall_s, 2),
+    }
+
+
+def prepare(opts: PrepOptions) -> dict[str, Any]:
+    """Run data prep; writes <out>/dataset (datasets.save_to_disk), <out>/shards, <out>/report.json."""
+    import datasets
+    from tqdm import tqdm
+
+    start = time.monotonic()
+    out = Path(opts.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs, source = _load_jobs(opts)
+    summaries: list[dict] = []
+    failed: list[dict] = []
+    todo: list[VideoJob] = []
+    for job in jobs:
+        done = _finished_shard(out, job.video_id) if opts.resume else None
+        if done is not None:
+            summaries.append(done)
+        else:
+            todo.append(job)
+    skipped = len(summaries)
+    log.info("%d videos (%d already prepared), %d queries", len(jobs), skipped, sum(len(j.queries) for j in jobs))
+    progress = tqdm(total=len(todo), desc="prep videos", unit="video", disable=not todo)
+
+    def finish(job: VideoJob, samples: list | None, error: BaseException | None) -> None:
+        if error is not None:
+            log.warning("video %s failed: %s", job.video_id, error)
+            failed.append({"video": job.video_id, "queries": len(job.queries), "error": f"{type(error).__name__}: {error}"})
+        else:
+            summaries.append(_write_shard(out, job, samples))
+        progress.update(1)
+
+    if opts.workers <= 1 or len(todo) <= 1:
+        _init_worker(opts)
+        for job in todo:
+            try:
+                finish(job, prepare_video(job), None)
+            except Exception as exc:
+                finish(job, None, exc)
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(opts.workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(opts,)) as pool:
+            futures = {pool.submit(prepare_video, job): job for job in todo}
+            for future in as_completed(futures):
+                exc = future.exception()
+                finish(futures[future], None if exc else future.result(), exc)
+    progress.close()
+
+    parts = [datasets.load_from_disk(str(_shard_dir(out, s["video"]))) for s in sorted(summaries, key=lambda s: s["video"])]
+    dataset_dir = out / "dataset"
+    if parts:
+        tmp = out / "dataset.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        datasets.concatenate_datasets(parts).save_to_disk(str(tmp))
+        shutil.rmtree(dataset_dir, ignore_errors=True)
+        tmp.rename(dataset_dir)
+    report = _report(summaries, failed, skipped, opts, dataset_dir, time.monotonic() - start, source)
+    report["options"] = {k: v for k, v in asdict(opts).items() if k != "synthetic_spec"}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report

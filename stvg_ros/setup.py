@@ -30,6 +30,7 @@ setup(
             "tracker_node = stvg_ros.nodes.tracker_node:main",
             "overlay_node = stvg_ros.nodes.overlay_node:main",
             "grounding_node = stvg_ros.nodes.grounding_node:main",
+            "player_node = stvg_ros.nodes.player_node:main",
         ],
     },
 )

@@ -95,7 +95,9 @@ def _yuv422(y: np.ndarray, u: int, v: int, order: str) -> np.ndarray:
     return out.reshape(h, w * 2)
 
 
-@pytest.mark.parametrize(("encoding", "order"), [("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuv422_yuy2", "yuyv"), ("yuyv", "yuyv")])
+@pytest.mark.parametrize(
+    ("encoding", "order"), [("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuv422_yuy2", "yuyv"), ("yuyv", "yuyv")]
+)
 def test_decode_yuv422_byte_orders(encoding, order):
     luma = np.tile(np.array([[40, 200, 90, 160]], np.uint8), (3, 1))
     packed = _yuv422(luma, 128, 128, order)

@@ -165,3 +165,12 @@ def test_player_loops_a_compressed_bag_forward_in_time_and_stops_on_sigint(tmp_p
     assert stamps == [EPOCH_NS + i * 50_000_000 for i in range(25)]
     assert [bytes(m.data) for m in received[:25]] == (jpeg_bytes * 3)[:25]
     assert {m.format for m in received} == {"rgb8; jpeg compressed bgr8"}
+
+
+def test_docs_show_the_current_parameter_table():
+    from pathlib import Path
+
+    from stvg_ros.nodes.player_node import parameters_table
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "synth.md").read_text()
+    assert parameters_table() in docs, "docs/synth.md: paste stvg_ros.nodes.player_node.parameters_table()"

@@ -121,4 +121,6 @@ def test_same_seed_writes_the_same_files(tmp_path, synth_dataset):
     }
     assert a.gt[0].read_bytes() == synth_dataset.gt[0].read_bytes()
     b = write_dataset(tmp_path / "b", synth_dataset.seed + 1, 1, spec, bags=False)
-    assert a.annotations.read_text() != b.annotations.read_text().replace(f"synth_{synth_dataset.seed + 1}_", f"synth_{synth_dataset.seed}_")
+    assert a.annotations.read_text() != b.annotations.read_text().replace(
+        f"synth_{synth_dataset.seed + 1}_", f"synth_{synth_dataset.seed}_"
+    )

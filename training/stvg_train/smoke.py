@@ -40,9 +40,10 @@ def _set_threads(threads: int) -> None:
 
 
 def warm_start(model_dir: Path, prepared: Path, out_dir: Path, *, steps: int = 60, lr: float = 3e-3,
-               seed: int = 0) -> dict[str, Any]:
+               seed: int = 0, max_pixels: int | None = None) -> dict[str, Any]:
     """Supervised steps on completions in the answer format with RANDOM IDs (among the drawn tracks)
-    and random spans, so a random model learns the format but not the answers. Saves to out_dir."""
+    and random spans, so a random model learns the format but not the answers. Saves the model and
+    its processor (with `max_pixels` per frame, if given) to out_dir."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -53,6 +54,9 @@ def warm_start(model_dir: Path, prepared: Path, out_dir: Path, *, steps: int = 6
     torch.manual_seed(seed)
     rows = load_prepared([prepared])
     processor = AutoProcessor.from_pretrained(model_dir)
+    if max_pixels:
+        processor.image_processor.max_pixels = max_pixels
+        processor.image_processor.size = {**dict(processor.image_processor.size), "longest_edge": max_pixels}
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)

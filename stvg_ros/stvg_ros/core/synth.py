@@ -492,7 +492,7 @@ class Scene:
     def _top_left(self, frame: int, k: int) -> tuple[int, int]:
         h, w = self._masks[k].shape
         cx, cy = self.centres[frame, k]
-        return (math.floor(cx - w / 2 + 0.5)), (math.floor(cy - h / 2 + 0.5))
+        return math.floor(cx - w / 2 + 0.5), math.floor(cy - h / 2 + 0.5)
 
     def _paste(self, canvas: np.ndarray, k: int, frame: int, value) -> None:
         """Write `value` (array patch or scalar) into canvas where object k's mask is, clipped."""
@@ -836,16 +836,14 @@ def _build(rng, spec: SceneSpec, difficulty: str) -> tuple[_Build, list, list]:
         anchor_frame, anchor = _place_core(rng, mover, core, spec.num_frames, fps, margin_s=0.5)
         leading_edge = anchor[0] + w / 2 if d == "right" else anchor[0] - w / 2
         x0 = leading_edge + lead if d == "right" else leading_edge - lead - pillar_w
-        occluders.append((round((x0)), round(x0) + pillar_w))
+        occluders.append((round(x0), round(x0) + pillar_w))
         rules = _Rules(forbid_dirs=frozenset({d}))
         core_event = ("move", d, anchor_frame, 0)
     elif difficulty == "crossing":
+        # The target moves straight for 1-2 s, meets a partner, and goes on for 1.5-3 s.
         mover = movers[target.id]
-        s = fps
-        before, after = (
-            int(rng.integers(round(1.0 * s), round(2.0 * s) + 1)),
-            int(rng.integers(round(1.5 * s), round(3 * s) + 1)),
-        )
+        before = int(rng.integers(round(1.0 * fps), round(2.0 * fps) + 1))
+        after = int(rng.integers(round(1.5 * fps), round(3.0 * fps) + 1))
         d = _random_dirs(rng)[0]
         core = [(before + after, d)]
         anchor_frame, anchor = _place_core(rng, mover, core, spec.num_frames, fps)
@@ -854,41 +852,8 @@ def _build(rng, spec: SceneSpec, difficulty: str) -> tuple[_Build, list, list]:
         meet = np.asarray(anchor) + np.asarray(DIRECTIONS[d]) * mover.speed * before
         partner = objects[1]
         core_event = ("pass", d, cross_frame, partner.id)
-        pm = movers[partner.id]
-        x_min, x_max, y_min, y_max = pm.bounds
-        if not (x_min <= meet[0] <= x_max and y_min <= meet[1] <= y_max):
-            raise _Retry("meeting point outside the partner's bounds")
-        if rng.random() < 0.3:  # the partner stands at the meeting point
-            a = min(cross_frame, int(rng.integers(round(1.0 * s), round(2.0 * s) + 1)))
-            b = min(last - cross_frame, int(rng.integers(round(1.0 * s), round(2.0 * s) + 1)))
-            partner_core, partner_anchor = [(a + b, None)], tuple(meet)
-        else:  # the partner crosses the target's line
-            e = str(
-                rng.choice(
-                    [
-                        x
-                        for x in DIRECTIONS
-                        if DIRECTIONS[x][0] * DIRECTIONS[d][0] + DIRECTIONS[x][1] * DIRECTIONS[d][1] == 0
-                    ]
-                )
-            )
-            a = min(
-                cross_frame,
-                int(rng.integers(round(1.0 * s), round(2.0 * s) + 1)),
-                int(pm.room(tuple(meet), OPPOSITE[e]) / pm.speed),
-            )
-            b = min(
-                last - cross_frame,
-                int(rng.integers(round(1.0 * s), round(2.0 * s) + 1)),
-                int(pm.room(tuple(meet), e) / pm.speed),
-            )
-            if a < 2 or b < 2:
-                raise _Retry("partner has no room to cross")
-            partner_core = [(a + b, e)]
-            partner_anchor = tuple(meet - np.asarray(DIRECTIONS[e]) * pm.speed * a)
-        pm.pos = (float(partner_anchor[0]), float(partner_anchor[1]))
-        starts[partner.id], steps[partner.id] = _anchored_path(
-            rng, pm, partner_core, cross_frame - a, last, fps, _Rules()
+        starts[partner.id], steps[partner.id] = _crossing_partner(
+            rng, movers[partner.id], meet, d, cross_frame, last, fps
         )
         occluders.append(_random_pillar(rng, spec, int(0.8 * SIZES["medium"] * spec.height / 240), occluders))
     else:
@@ -933,6 +898,26 @@ def _build(rng, spec: SceneSpec, difficulty: str) -> tuple[_Build, list, list]:
         steps[o.id] = _walk(rng, m, None, last, fps, rules_o, may_start_still=True)
     build = _Build(objects, starts, steps, occluders, target.id, core_event, difficulty)
     return build, masks, [_shape_patch(o.rgb, m) for o, m in zip(objects, masks, strict=True)]
+
+
+def _crossing_partner(rng, mover: _Mover, meet: np.ndarray, target_dir: str, cross_frame: int, last: int, fps: float):
+    """A path that is at `meet` on `cross_frame`: standing there, or crossing the target's line."""
+    x_min, x_max, y_min, y_max = mover.bounds
+    if not (x_min <= meet[0] <= x_max and y_min <= meet[1] <= y_max):
+        raise _Retry("meeting point outside the partner's bounds")
+    before = min(cross_frame, int(rng.integers(round(1.0 * fps), round(2.0 * fps) + 1)))
+    after = min(last - cross_frame, int(rng.integers(round(1.0 * fps), round(2.0 * fps) + 1)))
+    if rng.random() < 0.3:
+        core, start = [(before + after, None)], meet
+    else:
+        e = str(rng.choice([x for x in DIRECTIONS if turn_side(target_dir, x) in ("left", "right")]))
+        before = min(before, int(mover.room(tuple(meet), OPPOSITE[e]) / mover.speed))
+        after = min(after, int(mover.room(tuple(meet), e) / mover.speed))
+        if before < 2 or after < 2:
+            raise _Retry("partner has no room to cross")
+        core, start = [(before + after, e)], meet - np.asarray(DIRECTIONS[e]) * mover.speed * before
+    mover.pos = (float(start[0]), float(start[1]))
+    return _anchored_path(rng, mover, core, cross_frame - before, last, fps, _Rules())
 
 
 def _hides_long_outside(start, steps, speed, width, pillar, core, anchor_frame, limit) -> bool:

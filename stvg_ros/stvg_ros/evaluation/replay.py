@@ -172,16 +172,16 @@ class StampIndex:
         return self._map.get(int(stamp_ns))
 
 
-def rss_mb() -> float:
-    """Resident memory of this process now (MiB), from /proc; peak RSS where /proc is missing."""
+def rss_mb(pid: int | None = None) -> float | None:
+    """Resident memory (MiB) of a process (default: this one) from /proc; None when unknown."""
     try:
-        with open(f"/proc/{os.getpid()}/status", encoding="ascii") as handle:
+        with open(f"/proc/{pid or os.getpid()}/status", encoding="ascii") as handle:
             for line in handle:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid is None else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,6 +207,7 @@ class ReplayConfig:
     frame_timeout_s: float = 10.0
     query_timeout_s: float = 300.0
     reasoning: int = 0  # Ground.srv REASONING_DEFAULT
+    decompress: bool = False  # publish CompressedImage bags as sensor_msgs/Image
     progress: bool = True
 
 
@@ -296,7 +297,15 @@ class _Driver:
 
         stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
         self.clock_pub.publish(self.Clock(clock=stamp))
-        if msgtype.endswith("CompressedImage"):
+        if msgtype.endswith("CompressedImage") and self.config.decompress:
+            from stvg_ros.core.image_codec import decode_compressed
+
+            rgb = decode_compressed(message)
+            out = self.Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
+                             step=rgb.shape[1] * 3)  # fmt: skip
+            out.data = rgb.tobytes()
+            pub = self.image_pub
+        elif msgtype.endswith("CompressedImage"):
             out = self.CompressedImage(format=str(message.format))
             out.data = bytes(message.data)
             pub = self.compressed_pub
@@ -352,6 +361,13 @@ def _stop_graph(process: subprocess.Popen | None) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
+
+
+def _sample_memory(stats: dict, graph: subprocess.Popen | None) -> None:
+    """Append this process's (and a started graph's) resident memory to the replay stats."""
+    stats["rss_mb"].append(round(rss_mb() or 0.0, 1))
+    if graph is not None and (value := rss_mb(graph.pid)) is not None:
+        stats["graph_rss_mb"].append(round(value, 1))
 
 
 def _stamp_ns(time_msg) -> int:
@@ -422,7 +438,8 @@ def replay(config: ReplayConfig) -> dict:
     predictions: dict[str, Prediction] = {}
     records: list[dict] = []
     stamps = StampIndex()
-    stats = {"frames_published": 0, "frames_with_tracks": 0, "frames_without_tracks": 0, "rss_mb": []}
+    stats = {"frames_published": 0, "frames_with_tracks": 0, "frames_without_tracks": 0, "rss_mb": [],
+             "graph_rss_mb": []}  # fmt: skip
     started = time.monotonic()
     try:
         driver = _Driver(config)
@@ -481,7 +498,7 @@ def replay(config: ReplayConfig) -> dict:
                         for msg in driver.drain_tracks():
                             stats["frames_with_tracks"] += int(keep(msg))
                     if stats["frames_published"] % 500 == 0:
-                        stats["rss_mb"].append(round(rss_mb(), 1))
+                        _sample_memory(stats, graph)
                     for item in plan.asks.get(index, []):
                         time.sleep(0.3)  # let the grounding node take in the last frame
                         for msg in driver.drain_tracks():
@@ -501,6 +518,7 @@ def replay(config: ReplayConfig) -> dict:
                     for msg in driver.drain_tracks():
                         stats["frames_with_tracks"] += int(keep(msg))
         progress.close()
+        _sample_memory(stats, graph)
     finally:
         if driver is not None:
             driver.close()
@@ -508,7 +526,6 @@ def replay(config: ReplayConfig) -> dict:
 
     stats["frames_without_tracks"] = max(0, stats["frames_published"] - stats["frames_with_tracks"])
     stats["wall_s"] = round(time.monotonic() - started, 2)
-    stats["rss_mb"].append(round(rss_mb(), 1))
     stats["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     summary, scores = score(subset, predictions, config.protocol, tracks)
     by_id = {s.query_id: s for s in scores}
@@ -576,6 +593,7 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         "--frame-timeout", type=float, default=10.0, help="lockstep: seconds to wait for a frame's tracks"
     )
     parser.add_argument("--query-timeout", type=float, default=300.0, help="seconds to wait for one answer")
+    parser.add_argument("--decompress", action="store_true", help="publish CompressedImage bags as Image")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -597,6 +615,7 @@ def replay_from_args(args: argparse.Namespace) -> dict:
         graph_timeout_s=args.graph_timeout,
         frame_timeout_s=args.frame_timeout,
         query_timeout_s=args.query_timeout,
+        decompress=args.decompress,
         progress=not args.no_progress,
     )
     if config.pace == "rate" and config.rate < 0:

@@ -220,3 +220,38 @@ def is_tiny_model(path: str | Path) -> bool:
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     return (folder / "stvg_tiny.json").is_file() or "tiny" in path.name.lower()
+
+
+#: Files of the tiny release (models/qwen25vl-tiny-random.yaml lists the same names).
+RELEASE_NAME = "qwen25vl-tiny-random"
+RELEASE_QUANT = "q8_0"
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "processor_config.json", "chat_template.jinja")
+
+
+def build_release(out_dir: str | Path, manifest=None) -> dict[str, Path]:
+    """Build the tiny model as the registry expects it: `hf/` (transformers) + GGUF q8_0 + mmproj f16.
+
+    The build function of models/qwen25vl-tiny-random.yaml (`stvg-ros models pull qwen25vl-tiny-random`).
+    Returns {"hf": folder, "gguf": text model, "mmproj": projector}.
+    """
+    import shutil
+
+    from stvg_ros.grounding.gguf import convert_to_gguf
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_dir = out / "hf"
+    if hf_dir.exists():
+        shutil.rmtree(hf_dir)
+    build_tiny_qwen25vl(hf_dir)
+    model, mmproj = convert_to_gguf(hf_dir, out, RELEASE_QUANT, name=RELEASE_NAME)
+    if manifest is not None:  # honour the manifest's file names if they differ from ours
+        for fmt, built in (("gguf", model), ("mmproj", mmproj)):
+            if manifest.has(fmt) and manifest.file(fmt).name != built.name:
+                built = built.replace(out / manifest.file(fmt).name)
+            if fmt == "gguf":
+                model = built
+            else:
+                mmproj = built
+    return {"hf": hf_dir, "gguf": model, "mmproj": mmproj}

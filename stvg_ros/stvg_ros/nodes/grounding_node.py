@@ -294,7 +294,7 @@ class GroundingNode(LifecycleNode):
             problems = _check_params(self.params)
             if problems:
                 raise ValueError("; ".join(problems))
-            self._model_files = resolve_model_files(**_backend_kwargs(self.params))
+            self._model_files = resolve_model_files(backend=self.params.backend, **_backend_kwargs(self.params))
         except Exception as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -613,7 +613,7 @@ def tracks_from_msg(msg) -> Tracks:
 
 def last_sighting(snapshot, target_id: int, default_ns: int | None) -> tuple[int, np.ndarray | None]:
     """(stamp, box) of the newest frame in `snapshot` where `target_id` was detected."""
-    for frame in reversed(list(getattr(snapshot, "tracks", []) or [])):
+    for frame in reversed(list(getattr(snapshot, "track_frames", []) or [])):
         tracks = frame.tracks
         rows = np.flatnonzero((tracks.track_id == target_id) & tracks.detected)
         if len(rows):
@@ -652,7 +652,9 @@ def _backend_kwargs(p: GroundingParams) -> dict:
 def _grounding_config(p: GroundingParams):
     from stvg_ros.grounding.pipeline import GroundingConfig
 
-    return GroundingConfig(num_frames=p.num_frames, max_new_tokens=p.max_new_tokens, timeout_s=p.query_timeout_s)
+    return GroundingConfig(
+        num_frames=p.num_frames, max_new_tokens=p.max_new_tokens, reasoning=p.reasoning, timeout_s=p.query_timeout_s
+    )
 
 
 def main(args: list[str] | None = None) -> int:

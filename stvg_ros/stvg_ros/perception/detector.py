@@ -92,9 +92,7 @@ def check_frame(rgb: np.ndarray) -> None:
         raise ValueError(f"detector got a zero-size frame {rgb.shape}")
 
 
-def nms(
-    xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, settings: DetectorSettings
-) -> np.ndarray:
+def nms(xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, settings: DetectorSettings) -> np.ndarray:
     """Indices kept by (class-aware unless agnostic) NMS, best first, at most settings.max_det."""
     if len(xyxy) == 0:
         return np.zeros(0, np.int64)
@@ -160,9 +158,7 @@ class OnnxDetector:
         return decode_yolo_output(raw[0], box, width, height, self.settings)
 
 
-def decode_yolo_output(
-    head: np.ndarray, box: Letterbox, width: int, height: int, settings: DetectorSettings
-) -> Tracks:
+def decode_yolo_output(head: np.ndarray, box: Letterbox, width: int, height: int, settings: DetectorSettings) -> Tracks:
     """(4 + nc, N) head output (cx, cy, w, h in input pixels, class scores) -> Tracks in frame pixels."""
     class_scores = head[4:]
     class_ids = class_scores.argmax(axis=0)

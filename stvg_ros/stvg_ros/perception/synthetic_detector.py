@@ -64,14 +64,14 @@ def model_yaml(recipe: Recipe = Recipe()) -> dict:
 
 
 def _scene_spec(index: int, recipe: Recipe) -> SceneSpec:
-    # Both resolutions the robot and tests use, and 2..7 objects, so the model sees crowds and sizes.
+    # Both resolutions the robot and tests use, and 3..7 objects, so the model sees crowds and sizes.
     big = index % 2 == 1
     return SceneSpec(
         seconds=recipe.seconds,
         fps=5.0,
         width=640 if big else 320,
         height=480 if big else 240,
-        n_objects=2 + index % 6,
+        n_objects=3 + index % 5,
     )
 
 
@@ -167,10 +167,16 @@ def build_synthetic_detector(out_dir: str | os.PathLike, recipe: Recipe = Recipe
             metrics = YOLO(str(pt), task="detect").val(
                 data=str(data), imgsz=recipe.imgsz, batch=8, workers=0, device="cpu", plots=False, verbose=False
             )
-            val = {"map50": float(metrics.box.map50), "map50_95": float(metrics.box.map), "recall": float(metrics.box.mr)}
+            val = {
+                "map50": float(metrics.box.map50),
+                "map50_95": float(metrics.box.map),
+                "recall": float(metrics.box.mr),
+            }
     finally:
         LOGGER.setLevel(quiet)
-    paths = export_detector_onnx(pt, out_dir, calibration_frames(recipe=recipe), int8=True, imgsz=recipe.imgsz, stem=NAME)
+    paths = export_detector_onnx(
+        pt, out_dir, calibration_frames(recipe=recipe), int8=True, imgsz=recipe.imgsz, stem=NAME
+    )
     info = out_dir / "build.json"
     info.write_text(
         json.dumps(

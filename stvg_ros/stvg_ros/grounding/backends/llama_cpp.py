@@ -9,6 +9,7 @@ stops it between tokens; the vision encoder and prompt prefill run as one uninte
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -156,13 +157,17 @@ class LlamaCppBackend:
         except Exception as exc:  # noqa: BLE001 - llama.cpp reports load failures as ValueError/RuntimeError
             raise ModelLoadError(f"llama.cpp could not load {self.model_path.name} + {self.mmproj_path.name}: {exc}") from exc
         self._llm = llm
+        atexit.register(self.close)  # llama-cpp-python's own __del__ fails at interpreter exit
         log.info("llama.cpp loaded %s + %s (n_ctx %d, %d threads, gpu layers %d)", self.model_path.name,
                  self.mmproj_path.name, self.n_ctx, self.n_threads, self.n_gpu_layers)
 
     def close(self) -> None:
-        if self._llm is not None:
-            self._llm.close()
-            self._llm = None
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            try:
+                llm.close()
+            except Exception:  # noqa: BLE001 - closing at shutdown; nothing left to do
+                log.debug("closing llama.cpp failed", exc_info=True)
 
     def _grammar(self, reasoning: bool, track_ids: Sequence[int] | None, max_think: int, duration_s: float | None):
         from llama_cpp import LlamaGrammar

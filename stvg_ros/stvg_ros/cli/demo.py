@@ -1,0 +1,267 @@
+"""`stvg-ros demo`: the whole graph on a generated video, one query over the service, an annotated video.
+
+Offline and self-contained: it writes a synthetic scene (video + rosbag2), builds the tiny test
+models on first use (`yolo-synth-tiny` detector, `qwen25vl-tiny-random` VLM, both through the model
+registry), starts tracker + overlay + grounding in this process, plays the bag into them, asks the
+scene's caption over the `ground` service, and writes:
+
+    <out>/demo_annotated.mp4   frames with the IDs the model sees (red) and the answer's tube (green)
+    <out>/demo_result.json     the answer (same keys as `stvg-ros ask --json`) and what produced it
+
+The tiny VLM has random weights, so its answer is not meaningful; every stage around it is real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEMO_DETECTOR = "yolo-synth-tiny"
+DEMO_VLM = "qwen25vl-tiny-random"
+DEMO_NAMESPACE = "stvg_demo"
+CAMERA_TOPIC = "/camera/image_raw"
+TARGET_RGB = (0, 220, 0)  # the answer's box; red is reserved for the IDs the model reads
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "demo",
+        help="run the whole graph on a generated video and ask one query",
+        description="Generate a scene, run tracker -> grounding over DDS, ask one query, write an annotated video.",
+    )
+    parser.add_argument("--out", default="stvg-demo", help="output folder (default: ./stvg-demo)")
+    parser.add_argument("--seed", type=int, default=3, help="scene seed")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of the generated video")
+    parser.add_argument("--query", help="query to ask (default: the scene's generated caption)")
+    parser.add_argument("--backend", default="llama_cpp", choices=("llama_cpp", "transformers"), help="VLM backend")
+    parser.add_argument("--rate", type=float, default=2.0, help="playback speed (x real time)")
+    parser.add_argument("--num-frames", type=int, default=8, help="frames the model sees")
+    parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # Only this machine: the demo must not talk to (or disturb) a robot on the network.
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    try:
+        summary = _demo(args, out, started)
+    except DemoError as exc:
+        summary = {"success": False, "message": str(exc)}
+        log.error("demo failed: %s", exc)
+    summary["elapsed_s"] = round(time.monotonic() - started, 1)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(_report(summary))
+    return 0 if summary.get("answered") else 1
+
+
+class DemoError(RuntimeError):
+    """A step of the demo that could not complete (the message says which and why)."""
+
+
+def _step(text: str) -> None:
+    print(f"[demo] {text}", file=sys.stderr, flush=True)
+
+
+def _demo(args: argparse.Namespace, out: Path, started: float) -> dict:
+    from stvg_ros.core.model_registry import ModelRegistryError, pull
+    from stvg_ros.core.synth import SceneSpec, write_dataset
+
+    deadline = started + args.timeout
+    _step(f"writing a {args.seconds:.0f} s synthetic scene (seed {args.seed}) to {out / 'scene'}")
+    spec = SceneSpec(seconds=args.seconds, fps=10.0, n_objects=3, difficulty="easy", max_queries=1)
+    index = write_dataset(out / "scene", args.seed, 1, spec, bags=True)
+    caption = index.load_queries()[0]
+    query = args.query or caption["text"]
+
+    _step(f"models: {DEMO_DETECTOR} and {DEMO_VLM} (built locally on first use)")
+    try:
+        pull(DEMO_DETECTOR)
+        pull(DEMO_VLM)
+    except (ModelRegistryError, OSError) as exc:
+        raise DemoError(f"could not build the tiny demo models: {exc}") from exc
+
+    run_info = _run_graph(args, out, index.bags[0], query, deadline)
+    result = run_info["result"]
+    summary = {
+        "answered": True,
+        **result,
+        "backend": args.backend,
+        "meaningful": False,
+        "disclaimer": _disclaimer(),
+        "ground_truth": {"text": caption["text"], "start": caption["start_s"], "end": caption["end_s"]},
+        "frames_played": run_info["frames_played"],
+        "tracks_received": len(run_info["tracks"]),
+        "scene_video": str(index.videos[0]),
+        "bag": str(index.bags[0]),
+        "timings_s": run_info["timings_s"],
+    }
+    _step("writing the annotated video and the result file")
+    summary["annotated_video"] = str(_write_video(out / "demo_annotated.mp4", index.bags[0], run_info["tracks"], result))
+    result_file = out / "demo_result.json"
+    summary["result_file"] = str(result_file)
+    result_file.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _disclaimer() -> str:
+    from stvg_ros.grounding.tiny import TINY_DISCLAIMER
+
+    return f"{DEMO_VLM} is a {TINY_DISCLAIMER}; the graph, tracker, prompt, parser and tube around it are real"
+
+
+def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadline: float) -> dict:
+    """Start the graph + a player in this process, play the bag, ask `query` over the service."""
+    import rclpy
+    from std_msgs.msg import Bool
+    from stvg_ros_msgs.msg import TrackedObjectArray
+    from stvg_ros_msgs.srv import Ground
+
+    from stvg_ros.cli.ask import result_to_dict
+    from stvg_ros.nodes.graph import PLAYER_NODE, Graph, graph_nodes, merged_params_file, ros_arguments
+    from stvg_ros.nodes.grounding_node import tracks_from_msg
+
+    overrides = {
+        "tracker_node": {"detector": DEMO_DETECTOR},
+        "grounding_node": {
+            "backend": args.backend,
+            "model": DEMO_VLM,
+            "mmproj": "",
+            "n_gpu_layers": 0,
+            "num_frames": args.num_frames,
+            "buffer_seconds": args.seconds + 30.0,
+            "max_new_tokens": 256,
+            "query_timeout_s": max(10.0, deadline - time.monotonic()),
+        },
+        "player_node": {"bag": str(bag), "rate": args.rate, "wait_for_subscribers": 2, "exit_on_end": False},
+    }
+    params = merged_params_file(None, overrides, out / "params")
+    rclpy.init(args=ros_arguments(params, camera_topic=CAMERA_TOPIC, namespace=DEMO_NAMESPACE))
+    graph = Graph(graph_nodes(overlay=True))
+    timings: dict[str, float] = {}
+    try:
+        t0 = time.monotonic()
+        _step("starting tracker, overlay and grounding nodes")
+        graph.build()
+        if graph.failed:
+            raise DemoError(f"node(s) {', '.join(graph.failed)} failed to start (see the log above)")
+        timings["graph_start"] = round(time.monotonic() - t0, 2)
+
+        client = rclpy.create_node("demo_client", namespace=DEMO_NAMESPACE)
+        tracks: dict[int, object] = {}
+        finished = threading.Event()
+        lock = threading.Lock()
+
+        def on_tracks(msg) -> None:
+            with lock:
+                tracks[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = tracks_from_msg(msg)
+
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+        client.create_subscription(TrackedObjectArray, "tracks", on_tracks, 100)
+        client.create_subscription(Bool, "player_node/finished", lambda m: finished.set(), latched)
+        ground = client.create_client(Ground, "ground")
+        graph.add(client)
+        graph.start()
+
+        _step(f"playing {bag.name} at {args.rate:g}x into {CAMERA_TOPIC}")
+        t0 = time.monotonic()
+        player = _make_player(PLAYER_NODE)
+        graph.add(player)
+        if not finished.wait(timeout=max(1.0, deadline - time.monotonic())):
+            raise DemoError("playback did not finish in time")
+        time.sleep(1.0)  # let the last frames and tracks reach the buffer
+        timings["playback"] = round(time.monotonic() - t0, 2)
+        if not tracks:
+            raise DemoError("the tracker published no tracks (see the log above)")
+
+        _step(f'asking over the service {client.resolve_service_name("ground")}: "{query}"')
+        t0 = time.monotonic()
+        if not ground.wait_for_service(timeout_sec=max(1.0, min(30.0, deadline - time.monotonic()))):
+            raise DemoError("the grounding service did not appear")
+        future = ground.call_async(Ground.Request(query=query, window_seconds=0.0, reasoning=Ground.Request.REASONING_ON))
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise DemoError(f"no answer within the {args.timeout:.0f} s timeout")
+            time.sleep(0.05)
+        timings["query"] = round(time.monotonic() - t0, 2)
+        with lock:
+            recorded = dict(tracks)
+        return {
+            "result": result_to_dict(future.result().result),
+            "tracks": recorded,
+            "frames_played": player.frames_published,
+            "timings_s": timings,
+        }
+    finally:
+        graph.stop()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def _make_player(spec):
+    import importlib
+
+    return getattr(importlib.import_module(spec.module), spec.class_name)()
+
+
+def _write_video(path: Path, bag: Path, tracks: dict, result: dict) -> Path:
+    """The bag's frames with the drawn IDs (the model's view) and the answer's tube box."""
+    import cv2
+
+    from stvg_ros.core.bag_io import iter_image_bag
+    from stvg_ros.core.render import render_ids
+    from stvg_ros.core.types import Tracks
+    from stvg_ros.core.video_io import VideoWriter
+
+    tube = {box["stamp_ns"]: box["box"] for box in result.get("tube", [])} if result.get("success") else {}
+    writer = None
+    try:
+        for frame in iter_image_bag(bag):
+            rgb = render_ids(frame.rgb, tracks.get(frame.stamp_ns, Tracks()))
+            if (box := tube.get(frame.stamp_ns)) is not None:
+                x1, y1, x2, y2 = (int(round(v)) for v in box)
+                cv2.rectangle(rgb, (x1, y1), (x2, y2), TARGET_RGB, 2)
+                label = f"target {result['target_id']}"
+                cv2.putText(rgb, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, TARGET_RGB, 1, cv2.LINE_AA)
+            if writer is None:
+                writer = VideoWriter(path, 10.0, (rgb.shape[1], rgb.shape[0]))
+            writer.write(rgb)
+    finally:
+        if writer is not None:
+            writer.close()
+    return path
+
+
+def _report(summary: dict) -> str:
+    if not summary.get("answered"):
+        return f"stvg-ros demo failed: {summary.get('message')}"
+    from stvg_ros.cli.ask import format_result
+
+    gt = summary["ground_truth"]
+    lines = [
+        f'query: "{summary["query"]}"',
+        f"answer ({summary['model']} via {summary['backend']}):",
+        *("  " + line for line in format_result(summary).splitlines()),
+        f"NOTE: {summary['disclaimer']}.",
+        f"scene caption span (ground truth): {gt['start']:.2f} s to {gt['end']:.2f} s",
+        f"played {summary['frames_played']} frames, {summary['tracks_received']} tracks messages",
+        f"annotated video: {summary['annotated_video']}",
+        f"result: {summary['result_file']}",
+        f"took {summary['elapsed_s']:.0f} s",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,284 @@
+"""The grounding pipeline: query + clip snapshot -> target ID, span in ROS time, and tube.
+
+sample N frames of the window -> render_ids -> backend.generate -> parse_answer -> build_tube.
+`GroundingPipeline.ground` never raises for bad input or bad model output: it returns a
+GroundingOutcome with success=False and a message that says what went wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from stvg_ros.core.answer import parse_answer
+from stvg_ros.core.prompt import QueryError, build_question, normalize_query
+from stvg_ros.grounding.backends.base import GenerationError, GenerationResult, ModelLoadError
+from stvg_ros.grounding.sampling import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    DEFAULT_NUM_FRAMES,
+    SampledClip,
+    SamplingError,
+    sample_clip,
+)
+from stvg_ros.grounding.tube import TubeEntry, build_tube
+
+log = logging.getLogger(__name__)
+
+#: Progress stages reported to `progress(stage, fraction)`, in order.
+STAGES = ("sampling", "encoding", "reasoning", "parsing")
+
+
+@dataclass
+class GroundingConfig:
+    """How queries are answered (the grounding node maps its parameters onto this)."""
+
+    num_frames: int = DEFAULT_NUM_FRAMES
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per frame
+    min_pixels: int = DEFAULT_MIN_PIXELS  # per frame
+    max_new_tokens: int = 512
+    reasoning: bool = True  # default when a request does not say
+    strict: bool = False  # True: the official parser only; False: lenient (brackets, units, swapped bounds)
+    timeout_s: float = 120.0  # per query; generation is cancelled at the deadline
+    hold_tube_ends: bool = False  # repeat the nearest box before/after the track's life (official behaviour)
+
+
+@dataclass
+class GroundingRequest:
+    query: str | bytes
+    window_s: float = 0.0  # the last N seconds of the buffer; 0 = all of it
+    reasoning: bool | None = None  # None: GroundingConfig.reasoning
+
+
+@dataclass
+class GroundingOutcome:
+    """The answer to one query. Times: *_ns are ROS stamps, *_s seconds from clip_start_ns."""
+
+    success: bool
+    message: str = ""
+    target_id: int | None = None
+    start_ns: int | None = None
+    end_ns: int | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    clip_start_ns: int | None = None
+    confidence: float = 0.0  # 0: the backend gives no confidence (see docs/grounding.md)
+    reasoning: str = ""
+    raw: str = ""
+    model: str = ""
+    tube: list[TubeEntry] = field(default_factory=list)
+    sampled_stamps_ns: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    query: str = ""  # as sent to the model (normalized)
+    window_s: float = 0.0  # the window actually used
+    duration_s: float = 0.0  # the clip length the model answered about
+    track_ids: list[int] = field(default_factory=list)  # IDs drawn on the sampled frames
+    finish_reason: str = ""  # stop | length | cancelled | timeout | error
+
+    def to_json(self) -> dict:
+        """Plain-JSON form (the `stvg-ros ground --json` keys); times in seconds."""
+        return {
+            "success": self.success,
+            "message": self.message,
+            "query": self.query,
+            "target_id": self.target_id,
+            "start": self.start_s,
+            "end": self.end_s,
+            "start_stamp": self.start_ns / 1e9 if self.start_ns is not None else None,
+            "end_stamp": self.end_ns / 1e9 if self.end_ns is not None else None,
+            "clip_start_stamp": self.clip_start_ns / 1e9 if self.clip_start_ns is not None else None,
+            "window_s": round(self.window_s, 3),
+            "duration_s": round(self.duration_s, 3),
+            "confidence": self.confidence,
+            "reasoning": self.reasoning,
+            "raw": self.raw,
+            "model": self.model,
+            "track_ids": list(self.track_ids),
+            "sampled_stamps": [s / 1e9 for s in self.sampled_stamps_ns],
+            "tube": [entry.to_json(self.clip_start_ns) for entry in self.tube],
+            "timings": {k: round(v, 1) for k, v in self.timings.items()},
+            "finish_reason": self.finish_reason,
+        }
+
+
+class _CancelOrDeadline:
+    """is_set() once the caller cancels or the query's deadline passes."""
+
+    def __init__(self, cancel, deadline: float) -> None:
+        self.cancel, self.deadline = cancel, deadline
+
+    def cancelled(self) -> bool:
+        return self.cancel is not None and bool(self.cancel.is_set())
+
+    def timed_out(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def is_set(self) -> bool:
+        return self.cancelled() or self.timed_out()
+
+
+class GroundingPipeline:
+    """Answers GroundingRequests over ClipSnapshots with one VLM backend. Thread-safe."""
+
+    def __init__(self, backend, config: GroundingConfig | None = None) -> None:
+        self.backend = backend
+        self.config = config or GroundingConfig()
+        self._lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.backend, "model_name", "") or getattr(self.backend, "name", ""))
+
+    def ground(
+        self,
+        snapshot,
+        request: GroundingRequest,
+        progress: Callable[[str, float], None] | None = None,
+        cancel=None,
+    ) -> GroundingOutcome:
+        """Answer one request. Never raises for bad input or bad model output."""
+        started = time.perf_counter()
+        outcome = GroundingOutcome(success=False, model=self.model_name)
+        try:
+            self._ground(snapshot, request, progress, cancel, outcome, started)
+        except Exception as exc:  # noqa: BLE001 - the contract: a failed outcome, never an exception
+            log.exception("grounding failed unexpectedly")
+            self._fail(outcome, f"internal error: {type(exc).__name__}: {exc}", "error")
+        outcome.timings["total_ms"] = (time.perf_counter() - started) * 1000.0
+        for key in ("prep_ms", "encode_ms", "generate_ms"):
+            outcome.timings.setdefault(key, 0.0)
+        return outcome
+
+    @staticmethod
+    def _fail(outcome: GroundingOutcome, message: str, finish: str = "") -> GroundingOutcome:
+        outcome.success, outcome.message = False, message
+        if finish:
+            outcome.finish_reason = finish
+        outcome.target_id = outcome.start_ns = outcome.end_ns = None
+        outcome.tube = []
+        return outcome
+
+    def _report(self, progress, stage: str, fraction: float) -> None:
+        if progress is None:
+            return
+        try:
+            progress(stage, max(0.0, min(1.0, float(fraction))))
+        except Exception:  # noqa: BLE001 - a broken progress callback must not break the query
+            log.warning("progress callback raised; ignoring", exc_info=True)
+
+    def _ground(self, snapshot, request, progress, cancel, outcome: GroundingOutcome, started: float) -> None:
+        config = self.config
+        deadline = time.monotonic() + max(0.0, float(config.timeout_s))
+        stop = _CancelOrDeadline(cancel, deadline)
+        notes: list[str] = []
+
+        # ---- validate the request
+        try:
+            outcome.query = normalize_query(request.query)
+            question = build_question(outcome.query)
+        except QueryError as exc:
+            self._fail(outcome, f"bad query: {exc}", "error")
+            return
+        window_s = request.window_s
+        try:
+            window_s = float(window_s or 0.0)
+        except (TypeError, ValueError):
+            self._fail(outcome, f"bad window: {request.window_s!r} is not a number of seconds", "error")
+            return
+        if not math.isfinite(window_s) or window_s < 0:
+            self._fail(outcome, f"bad window: {request.window_s!r}; give seconds >= 0 (0 = the whole buffer)", "error")
+            return
+        reasoning = config.reasoning if request.reasoning is None else bool(request.reasoning)
+
+        # ---- sampling
+        self._report(progress, "sampling", 0.0)
+        if snapshot is None or not getattr(snapshot, "track_frames", None) and not getattr(snapshot, "frames", None):
+            self._fail(outcome, "no camera frames in the buffer yet; nothing to ground (is the camera publishing?)",
+                       "error")
+            return
+        try:
+            clip: SampledClip = sample_clip(snapshot, window_s, config.num_frames, max_pixels=config.max_pixels,
+                                            min_pixels=config.min_pixels)
+        except (SamplingError, ValueError) as exc:
+            self._fail(outcome, str(exc), "error")
+            return
+        outcome.clip_start_ns, outcome.window_s, outcome.duration_s = clip.clip_start_ns, clip.window_s, clip.duration_s
+        outcome.sampled_stamps_ns, outcome.track_ids = list(clip.stamps_ns), list(clip.track_ids)
+        if clip.clamped:
+            notes.append(f"the requested window of {clip.requested_window_s:.1f} s is longer than the "
+                         f"{clip.window_s:.1f} s buffered; used {clip.window_s:.1f} s")
+        if not clip.track_ids:
+            self._fail(outcome, f"no tracked objects on the {len(clip.stamps_ns)} sampled frames of the last "
+                       f"{clip.window_s:.1f} s; nothing to point at", "error")
+            self._append_notes(outcome, notes)
+            return
+        prep_ms = (time.perf_counter() - started) * 1000.0
+        self._report(progress, "sampling", 1.0)
+
+        # ---- encoding + reasoning (the backend)
+        self._report(progress, "encoding", 0.0)
+        produced = [0]
+
+        def on_token(_piece: str) -> None:
+            if produced[0] == 0:
+                self._report(progress, "encoding", 1.0)
+            produced[0] += 1
+            self._report(progress, "reasoning", produced[0] / max(1, config.max_new_tokens))
+
+        try:
+            result: GenerationResult = self.backend.generate(
+                clip.frames_rgb_with_ids, clip.timestamps_s, question, reasoning=reasoning,
+                max_new_tokens=config.max_new_tokens, cancel=stop, on_token=on_token,
+                track_ids=clip.track_ids, duration_s=clip.duration_s,
+            )
+        except (GenerationError, ModelLoadError, ValueError) as exc:
+            outcome.timings["prep_ms"] = prep_ms
+            self._fail(outcome, f"the model failed: {exc}", "error")
+            self._append_notes(outcome, notes)
+            return
+        outcome.raw = result.text
+        outcome.timings.update(prep_ms=prep_ms + result.preprocess_ms, encode_ms=result.encode_ms,
+                               generate_ms=result.generate_ms)
+        outcome.finish_reason = result.finish_reason
+        if result.finish_reason == "cancelled":
+            if stop.cancelled():
+                self._fail(outcome, "cancelled", "cancelled")
+            else:
+                self._fail(outcome, f"timed out after {config.timeout_s:.1f} s (timeout_s); generation was stopped",
+                           "timeout")
+            self._append_notes(outcome, notes)
+            return
+
+        # ---- parsing
+        self._report(progress, "parsing", 0.0)
+        parsed = parse_answer(result.text, strict=config.strict, duration=clip.duration_s, track_ids=clip.track_ids)
+        outcome.reasoning = parsed.reasoning
+        if not parsed.ok:
+            why = parsed.reason
+            if result.finish_reason == "length":
+                why += f" (the answer was cut off at max_new_tokens={config.max_new_tokens})"
+            self._fail(outcome, f"the model's answer could not be used: {why}")
+            self._append_notes(outcome, notes)
+            self._report(progress, "parsing", 1.0)
+            return
+        outcome.success = True
+        outcome.target_id = int(parsed.target_id)
+        outcome.start_s, outcome.end_s = float(parsed.start), float(parsed.end)
+        outcome.start_ns, outcome.end_ns = clip.stamp_ns_at(parsed.start), clip.stamp_ns_at(parsed.end)
+        outcome.tube = build_tube(snapshot, outcome.target_id, outcome.start_ns, outcome.end_ns,
+                                  hold_ends=config.hold_tube_ends)
+        if not outcome.tube:
+            notes.append(f"target {outcome.target_id} has no box between {outcome.start_s:.2f} s and "
+                         f"{outcome.end_s:.2f} s (empty tube)")
+        outcome.message = f"target {outcome.target_id} from {outcome.start_s:.2f} s to {outcome.end_s:.2f} s"
+        self._append_notes(outcome, notes)
+        self._report(progress, "parsing", 1.0)
+
+    @staticmethod
+    def _append_notes(outcome: GroundingOutcome, notes: list[str]) -> None:
+        if notes:
+            outcome.message = "; ".join([outcome.message, *notes]) if outcome.message else "; ".join(notes)

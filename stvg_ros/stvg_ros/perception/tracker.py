@@ -1,0 +1,451 @@
+"""Multi-object tracking: ultralytics ByteTrack, plus re-association of lost tracks after occlusion.
+
+ByteTrack (`ultralytics.trackers.byte_tracker.BYTETracker`) does the frame-to-frame association.
+On top of it this module adds what a grounding model needs from IDs:
+
+- **Public IDs**: small integers handed out in order of first appearance, unique per camera and
+  never reused, even after `reset()` (ByteTrack's internal IDs skip numbers).
+- **Re-association**: when ByteTrack starts a new track, it is first compared with public tracks
+  that were lost less than `reid_max_gap_s` ago: same class, a motion gate (the new box must lie
+  near the segment from where the object was last seen to where its velocity would have taken it)
+  and an appearance cue (HSV colour histogram inside the box, Bhattacharyya coefficient). The best
+  match (Hungarian assignment) takes the old ID back.
+- **Prediction frames**: `predict(stamp)` advances the Kalman filters without a detection, so a
+  pipeline that runs the detector on every k-th frame still has tracks on every frame.
+
+Time is counted in camera frames (one Kalman step per frame); the frame interval is estimated
+from the stamps, so a dropped frame counts as two steps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from stvg_ros.core.types import Tracks
+
+log = logging.getLogger(__name__)
+
+NS = 1_000_000_000
+
+
+@dataclass
+class TrackerConfig:
+    """ByteTrack thresholds (ultralytics defaults) and the re-association settings."""
+
+    track_high_thresh: float = 0.25
+    track_low_thresh: float = 0.1
+    new_track_thresh: float = 0.25
+    match_thresh: float = 0.8
+    fuse_score: bool = True
+    #: how long ByteTrack keeps a lost track for its own (IoU) re-matching
+    lost_buffer_s: float = 1.0
+    #: re-associate new tracks with tracks lost at most this long ago (0 disables)
+    reid_max_gap_s: float = 2.0
+    #: minimum colour-histogram similarity (Bhattacharyya coefficient, 0..1)
+    reid_min_similarity: float = 0.6
+    #: motion gate radius in multiples of the lost box's longer side
+    reid_gate_sizes: float = 2.5
+    #: allowed area ratio between the lost box and the new box
+    reid_max_area_ratio: float = 3.0
+    reid_same_class: bool = True
+    #: most boxes per frame the tracker accepts (highest scores kept); bounds work on bad input
+    max_objects: int = 300
+    #: a forward stamp jump longer than this starts a fresh tracker (IDs are not reused)
+    reset_after_gap_s: float = 10.0
+    #: a backward stamp jump longer than this (a bag loop) starts a fresh tracker; shorter ones are dropped
+    backward_jump_reset_s: float = 1.0
+    #: frame interval assumed until stamps tell (seconds)
+    default_frame_interval_s: float = 1.0 / 30.0
+
+
+# --------------------------------------------------------------------------------------------
+# Appearance
+
+
+HIST_BINS = (8, 4, 4)  # H, S, V
+
+
+def colour_histograms(rgb: np.ndarray, xyxy: np.ndarray, shrink: float = 0.15) -> np.ndarray:
+    """(N, 128) L1-normalised HSV histograms of the inner part of each box (0 rows for empty boxes)."""
+    out = np.zeros((len(xyxy), int(np.prod(HIST_BINS))), np.float32)
+    if len(xyxy) == 0:
+        return out
+    h, w = rgb.shape[:2]
+    for i, (x0, y0, x1, y1) in enumerate(xyxy):
+        dx, dy = (x1 - x0) * shrink, (y1 - y0) * shrink
+        ix0, iy0 = int(max(0, x0 + dx)), int(max(0, y0 + dy))
+        ix1, iy1 = int(min(w, np.ceil(x1 - dx))), int(min(h, np.ceil(y1 - dy)))
+        if ix1 <= ix0 or iy1 <= iy0:
+            continue
+        hsv = cv2.cvtColor(np.ascontiguousarray(rgb[iy0:iy1, ix0:ix1]), cv2.COLOR_RGB2HSV)
+        hist = cv2.calcHist([hsv], [0, 1, 2], None, list(HIST_BINS), [0, 180, 0, 256, 0, 256]).reshape(-1)
+        total = hist.sum()
+        if total > 0:
+            out[i] = hist / total
+    return out
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Bhattacharyya coefficient of two L1-normalised histograms (1 = identical)."""
+    return float(np.sqrt(a * b).sum())
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# Public tracks
+
+
+@dataclass
+class _PublicTrack:
+    """What the tracker remembers about one public ID (for re-association)."""
+
+    public_id: int
+    class_id: int
+    box: np.ndarray  # last box where it was detected
+    last_seen_ns: int
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # px/s of the box centre
+    appearance: np.ndarray | None = None
+    hits: int = 0
+
+    def observe(self, box: np.ndarray, stamp_ns: int) -> None:
+        dt = (stamp_ns - self.last_seen_ns) / NS
+        if self.hits and 0 < dt <= 1.0:
+            moved = (_centre(box) - _centre(self.box)) / dt
+            self.velocity = moved if self.hits == 1 else 0.6 * self.velocity + 0.4 * moved
+        self.box, self.last_seen_ns = box.astype(np.float64), stamp_ns
+        self.hits += 1
+
+    def update_appearance(self, hist: np.ndarray) -> None:
+        if hist.sum() <= 0:
+            return
+        self.appearance = hist.copy() if self.appearance is None else 0.7 * self.appearance + 0.3 * hist
+
+
+def _centre(box: np.ndarray) -> np.ndarray:
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], np.float64)
+
+
+def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Distance from point p to segment ab."""
+    ab = b - a
+    t = 0.0 if not ab.any() else float(np.clip(np.dot(p - a, ab) / np.dot(ab, ab), 0.0, 1.0))
+    return float(np.linalg.norm(p - (a + t * ab)))
+
+
+class _Detections:
+    """The results-like object BYTETracker.update() reads: conf, cls, xywh, xyxy, len, bool indexing."""
+
+    def __init__(self, xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray) -> None:
+        self.xyxy = xyxy.astype(np.float32)
+        self.conf = conf.astype(np.float32)
+        self.cls = cls.astype(np.float32)
+
+    @property
+    def xywh(self) -> np.ndarray:
+        wh = self.xyxy[:, 2:] - self.xyxy[:, :2]
+        return np.concatenate([self.xyxy[:, :2] + wh / 2, wh], axis=1)
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    def __getitem__(self, index) -> _Detections:
+        return _Detections(self.xyxy[index], self.conf[index], self.cls[index])
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class Tracker:
+    """ByteTrack + re-association with public IDs. One instance per camera."""
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.config = config or TrackerConfig()
+        self._next_public_id = 1
+        self.stats = {"reid_matches": 0, "tracks_created": 0, "out_of_order": 0, "resets": 0, "capped_frames": 0}
+        self._reset_state()
+
+    # ---- state
+
+    def _reset_state(self) -> None:
+        from ultralytics.trackers.byte_tracker import BYTETracker
+
+        c = self.config
+        args = SimpleNamespace(
+            track_high_thresh=c.track_high_thresh,
+            track_low_thresh=c.track_low_thresh,
+            new_track_thresh=c.new_track_thresh,
+            track_buffer=max(1, round(c.lost_buffer_s / c.default_frame_interval_s)),
+            match_thresh=c.match_thresh,
+            fuse_score=c.fuse_score,
+        )
+        self._byte = BYTETracker(args)
+        self._public_of: dict[int, int] = {}  # ByteTrack id -> public id
+        self._tracks: dict[int, _PublicTrack] = {}  # public id -> memory (live and lost)
+        self._last_stamp: int | None = None
+        self._last_output = Tracks.empty()
+        self._intervals: deque[float] = deque(maxlen=31)
+
+    def reset(self) -> None:
+        """Forget every track (e.g. a bag loop); public IDs continue from where they were."""
+        self.stats["resets"] += 1
+        self._reset_state()
+
+    @property
+    def frame_interval_s(self) -> float:
+        return float(np.median(self._intervals)) if self._intervals else self.config.default_frame_interval_s
+
+    @property
+    def live_ids(self) -> list[int]:
+        return [int(t) for t in self._last_output.track_id]
+
+    # ---- stamps
+
+    def is_stale(self, stamp_ns: int) -> bool:
+        """True for a frame at or before the last one that is not a backward jump (it will be ignored)."""
+        if self._last_stamp is None or stamp_ns > self._last_stamp:
+            return False
+        return (self._last_stamp - stamp_ns) / NS <= self.config.backward_jump_reset_s
+
+    def will_reset(self, stamp_ns: int) -> bool:
+        """True when a frame at stamp_ns starts fresh tracks (backward jump or a long gap)."""
+        if self._last_stamp is None:
+            return False
+        dt = (stamp_ns - self._last_stamp) / NS
+        return dt < -self.config.backward_jump_reset_s or dt > self.config.reset_after_gap_s
+
+    def _advance(self, stamp_ns: int) -> int | None:
+        """Kalman steps to take for a frame at stamp_ns; None when the frame must be ignored."""
+        c = self.config
+        if self._last_stamp is None:
+            self._last_stamp = stamp_ns
+            return 1
+        dt = (stamp_ns - self._last_stamp) / NS
+        if dt <= 0:
+            if -dt > c.backward_jump_reset_s:
+                log.info("stamp jumped back %.1f s: starting fresh tracks", -dt)
+                self.reset()
+                self._last_stamp = stamp_ns
+                return 1
+            self.stats["out_of_order"] += 1
+            return None
+        if dt > c.reset_after_gap_s:
+            log.info("no frame for %.1f s: starting fresh tracks", dt)
+            self.reset()
+            self._last_stamp = stamp_ns
+            return 1
+        self._intervals.append(dt)
+        self._last_stamp = stamp_ns
+        self._byte.max_frames_lost = max(1, round(c.lost_buffer_s / self.frame_interval_s))
+        return int(np.clip(round(dt / self.frame_interval_s), 1, 30))
+
+    def _coast(self, steps: int) -> None:
+        """Advance the Kalman filters of live and lost tracks by `steps` frames without detections."""
+        from ultralytics.trackers.byte_tracker import STrack
+
+        pool = [t for t in self._byte.tracked_stracks if t.is_activated] + self._byte.lost_stracks
+        for _ in range(steps):
+            self._byte.frame_id += 1
+            STrack.multi_predict(pool)
+
+    # ---- public API
+
+    def predict(self, stamp_ns: int, image_size: tuple[int, int] | None = None) -> Tracks:
+        """Tracks on a frame without detections: the Kalman prediction of every live track
+        (`detected` False). `image_size` (width, height) clips boxes to the image."""
+        steps = self._advance(int(stamp_ns))
+        if steps is None:
+            return self._last_output[np.arange(len(self._last_output))]
+        self._coast(steps)
+        live = [t for t in self._byte.tracked_stracks if t.is_activated and t.track_id in self._public_of]
+        if not live:
+            self._last_output = Tracks.empty()
+            return self._last_output
+        xyxy = np.asarray([t.xyxy for t in live], np.float32)
+        out = Tracks(
+            xyxy=xyxy,
+            track_id=np.asarray([self._public_of[t.track_id] for t in live], np.int64),
+            score=np.asarray([t.score for t in live], np.float32),
+            class_id=np.asarray([int(t.cls) for t in live], np.int32),
+            detected=np.zeros(len(live), bool),
+        )
+        self._last_output = _clip(out, image_size)
+        return self._last_output
+
+    def update(self, stamp_ns: int, detections: Tracks, rgb: np.ndarray | None = None) -> Tracks:
+        """Tracks on a frame with detections. `rgb` (the frame) enables the appearance cue."""
+        stamp_ns = int(stamp_ns)
+        steps = self._advance(stamp_ns)
+        if steps is None:
+            return self._last_output[np.arange(len(self._last_output))]
+        if steps > 1:
+            self._coast(steps - 1)
+        detections = self._sanitize(detections)
+        rows = self._byte.update(_Detections(detections.xyxy, detections.score, detections.class_id))
+        rows = np.asarray(rows, np.float32).reshape(-1, 8)
+        image_size = (rgb.shape[1], rgb.shape[0]) if rgb is not None else None
+        out = self._publish(stamp_ns, rows, detections, rgb)
+        self._last_output = _clip(out, image_size)
+        return self._last_output
+
+    # ---- internals
+
+    def _sanitize(self, detections: Tracks) -> Tracks:
+        finite = np.isfinite(detections.xyxy).all(axis=1) & np.isfinite(detections.score)
+        detections = detections[finite]
+        if len(detections) > self.config.max_objects:
+            self.stats["capped_frames"] += 1
+            detections = detections[np.argsort(-detections.score, kind="stable")[: self.config.max_objects]]
+        return detections
+
+    def _publish(self, stamp_ns: int, rows: np.ndarray, detections: Tracks, rgb: np.ndarray | None) -> Tracks:
+        by_id = {t.track_id: t for t in self._byte.tracked_stracks}
+        updated_now = np.array([by_id[int(r[4])].frame_id == self._byte.frame_id for r in rows], bool)
+        det_index = rows[:, 7].astype(np.int64)
+        # The detector's box where the track was matched this frame, the Kalman box otherwise.
+        xyxy = rows[:, :4].copy()
+        if len(rows):
+            xyxy[updated_now] = detections.xyxy[det_index[updated_now]]
+        internal = rows[:, 4].astype(np.int64)
+        hists = colour_histograms(rgb, xyxy) if rgb is not None and len(rows) else None
+
+        new_rows = [i for i, t in enumerate(internal) if int(t) not in self._public_of]
+        if new_rows:
+            self._assign_public_ids(stamp_ns, new_rows, internal, xyxy, rows[:, 6].astype(np.int32), hists)
+
+        public = np.asarray([self._public_of[int(t)] for t in internal], np.int64)
+        isolated = _isolated(xyxy)
+        for i, pid in enumerate(public):
+            memory = self._tracks[int(pid)]
+            if updated_now[i]:
+                memory.observe(xyxy[i], stamp_ns)
+                if hists is not None and isolated[i]:
+                    memory.update_appearance(hists[i])
+        self._forget(stamp_ns, set(int(p) for p in public))
+        return Tracks(
+            xyxy=xyxy,
+            track_id=public,
+            score=rows[:, 5],
+            class_id=rows[:, 6].astype(np.int32),
+            detected=updated_now,
+        )
+
+    def _assign_public_ids(
+        self,
+        stamp_ns: int,
+        new_rows: list[int],
+        internal: np.ndarray,
+        xyxy: np.ndarray,
+        class_ids: np.ndarray,
+        hists: np.ndarray | None,
+    ) -> None:
+        c = self.config
+        live_public = {self._public_of[int(t)] for t in internal if int(t) in self._public_of}
+        lost = [
+            m
+            for pid, m in self._tracks.items()
+            if pid not in live_public and 0 < (stamp_ns - m.last_seen_ns) / NS <= c.reid_max_gap_s
+        ]
+        matches: dict[int, int] = {}
+        if lost and c.reid_max_gap_s > 0 and hists is not None:
+            cost = np.full((len(new_rows), len(lost)), np.inf)
+            for a, row in enumerate(new_rows):
+                for b, memory in enumerate(lost):
+                    cost[a, b] = self._reid_cost(stamp_ns, xyxy[row], int(class_ids[row]), hists[row], memory)
+            if np.isfinite(cost).any():
+                finite_cost = np.where(np.isfinite(cost), cost, 1e6)
+                for a, b in zip(*linear_sum_assignment(finite_cost), strict=True):
+                    if np.isfinite(cost[a, b]):
+                        matches[new_rows[a]] = lost[b].public_id
+        for row in new_rows:
+            ident = int(internal[row])
+            if row in matches:
+                pid = matches[row]
+                self._drop_internal_of(pid)
+                self.stats["reid_matches"] += 1
+            else:
+                pid = self._next_public_id
+                self._next_public_id += 1
+                self.stats["tracks_created"] += 1
+                self._tracks[pid] = _PublicTrack(pid, int(class_ids[row]), xyxy[row].astype(np.float64), stamp_ns)
+            self._public_of[ident] = pid
+
+    def _reid_cost(
+        self, stamp_ns: int, box: np.ndarray, class_id: int, hist: np.ndarray, memory: _PublicTrack
+    ) -> float:
+        c = self.config
+        if c.reid_same_class and class_id != memory.class_id:
+            return np.inf
+        if memory.appearance is None or hist.sum() <= 0:
+            return np.inf
+        area_new = max((box[2] - box[0]) * (box[3] - box[1]), 1e-6)
+        area_old = max((memory.box[2] - memory.box[0]) * (memory.box[3] - memory.box[1]), 1e-6)
+        if max(area_new / area_old, area_old / area_new) > c.reid_max_area_ratio:
+            return np.inf
+        dt = (stamp_ns - memory.last_seen_ns) / NS
+        last = _centre(memory.box)
+        gate = c.reid_gate_sizes * max(memory.box[2] - memory.box[0], memory.box[3] - memory.box[1], 1.0)
+        distance = _segment_distance(_centre(box), last, last + memory.velocity * dt)
+        if distance > gate:
+            return np.inf
+        sim = similarity(hist, memory.appearance)
+        if sim < c.reid_min_similarity:
+            return np.inf
+        return (1.0 - sim) + 0.5 * distance / gate
+
+    def _drop_internal_of(self, public_id: int) -> None:
+        """Remove ByteTrack's lost track that still carries `public_id`, so two tracks never share it."""
+        stale = [i for i, p in self._public_of.items() if p == public_id]
+        for ident in stale:
+            del self._public_of[ident]
+        self._byte.lost_stracks = [t for t in self._byte.lost_stracks if t.track_id not in stale]
+
+    def _forget(self, stamp_ns: int, live: set[int]) -> None:
+        """Drop memories older than the re-association window and mappings of removed tracks."""
+        horizon = max(self.config.reid_max_gap_s, self.config.lost_buffer_s) * NS
+        for pid in [p for p, m in self._tracks.items() if p not in live and stamp_ns - m.last_seen_ns > horizon]:
+            del self._tracks[pid]
+        kept = {t.track_id for t in self._byte.tracked_stracks} | {t.track_id for t in self._byte.lost_stracks}
+        for ident in [i for i in self._public_of if i not in kept]:
+            del self._public_of[ident]
+
+
+def _isolated(xyxy: np.ndarray, max_iou: float = 0.1) -> np.ndarray:
+    """Rows whose box barely overlaps any other (their histogram is not mixed with a neighbour's)."""
+    if len(xyxy) <= 1:
+        return np.ones(len(xyxy), bool)
+    if len(xyxy) > 400:  # quadratic; crowds this large get no appearance updates
+        return np.zeros(len(xyxy), bool)
+    iou = _iou_matrix(xyxy, xyxy)
+    np.fill_diagonal(iou, 0)
+    return iou.max(axis=1) <= max_iou
+
+
+def _clip(tracks: Tracks, image_size: tuple[int, int] | None) -> Tracks:
+    if image_size is None or len(tracks) == 0:
+        return tracks
+    width, height = image_size
+    xyxy = tracks.xyxy.copy()
+    xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, width)
+    xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, height)
+    keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+    tracks = Tracks(
+        xyxy=xyxy, track_id=tracks.track_id, score=tracks.score, class_id=tracks.class_id, detected=tracks.detected
+    )
+    return tracks[keep]

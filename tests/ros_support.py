@@ -184,14 +184,34 @@ def image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera"):
     return msg
 
 
+def compressed_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera"):
+    from sensor_msgs.msg import CompressedImage
+    from stvg_ros.core.image_codec import encode_compressed
+
+    fields = encode_compressed(rgb, "jpeg")
+    msg = CompressedImage(format=fields["format"])
+    msg.data = fields["data"]
+    msg.header.stamp, msg.header.frame_id = stamp(stamp_ns), frame_id
+    return msg
+
+
 def tracks_msg(boxes: dict[int, tuple[float, float, float, float]], stamp_ns: int, frame_id: str = "camera"):
     from stvg_ros_msgs.msg import TrackedObject, TrackedObjectArray
 
     msg = TrackedObjectArray()
     msg.header.stamp, msg.header.frame_id = stamp(stamp_ns), frame_id
     msg.objects = [
-        TrackedObject(track_id=tid, label="shape", class_id=0, score=0.9, x1=float(b[0]), y1=float(b[1]), x2=float(b[2]), y2=float(b[3]),
-                      detected=True)
+        TrackedObject(
+            track_id=tid,
+            label="shape",
+            class_id=0,
+            score=0.9,
+            x1=float(b[0]),
+            y1=float(b[1]),
+            x2=float(b[2]),
+            y2=float(b[3]),
+            detected=True,
+        )
         for tid, b in boxes.items()
     ]
     return msg

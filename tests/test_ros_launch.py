@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from stvg_ros.cli.up import parse_overrides
 from stvg_ros.nodes import graph
 from stvg_ros.nodes.graph import (
@@ -48,7 +47,7 @@ def _declared_arguments(tree: ast.Module) -> dict[str, tuple]:
 def test_launch_file_declares_every_argument_and_builds_nodes_from_the_graph_list():
     tree = _launch_tree()
     arguments = _declared_arguments(tree)
-    assert REQUIRED_ARGUMENTS <= set(arguments)
+    assert set(arguments) >= REQUIRED_ARGUMENTS
     for name, (default, choices) in arguments.items():
         if choices:
             assert default in choices, f"default of {name} is not one of its choices"

@@ -6,7 +6,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from stvg_ros.core.types import Tracks
 from stvg_ros.nodes.grounding_node import QueryJob, QueryQueue, TargetFollower, check_window, reasoning_for
 

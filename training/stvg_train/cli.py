@@ -32,9 +32,11 @@ def _add_prep(sub) -> None:
     p.add_argument("--synthetic-videos", type=int, default=0,
                    help="generate this many synthetic videos into --synthetic first (0: use what is there)")
     p.add_argument("--out", required=True, help="output folder (the dataset, shards for resuming, report.json)")
-    p.add_argument("--detector", default=None, help="detector model (manifest name or file) for the perception pipeline")
-    p.add_argument("--perception-config", default=None, help="YAML of PerceptionConfig fields")
-    p.add_argument("--num-frames", type=int, default=None, help="frames sampled per clip (default: the robot's)")
+    p.add_argument("--detector", default=None, help="detector (manifest name or file); default: the robot's")
+    p.add_argument("--perception-config", default=None, help="YAML of PerceptionConfig fields (the robot's file)")
+    p.add_argument("--num-frames", type=int, default=16, help="frames sampled per clip (the robot's default 16)")
+    p.add_argument("--sample-fps", type=float, default=2.0, help="clip buffer frame rate (the node's 2.0)")
+    p.add_argument("--max-pixels", type=int, default=128 * 28 * 28, help="pixel budget per frame (the robot's)")
     p.add_argument("--min-iou", type=float, default=0.0, help="a GT frame votes only for a track with IoU above this")
     p.add_argument("--workers", type=int, default=1, help="parallel video workers")
     p.add_argument("--limit", type=int, default=None, help="prepare at most this many videos")
@@ -55,6 +57,8 @@ def _run_prep(args) -> int:
             detector=args.detector,
             perception_config=args.perception_config,
             num_frames=args.num_frames,
+            sample_fps=args.sample_fps,
+            max_pixels=args.max_pixels,
             min_iou=args.min_iou,
             workers=args.workers,
             limit=args.limit,

@@ -16,7 +16,7 @@ from typing import Any
 
 import datasets
 from datasets import Features, Image, List, Value
-from stvg_ros.core.prompt import build_question, frame_label
+from stvg_ros.core.prompt import build_question, clip_user_content
 
 #: Columns of a prepared sample (one row per query). Rewards read the gt_* and frame_* columns.
 SAMPLE_FEATURES = Features(
@@ -48,15 +48,12 @@ _NOT_FOR_TRAINING = ("caption", "question", "source", "video", "gt_frames", "gt_
 
 
 def clip_prompt(question: str, timestamps_s: Sequence[float]) -> list[dict[str, Any]]:
-    """The user turn for a clip sent as images: the question, then `Frame at t s:` + image per frame.
+    """The conversation for a clip sent as images: one user turn built by `core.prompt.clip_user_content`
+    (the question, then `Frame at t s:` + image per frame), exactly what the llama.cpp backend sends.
 
     Image parts are placeholders; TRL fills them from the `images` column in order.
     """
-    content: list[dict[str, Any]] = [{"type": "text", "text": question}]
-    for t in timestamps_s:
-        content.append({"type": "text", "text": "\n" + frame_label(float(t)) + " "})
-        content.append({"type": "image"})
-    return [{"role": "user", "content": content}]
+    return [{"role": "user", "content": clip_user_content(question, list(timestamps_s))}]
 
 
 def make_sample(

@@ -48,19 +48,23 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def default_out_dir(name: str) -> Path:
-    """<checkout>/models/<name> in a source checkout, else ./models/<name>."""
-    from stvg_ros.core.paths import repo_root
+def _download_checkpoint(repo_id: str) -> Path:
+    """A Hugging Face hub checkpoint (e.g. XiaowenZhang/stvg-r1-model-7b) on a machine with a network."""
+    from stvg_ros.core.model_registry import is_offline
 
-    root = repo_root()
-    return (root / "models" / name) if root is not None else Path("models") / name
+    if repo_id.count("/") != 1 or Path(repo_id).exists() or is_offline():
+        raise FileNotFoundError(f"model folder not found: {repo_id} (and no hub download: give a local folder, "
+                                "or run online with a hub id such as XiaowenZhang/stvg-r1-model-7b)")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id))
 
 
 def merged_model_dir(model_dir: str | Path, out_dir: str | Path, base_model: str | None = None) -> Path:
     """A full safetensors HF folder for `model_dir`: merges a LoRA adapter into its base, if it is one."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"model folder not found: {model_dir}")
+        model_dir = _download_checkpoint(str(model_dir))
     adapter_config = model_dir / "adapter_config.json"
     if not adapter_config.is_file():
         if not (model_dir / "config.json").is_file():
@@ -85,22 +89,21 @@ def merged_model_dir(model_dir: str | Path, out_dir: str | Path, base_model: str
 
 
 def _verify_gguf(model_path: Path, mmproj_path: Path) -> dict[str, Any]:
-    """Load the GGUF pair with llama.cpp and run one short chat turn with an image."""
+    """Load the GGUF pair in the grounding node's llama.cpp backend and answer about one frame."""
     import numpy as np
-
+    from stvg_ros.core.prompt import build_question
     from stvg_ros.grounding.backends import make_backend
 
     start = time.monotonic()
-    backend = make_backend("llama_cpp", model_path=str(model_path), mmproj_path=str(mmproj_path), n_ctx=2048,
-                           n_threads=1)
+    backend = make_backend("llama_cpp", model=str(model_path), mmproj=str(mmproj_path), n_ctx=2048, n_threads=1)
     try:
         frame = np.full((112, 112, 3), 127, np.uint8)
-        text = backend.generate("Say something.", [frame], [0.0], max_tokens=4)
+        result = backend.generate([frame], [0.0], build_question("the object"), reasoning=False,
+                                  max_new_tokens=32, track_ids=[1], duration_s=1.0)
     finally:
-        close = getattr(backend, "close", None)
-        if close:
-            close()
-    return {"loaded": True, "load_and_generate_s": round(time.monotonic() - start, 2), "generated_chars": len(text)}
+        backend.close()
+    return {"loaded": True, "load_and_generate_s": round(time.monotonic() - start, 2),
+            "generated": result.text[:200]}
 
 
 def _calibration_frames(source: str, count: int) -> list:
@@ -131,64 +134,156 @@ def _calibration_frames(source: str, count: int) -> list:
     return frames[:count]
 
 
-def _file_entry(path: Path, role: str, **extra: Any) -> dict[str, Any]:
-    return {"path": path.name, "role": role, "sha256": sha256_of(path), "bytes": path.stat().st_size, **extra}
+def _link(source: Path, target: Path) -> Path:
+    """`target` as a hard link to `source` (a copy across file systems)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        target.hardlink_to(source)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
+
+
+def _manifest_file(path: Path, fmt: str, command: str, **extra: Any) -> dict[str, Any]:
+    return {"name": path.name, "format": fmt, "sha256": sha256_of(path), "size": path.stat().st_size,
+            "source": {"export": command}, **extra}
+
+
+def _write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
+    import yaml
+
+    path = out / f"{manifest['name']}.yaml"
+    header = (f"# Written by `stvg-train export` ({time.strftime('%Y-%m-%d %H:%M:%S')}). Files are in "
+              f"./{manifest['name']}/; copy both (this file and that folder) into a robot's models/.\n")
+    path.write_text(header + yaml.safe_dump(manifest, sort_keys=False))
+    return path
 
 
 def export(opts: ExportOptions) -> dict[str, Any]:
-    """Run the export; returns the manifest (also written as <out>/<name>.yaml and .json)."""
-    import yaml
+    """Run the export; returns a summary with one entry per exported file (manifests are written to out).
 
+    Layout (what the model registry reads): `<out>/<name>-<quant>.yaml` and `<out>/<name>-<quant>/`
+    holding the quantized text model and the mmproj (hard links, so the mmproj is stored once).
+    """
     from stvg_ros.grounding.gguf import convert_to_gguf, quantize_gguf
 
     start = time.monotonic()
-    out = Path(opts.out_dir) if opts.out_dir else default_out_dir(opts.name)
+    out = Path(opts.out_dir) if opts.out_dir else default_out_dir_root()
     out.mkdir(parents=True, exist_ok=True)
-    hf_dir = merged_model_dir(opts.model_dir, out, opts.base_model)
-    quants = [q.lower() for q in opts.quants]
-    f16_path, mmproj_path = convert_to_gguf(hf_dir, out, "f16", name=opts.name, threads=opts.threads)
-    files: list[dict[str, Any]] = [_file_entry(mmproj_path, "mmproj", quantization="f16")]
-    for quant in quants:
-        if quant == "f16":
-            continue
-        target = quantize_gguf(f16_path, out / f"{opts.name}-{quant}.gguf", quant, threads=opts.threads)
-        files.append(_file_entry(target, "model", quantization=quant.upper(), mmproj=mmproj_path.name))
-    if "f16" in quants or opts.keep_f16:
-        files.append(_file_entry(f16_path, "model", quantization="F16", mmproj=mmproj_path.name))
-    else:
-        f16_path.unlink(missing_ok=True)
-    if opts.detector:
-        from stvg_ros.perception.export import export_detector_onnx
-
-        if not opts.calibration_data:
-            raise ValueError("--calibration-data is needed to quantize the detector to int8")
-        frames = _calibration_frames(opts.calibration_data, opts.calibration_frames)
-        exported = export_detector_onnx(opts.detector, out, frames, int8=True)
-        for onnx_path in exported if isinstance(exported, (list, tuple)) else [exported]:
-            onnx_path = Path(onnx_path)
-            files.append(_file_entry(onnx_path, "detector", quantization="int8" if "int8" in onnx_path.name else "fp32",
-                                     calibration_frames=len(frames)))
+    work = out / f".{opts.name}-work"
+    work.mkdir(parents=True, exist_ok=True)
+    command = f"stvg-train export --model {opts.model_dir} --name {opts.name}"
+    files: list[dict[str, Any]] = []
+    manifests: list[str] = []
+    try:
+        hf_dir = merged_model_dir(opts.model_dir, work, opts.base_model)
+        f16_path, mmproj_path = convert_to_gguf(hf_dir, work, "f16", name=opts.name, threads=opts.threads)
+        for quant in dict.fromkeys(q.lower() for q in opts.quants):
+            label = f"{opts.name}-{quant}"
+            folder = out / label
+            model_path = folder / f"{label}.gguf"
+            folder.mkdir(parents=True, exist_ok=True)
+            if quant == "f16":
+                _link(f16_path, model_path)
+            else:
+                quantize_gguf(f16_path, model_path, quant, threads=opts.threads)
+            mmproj = _link(mmproj_path, folder / mmproj_path.name)
+            manifest = {
+                "name": label,
+                "kind": "vlm",
+                "architecture": "qwen2_5_vl",
+                "quantization": quant,
+                "description": f"{opts.name} (trained with stvg-train), GGUF {quant} text model + f16 mmproj",
+                "trained_from": str(Path(opts.model_dir)),
+                "converter": "llama-cpp-python vendor/llama.cpp/convert_hf_to_gguf.py",
+                "files": [
+                    _manifest_file(model_path, "gguf", f"{command} --quant {quant}"),
+                    _manifest_file(mmproj, "mmproj", f"{command} --quant {quant}", matches=model_path.name),
+                ],
+            }
+            manifests.append(str(_write_manifest(out, manifest)))
+            files.append({"path": str(model_path), "role": "model", "quantization": quant.upper(),
+                          "mmproj": str(mmproj), "sha256": manifest["files"][0]["sha256"],
+                          "bytes": model_path.stat().st_size, "manifest": label})
+            files.append({"path": str(mmproj), "role": "mmproj", "quantization": "F16",
+                          "sha256": manifest["files"][1]["sha256"], "bytes": mmproj.stat().st_size, "manifest": label})
+        if opts.detector:
+            files += _export_detector(opts, out)
+            manifests.append(str(out / f"{opts.name}-detector.yaml"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if opts.verify:
         for entry in files:
-            path = out / entry["path"]
+            if entry["role"] == "mmproj":
+                continue  # loaded together with its model
             try:
                 if entry["role"] == "model":
-                    entry.update(_verify_gguf(path, out / entry["mmproj"]))
-                elif entry["role"] == "detector":
-                    entry.update(_verify_onnx(path))
-            except Exception as exc:  # noqa: BLE001 - reported per file; the command then exits non-zero
+                    entry.update(_verify_gguf(Path(entry["path"]), Path(entry["mmproj"])))
+                else:
+                    entry.update(_verify_onnx(Path(entry["path"])))
+            except Exception as exc:
                 entry.update(loaded=False, error=f"{type(exc).__name__}: {exc}")
-    manifest = {
+        for entry in files:
+            if entry["role"] == "mmproj":
+                model = next(f for f in files if f["role"] == "model" and f["mmproj"] == entry["path"])
+                entry["loaded"] = model.get("loaded", False)
+    _check_manifests(out, manifests)
+    return {
         "name": opts.name,
-        "architecture": "qwen2.5-vl",
-        "source": {"trained_from": str(Path(opts.model_dir).resolve()), "tool": "stvg-train export"},
-        "files": files,
         "out_dir": str(out),
+        "manifests": manifests,
+        "files": files,
         "wall_s": round(time.monotonic() - start, 2),
     }
-    (out / f"{opts.name}.yaml").write_text(yaml.safe_dump({k: v for k, v in manifest.items() if k != "out_dir"},
-                                                          sort_keys=False))
-    return manifest
+
+
+def default_out_dir_root() -> Path:
+    """<checkout>/models in a source checkout, else ./models."""
+    from stvg_ros.core.paths import repo_root
+
+    root = repo_root()
+    return (root / "models") if root is not None else Path("models")
+
+
+def _check_manifests(out: Path, manifests: list[str]) -> None:
+    """Every written manifest parses in the model registry, and its files are where the registry looks."""
+    from stvg_ros.core import model_registry
+
+    found = model_registry.load_manifests([out])
+    for path in manifests:
+        name = Path(path).stem
+        manifest = found.get(name)
+        if manifest is None:
+            raise RuntimeError(f"the model registry does not read the manifest {path}")
+        for file in manifest.files:
+            if not (out / name / file.name).is_file():
+                raise RuntimeError(f"{file.name} of {name} is not in {out / name}")
+
+
+def _export_detector(opts: ExportOptions, out: Path) -> list[dict[str, Any]]:
+    """Detector -> ONNX fp32 + static int8 calibrated on frames of the data; its own manifest."""
+    from stvg_ros.perception.export import export_detector_onnx
+
+    if not opts.calibration_data:
+        raise ValueError("--calibration-data (videos or a prepared dataset) is needed to quantize the detector")
+    frames = _calibration_frames(opts.calibration_data, opts.calibration_frames)
+    label = f"{opts.name}-detector"
+    paths = export_detector_onnx(opts.detector, out / label, frames, int8=True, stem=label)
+    command = f"stvg-train export --detector {opts.detector} --calibration-data {opts.calibration_data}"
+    manifest = {
+        "name": label,
+        "kind": "detector",
+        "architecture": "yolo (ultralytics)",
+        "quantization": "int8",
+        "description": f"detector exported by stvg-train; int8 calibrated on {len(frames)} frames of the data",
+        "files": [_manifest_file(Path(paths["onnx-int8"]), "onnx-int8", command),
+                  _manifest_file(Path(paths["onnx"]), "onnx", command)],
+    }
+    _write_manifest(out, manifest)
+    return [{"path": str(paths[k]), "role": "detector", "quantization": q, "bytes": Path(paths[k]).stat().st_size,
+             "sha256": sha256_of(paths[k]), "calibration_frames": len(frames), "manifest": label}
+            for k, q in (("onnx-int8", "INT8"), ("onnx", "FP32"))]
 
 
 def _verify_onnx(path: Path) -> dict[str, Any]:

@@ -120,8 +120,13 @@ class PrepOptions:
     synthetic_spec: dict[str, Any] = field(default_factory=dict)
     videos: str | None = None
     detector: str | None = None
+    #: PerceptionConfig fields (a YAML file or a mapping); defaults are the robot's.
     perception_config: str | dict[str, Any] | None = None
-    num_frames: int | None = None
+    #: Sampling as the grounding node does it (grounding.sampling / the node's buffer_sample_fps).
+    num_frames: int = 16
+    sample_fps: float = 2.0
+    max_pixels: int = 128 * 28 * 28
+    min_pixels: int = 16 * 28 * 28
     min_iou: float = 0.0
     workers: int = 1
     limit: int | None = None
@@ -184,7 +189,10 @@ def _load_jobs(opts: PrepOptions) -> tuple[list[VideoJob], str]:
 _WORKER: dict[str, Any] = {}
 
 
-def _perception_settings(opts: PrepOptions) -> dict[str, Any]:
+def _perception_config(opts: PrepOptions):
+    """The robot's PerceptionConfig, from a YAML file / mapping of its fields plus --detector."""
+    from stvg_ros.perception.pipeline import PerceptionConfig
+
     settings: dict[str, Any] = {}
     if isinstance(opts.perception_config, dict):
         settings.update(opts.perception_config)
@@ -193,40 +201,51 @@ def _perception_settings(opts: PrepOptions) -> dict[str, Any]:
 
         settings.update(yaml.safe_load(Path(opts.perception_config).read_text(encoding="utf-8")) or {})
     if opts.detector:
-        settings["detector_model"] = opts.detector
-    return settings
+        settings["model"] = opts.detector
+    return PerceptionConfig.from_dict(settings)
 
 
 def _init_worker(opts: PrepOptions) -> None:
     import torch
-    from stvg_ros.perception.pipeline import PerceptionConfig, build_perception
 
     torch.set_num_threads(max(1, opts.threads))
     _WORKER["opts"] = opts
-    _WORKER["perception_config"] = PerceptionConfig(**_perception_settings(opts))
-    _WORKER["build"] = build_perception
+    _WORKER["perception_config"] = _perception_config(opts)
 
 
-def _perceive(job: VideoJob, fps: float) -> tuple[dict[int, Tracks], Any, dict[int, int]]:
-    """Run the video through a fresh perception pipeline and clip buffer (fresh IDs per video)."""
-    from stvg_ros.core.video_io import iter_video
+@dataclass
+class PerceivedVideo:
+    """One video after the robot's perception: tracks of every frame and the clip buffer's snapshot."""
+
+    frame_tracks: dict[int, Tracks]  # decoded frame index -> tracks
+    snapshot: Any  # perception.buffer.ClipSnapshot
+    stamp_to_frame: dict[int, int]
+    fps: float
+    duration_s: float
+
+
+def perceive_video(video_path: str | Path, perception_config, *, sample_fps: float = 2.0,
+                   fps: float | None = None) -> PerceivedVideo:
+    """Run a video through a fresh perception pipeline (fresh IDs) into a ClipBuffer, as the robot does:
+    every frame goes to the tracker and to the buffer (which keeps frames at `sample_fps`)."""
+    from stvg_ros.core.video_io import iter_video, video_info
     from stvg_ros.perception.buffer import ClipBuffer
+    from stvg_ros.perception.pipeline import build_perception
 
-    pipeline = _WORKER["build"](_WORKER["perception_config"])
+    info = video_info(video_path)
+    fps = float(fps or info.fps)
+    pipeline = build_perception(perception_config)
+    buffer = ClipBuffer(max_seconds=info.frames / fps + 1.0, sample_fps=sample_fps, max_bytes=1 << 30)
     frame_tracks: dict[int, Tracks] = {}
     stamp_to_frame: dict[int, int] = {}
-    frames: list[tuple[int, np.ndarray, Tracks]] = []
-    for index, _, rgb in iter_video(job.video_path):
+    for index, _, rgb in iter_video(video_path):
         stamp = round(index * 1e9 / fps)
         tracks = pipeline.process(stamp, rgb)
+        buffer.add_frame(stamp, rgb, frame_id="video")
+        buffer.add_tracks(stamp, tracks, frame_id="video", width=rgb.shape[1], height=rgb.shape[0])
         frame_tracks[index] = tracks
         stamp_to_frame[stamp] = index
-        frames.append((stamp, rgb, tracks))
-    duration_s = len(frames) / fps
-    buffer = ClipBuffer(window_s=duration_s + 1.0)
-    for stamp, rgb, tracks in frames:
-        buffer.add(stamp, rgb, tracks)
-    return frame_tracks, buffer.snapshot(), stamp_to_frame
+    return PerceivedVideo(frame_tracks, buffer.snapshot(), stamp_to_frame, fps, len(frame_tracks) / fps)
 
 
 def _object_boxes(scene_gt_path: str | None) -> dict[int, dict[int, list[float]]]:
@@ -247,12 +266,11 @@ def prepare_video(job: VideoJob) -> list[dict[str, Any]]:
     if not job.video_path:
         raise FileNotFoundError(f"no video file for {job.video_id}")
     fps = float(job.queries[0].fps)
-    frame_tracks, snapshot, stamp_to_frame = _perceive(job, fps)
-    duration_s = len(frame_tracks) / fps
-    kwargs = {"num_frames": opts.num_frames} if opts.num_frames else {}
-    clip = sample_clip(snapshot, window_s=duration_s, **kwargs)
+    seen = perceive_video(job.video_path, _WORKER["perception_config"], sample_fps=opts.sample_fps, fps=fps)
+    frame_tracks, duration_s = seen.frame_tracks, seen.duration_s
+    clip = sample_clip(seen.snapshot, 0.0, opts.num_frames, max_pixels=opts.max_pixels, min_pixels=opts.min_pixels)
     clip_offset_s = clip.clip_start_ns / 1e9  # the video's frame 0 has stamp 0
-    sampled = [stamp_to_frame.get(int(s)) for s in clip.stamps_ns]
+    sampled = [seen.stamp_to_frame.get(int(s)) for s in clip.stamps_ns]
     objects = _object_boxes(job.scene_gt)
     samples = []
     for query in job.queries:
@@ -268,7 +286,7 @@ def prepare_video(job: VideoJob) -> list[dict[str, Any]]:
             tracks = frame_tracks.get(frame) if frame is not None else None
             tracked = tracks[tracks.track_id >= 0] if tracks is not None else Tracks.empty()
             track_ids.append(tracked.track_id.tolist())
-            track_boxes.append(tracked.xyxy.tolist())
+            track_boxes.append(tracked.xyxy.tolist())  # source-image pixels, like the GT boxes
             box = gt_boxes.get(frame) if frame is not None else None
             frame_gt.append(list(box) if box is not None else [])
         sample = make_sample(

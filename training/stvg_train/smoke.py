@@ -31,6 +31,10 @@ SMOKE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smoke_cpu.yaml
 SMOKE_SCENE = {"seconds": 8.0, "fps": 5.0, "width": 320, "height": 240, "n_objects": 3, "difficulty": "easy",
                "max_queries": 4}
 SMOKE_FRAMES = 4
+#: Pixels per frame for the tiny model (16 visual tokens), used by prep, training and grounding alike.
+SMOKE_MAX_PIXELS = 112 * 112
+#: The robot's perception with the tiny synthetic-shape detector (built here if it is missing).
+SMOKE_PERCEPTION = {"model": "yolo-synth-tiny", "build_missing": True, "detect_every": 1}
 
 
 def _set_threads(threads: int) -> None:
@@ -45,9 +49,9 @@ def warm_start(model_dir: Path, prepared: Path, out_dir: Path, *, steps: int = 6
     and random spans, so a random model learns the format but not the answers. Saves the model and
     its processor (with `max_pixels` per frame, if given) to out_dir."""
     import torch
+    from stvg_ros.core.answer import format_answer
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from stvg_ros.core.answer import format_answer
     from stvg_train.data import clip_prompt, load_prepared
 
     rng = random.Random(seed)
@@ -83,8 +87,12 @@ def warm_start(model_dir: Path, prepared: Path, out_dir: Path, *, steps: int = 6
         input_ids = torch.cat([enc["input_ids"], answer_ids, end_ids], dim=1)
         labels = input_ids.clone()
         labels[:, : enc["input_ids"].shape[1]] = -100
+        # mm_token_type_ids marks the image tokens: without it Qwen2.5-VL silently falls back to 1-D
+        # positions instead of its 3-D mRoPE, and the model learns positions generate() never uses.
+        token_types = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(input_ids[:, enc["input_ids"].shape[1]:])], 1)
         out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels,
-                    pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"])
+                    mm_token_type_ids=token_types, pixel_values=enc["pixel_values"],
+                    image_grid_thw=enc["image_grid_thw"])
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -99,32 +107,37 @@ def warm_start(model_dir: Path, prepared: Path, out_dir: Path, *, steps: int = 6
     return {"steps": steps, "loss_first": losses[0], "loss_last": float(sum(losses[-10:]) / len(losses[-10:]))}
 
 
-def _answer_one_query(export: dict[str, Any], synthetic_root: Path) -> dict[str, Any]:
-    """Load the exported Q8_0 + mmproj in the grounding pipeline and ground one synthetic query."""
+def _answer_one_query(model: dict[str, Any], synthetic_root: Path, perception: dict[str, Any],
+                      max_pixels: int) -> dict[str, Any]:
+    """The robot's path with the exported files: perception -> clip buffer -> GroundingPipeline with the
+    llama.cpp backend (Q8_0 + mmproj, grammar-constrained) -> parsed answer."""
     from stvg_ros.core.synth import DatasetIndex
-    from stvg_ros.grounding.pipeline import ground_video
+    from stvg_ros.grounding.backends import make_backend
+    from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline, GroundingRequest
+    from stvg_ros.perception.pipeline import PerceptionConfig
 
-    out = Path(export["out_dir"])
-    model = next(f for f in export["files"] if f["role"] == "model" and f["quantization"] == "Q8_0")
+    from stvg_train.prep import perceive_video
+
     index = DatasetIndex.load(synthetic_root)
     query = index.load_queries()[0]
-    video = synthetic_root / "videos" / query["video"]
-    result = ground_video(
-        video,
-        query["text"],
-        backend="llama_cpp",
-        model_path=str(out / model["path"]),
-        mmproj_path=str(out / model["mmproj"]),
-        num_frames=SMOKE_FRAMES,
-    )
-    return result
+    seen = perceive_video(synthetic_root / "videos" / query["video"], PerceptionConfig.from_dict(perception))
+    backend = make_backend("llama_cpp", model=model["path"], mmproj=model["mmproj"], n_ctx=4096, n_threads=1)
+    try:
+        config = GroundingConfig(num_frames=SMOKE_FRAMES, max_pixels=max_pixels, max_new_tokens=96, timeout_s=120.0)
+        outcome = GroundingPipeline(backend, config).ground(seen.snapshot, GroundingRequest(query["text"]))
+    finally:
+        backend.close()
+    return {"query": query["text"], "success": outcome.success, "target_id": outcome.target_id,
+            "start_s": outcome.start_s, "end_s": outcome.end_s, "tube_boxes": len(outcome.tube),
+            "message": outcome.message, "raw": outcome.raw}
 
 
 def run_smoke(work_dir: str | Path | None = None, *, steps: int = 20, videos: int = 5, threads: int = 1,
-              warm_steps: int = 60, seed: int = 0) -> dict[str, Any]:
+              warm_steps: int = 100, seed: int = 0) -> dict[str, Any]:
     """Run the smoke pipeline; a JSON-able summary (see docs/training.md for the keys)."""
     from stvg_ros.core.paths import cache_dir
     from stvg_ros.grounding.tiny import build_tiny_qwen25vl
+
     from stvg_train.config import load_config
     from stvg_train.export import ExportOptions, export
     from stvg_train.grpo import build_trainer, train
@@ -143,18 +156,20 @@ def run_smoke(work_dir: str | Path | None = None, *, steps: int = 20, videos: in
     synthetic = work / f"synthetic-{videos}"
     prep_report = prepare(PrepOptions(
         out_dir=str(work / f"prepared-{videos}"), synthetic=str(synthetic), synthetic_videos=videos,
-        synthetic_seed=seed, synthetic_spec=SMOKE_SCENE, num_frames=SMOKE_FRAMES, threads=threads,
-        perception_config={"synthetic": True}))
+        synthetic_seed=seed, synthetic_spec=SMOKE_SCENE, num_frames=SMOKE_FRAMES, max_pixels=SMOKE_MAX_PIXELS,
+        threads=threads, perception_config=SMOKE_PERCEPTION))
     lap("prep_s", t0)
 
     t0 = time.monotonic()
     tiny = build_tiny_qwen25vl(work / "tiny-random")
-    warm = warm_start(tiny, work / f"prepared-{videos}", work / "tiny-warm", steps=warm_steps, seed=seed)
+    warm = warm_start(tiny, work / f"prepared-{videos}", work / "tiny-warm", steps=warm_steps, seed=seed,
+                      max_pixels=SMOKE_MAX_PIXELS)
     lap("warm_start_s", t0)
 
     t0 = time.monotonic()
     cfg = load_config(SMOKE_CONFIG)
     cfg.model.name_or_path = str(work / "tiny-warm")
+    cfg.model.max_pixels = SMOKE_MAX_PIXELS
     cfg.data.train = [str(work / f"prepared-{videos}")]
     cfg.output_dir = str(work / "grpo")
     cfg.seed = seed
@@ -171,12 +186,13 @@ def run_smoke(work_dir: str | Path | None = None, *, steps: int = 20, videos: in
     lap("export_s", t0)
 
     t0 = time.monotonic()
-    answer = _answer_one_query(manifest, synthetic)
+    q8 = next(f for f in manifest["files"] if f["role"] == "model" and f["quantization"] == "Q8_0")
+    answer = _answer_one_query(q8, synthetic, SMOKE_PERCEPTION, SMOKE_MAX_PIXELS)
     lap("ground_s", t0)
 
     exported = [f["path"] for f in manifest["files"]]
-    all_loaded = all(f.get("loaded", False) for f in manifest["files"] if f["role"] == "model")
-    answer_parsed = bool(answer.get("success"))
+    all_loaded = all(f.get("loaded", False) for f in manifest["files"])
+    answer_parsed = bool(answer["success"])
     result = {
         "ok": bool(summary["loss_finite"] and summary["steps"] >= steps and summary["visual_grad_calls"] > 0
                    and all_loaded and answer_parsed and prep_report["samples"] > 0),
@@ -190,7 +206,7 @@ def run_smoke(work_dir: str | Path | None = None, *, steps: int = 20, videos: in
         "exported_files": exported,
         "exported_loaded": all_loaded,
         "answer_parsed": answer_parsed,
-        "answer": {k: answer.get(k) for k in ("target_id", "start", "end", "raw", "error") if k in answer},
+        "answer": answer,
         "prep": {k: prep_report[k] for k in ("samples", "matched", "unmatched", "matched_share", "vote_share_mean",
                                              "gt_mean_iou_mean", "id_correct_share")},
         "warm_start": warm,

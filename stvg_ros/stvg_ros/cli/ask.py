@@ -31,36 +31,46 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
-def result_to_dict(result) -> dict:
-    """A stvg_ros_msgs/GroundingResult as plain JSON-able values.
+def _ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
-    `start`/`end` are seconds from the clip start (what the model said); `*_ns` are ROS stamps.
+
+def result_to_dict(result) -> dict:
+    """A stvg_ros_msgs/GroundingResult as JSON values, with the keys of `stvg-ros ground --json`.
+
+    `start`/`end` are seconds from the clip start (what the model said); `*_stamp` are ROS times in
+    seconds; tube entries carry `stamp` (s), `stamp_ns`, `frame_id`, `box` [x1, y1, x2, y2] in
+    pixels, `interpolated` and `t` (s from the clip start). Failed answers have None where no
+    value exists.
     """
-    ns = lambda t: int(t.sec) * 1_000_000_000 + int(t.nanosec)  # noqa: E731
+    ok = bool(result.success)
+    clip_start_ns = _ns(result.clip_start)
     return {
-        "success": bool(result.success),
+        "success": ok,
         "message": result.message,
         "query": result.query,
-        "model": result.model,
-        "target_id": int(result.target_id),
-        "start": round(float(result.start_offset), 3),
-        "end": round(float(result.end_offset), 3),
-        "start_ns": ns(result.start),
-        "end_ns": ns(result.end),
-        "clip_start_ns": ns(result.clip_start),
+        "target_id": int(result.target_id) if ok else None,
+        "start": round(float(result.start_offset), 3) if ok else None,
+        "end": round(float(result.end_offset), 3) if ok else None,
+        "start_stamp": _ns(result.start) / 1e9 if ok else None,
+        "end_stamp": _ns(result.end) / 1e9 if ok else None,
+        "clip_start_stamp": clip_start_ns / 1e9 if clip_start_ns else None,
         "confidence": round(float(result.confidence), 4),
         "reasoning": result.reasoning,
         "raw": result.raw_answer,
+        "model": result.model,
+        "sampled_stamps": [_ns(t) / 1e9 for t in result.sampled_stamps],
         "tube": [
             {
-                "stamp_ns": ns(box.header.stamp),
+                "stamp": _ns(box.header.stamp) / 1e9,
+                "stamp_ns": _ns(box.header.stamp),
                 "frame_id": box.header.frame_id,
                 "box": [round(float(v), 2) for v in (box.x1, box.y1, box.x2, box.y2)],
                 "interpolated": bool(box.interpolated),
+                "t": round((_ns(box.header.stamp) - clip_start_ns) / 1e9, 4),
             }
             for box in result.tube
         ],
-        "sampled_stamps_ns": [ns(t) for t in result.sampled_stamps],
     }
 
 
@@ -71,8 +81,8 @@ def format_result(summary: dict) -> str:
     tube = summary["tube"]
     lines = [
         f"target ID {summary['target_id']}, {summary['start']:.2f} s to {summary['end']:.2f} s of the clip "
-        f"(ROS time {summary['start_ns'] / 1e9:.3f} to {summary['end_ns'] / 1e9:.3f})",
-        f"tube: {len(tube)} boxes" + (f", first {tube[0]['box']} last {tube[-1]['box']}" if tube else ""),
+        f"(ROS time {summary['start_stamp']:.3f} to {summary['end_stamp']:.3f})",
+        f"tube: {len(tube)} boxes" + (f", first {tube[0]['box']}, last {tube[-1]['box']}" if tube else ""),
         f"model: {summary['model']}",
     ]
     return "\n".join(lines)
@@ -140,8 +150,9 @@ def _call_service(node, args, deadline: float):
     name = node.resolve_service_name(args.name)
     if not client.wait_for_service(timeout_sec=max(0.1, min(10.0, deadline - time.monotonic()))):
         return None, f"no grounding node serves {name} (is `stvg-ros up` running, with the same ROS_DOMAIN_ID?)"
-    future = client.call_async(Ground.Request(query=args.query, window_seconds=args.window,
-                                              reasoning=_reasoning_flag(args)))
+    future = client.call_async(
+        Ground.Request(query=args.query, window_seconds=args.window, reasoning=_reasoning_flag(args))
+    )
     if not _wait(future, deadline):
         return None, f"no answer from {name} within {args.timeout:.0f} s"
     return result_to_dict(future.result().result), "done"
@@ -150,6 +161,7 @@ def _call_service(node, args, deadline: float):
 def _call_action(node, args, deadline: float):
     from action_msgs.msg import GoalStatus
     from rclpy.action import ActionClient
+
     from stvg_ros_msgs.action import Ground
 
     client = ActionClient(node, Ground, args.name)

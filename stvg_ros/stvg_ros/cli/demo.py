@@ -110,7 +110,9 @@ def _demo(args: argparse.Namespace, out: Path, started: float) -> dict:
         "timings_s": run_info["timings_s"],
     }
     _step("writing the annotated video and the result file")
-    summary["annotated_video"] = str(_write_video(out / "demo_annotated.mp4", index.bags[0], run_info["tracks"], result))
+    summary["annotated_video"] = str(
+        _write_video(out / "demo_annotated.mp4", index.bags[0], run_info["tracks"], result)
+    )
     result_file = out / "demo_result.json"
     summary["result_file"] = str(result_file)
     result_file.write_text(json.dumps(summary, indent=2))
@@ -127,12 +129,12 @@ def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadl
     """Start the graph + a player in this process, play the bag, ask `query` over the service."""
     import rclpy
     from std_msgs.msg import Bool
-    from stvg_ros_msgs.msg import TrackedObjectArray
-    from stvg_ros_msgs.srv import Ground
 
     from stvg_ros.cli.ask import result_to_dict
     from stvg_ros.nodes.graph import PLAYER_NODE, Graph, graph_nodes, merged_params_file, ros_arguments
     from stvg_ros.nodes.grounding_node import tracks_from_msg
+    from stvg_ros_msgs.msg import TrackedObjectArray
+    from stvg_ros_msgs.srv import Ground
 
     overrides = {
         "tracker_node": {"detector": DEMO_DETECTOR},
@@ -171,7 +173,9 @@ def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadl
 
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(
+            depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
+        )
         client.create_subscription(TrackedObjectArray, "tracks", on_tracks, 100)
         client.create_subscription(Bool, "player_node/finished", lambda m: finished.set(), latched)
         ground = client.create_client(Ground, "ground")
@@ -193,7 +197,9 @@ def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadl
         t0 = time.monotonic()
         if not ground.wait_for_service(timeout_sec=max(1.0, min(30.0, deadline - time.monotonic()))):
             raise DemoError("the grounding service did not appear")
-        future = ground.call_async(Ground.Request(query=query, window_seconds=0.0, reasoning=Ground.Request.REASONING_ON))
+        future = ground.call_async(
+            Ground.Request(query=query, window_seconds=0.0, reasoning=Ground.Request.REASONING_ON)
+        )
         while not future.done():
             if time.monotonic() > deadline:
                 raise DemoError(f"no answer within the {args.timeout:.0f} s timeout")
@@ -234,10 +240,12 @@ def _write_video(path: Path, bag: Path, tracks: dict, result: dict) -> Path:
         for frame in iter_image_bag(bag):
             rgb = render_ids(frame.rgb, tracks.get(frame.stamp_ns, Tracks()))
             if (box := tube.get(frame.stamp_ns)) is not None:
-                x1, y1, x2, y2 = (int(round(v)) for v in box)
+                x1, y1, x2, y2 = (round(v) for v in box)
                 cv2.rectangle(rgb, (x1, y1), (x2, y2), TARGET_RGB, 2)
                 label = f"target {result['target_id']}"
-                cv2.putText(rgb, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, TARGET_RGB, 1, cv2.LINE_AA)
+                cv2.putText(
+                    rgb, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, TARGET_RGB, 1, cv2.LINE_AA
+                )
             if writer is None:
                 writer = VideoWriter(path, 10.0, (rgb.shape[1], rgb.shape[0]))
             writer.write(rgb)

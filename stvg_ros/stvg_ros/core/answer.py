@@ -7,6 +7,7 @@ and parity metrics); lenient mode is what the robot uses (brackets, units, dashe
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ FORMAT_PATTERN = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOT
 THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
-class AnswerFailure(str, enum.Enum):
+class AnswerFailure(enum.StrEnum):
     """Why an answer could not be used. The value is a short human-readable reason."""
 
     NO_ANSWER_BLOCK = "no <answer>...</answer> block"
@@ -158,11 +159,16 @@ def _set_rule(grammar: str, name: str, body: str) -> str:
 MAX_ENUMERATED_SECONDS = 3600
 
 
-def _whole_seconds(max_seconds: float | None) -> list[str] | None:
-    """'0'..'N' for a clip of `max_seconds` (None when unbounded or too long to enumerate)."""
+def _time_alternatives(max_seconds: float | None) -> tuple[list[str], list[str]] | None:
+    """Times 0.00..max_seconds as (whole seconds with any two decimals, "S.DD" strings of the last
+    second); None when unbounded or too long to enumerate."""
     if max_seconds is None or not (0 <= max_seconds <= MAX_ENUMERATED_SECONDS):
         return None
-    return [str(s) for s in range(int(max_seconds) + 1)]
+    hundredths = math.floor(float(max_seconds) * 100 + 1e-6)
+    last_whole, last_frac = divmod(hundredths, 100)
+    full = [str(s) for s in range(last_whole)]
+    last = [f"{last_whole}.{d:02d}" for d in range(last_frac + 1)]
+    return full, last
 
 
 def answer_grammar(
@@ -174,8 +180,8 @@ def answer_grammar(
 ) -> str:
     """GBNF for one answer: `<think>…</think>` (reasoning) then the answer block, nothing after.
 
-    `track_ids` limits the ID to those drawn on the frames; `max_seconds` limits the whole seconds
-    of both times to the clip; `max_think_chars` bounds the reasoning (see `think_budget_chars`)
+    `track_ids` limits the ID to those drawn on the frames; `max_seconds` limits both times to
+    [0, max_seconds] (the clip); `max_think_chars` bounds the reasoning (see `think_budget_chars`)
     so generation cannot run out of tokens before the answer.
     """
     grammar = _grammar_source()
@@ -184,10 +190,17 @@ def answer_grammar(
     ids = _id_alternatives(track_ids)
     if ids:
         grammar = _set_rule(grammar, "target-id", " | ".join(f'"{t}"' for t in ids))
-    whole = _whole_seconds(max_seconds)
-    if whole:
-        grammar = _set_rule(grammar, "seconds", "(" + " | ".join(f'"{s}"' for s in whole) + ') "." [0-9] [0-9]')
+    times = _time_alternatives(max_seconds)
+    if times:
+        full, last = times
+        options = [f'({_gbnf_choice(full)}) "." [0-9] [0-9]'] if full else []
+        options.append(f"({_gbnf_choice(last)})")
+        grammar = _set_rule(grammar, "seconds", " | ".join(options))
     return grammar
+
+
+def _gbnf_choice(literals: list[str]) -> str:
+    return " | ".join(f'"{text}"' for text in literals)
 
 
 def answer_regex(
@@ -200,8 +213,14 @@ def answer_regex(
     """The language of `answer_grammar` as a regular expression (full match)."""
     ids = _id_alternatives(track_ids)
     target = "(?:" + "|".join(ids) + ")" if ids else r"[1-9][0-9]{0,5}"
-    whole = _whole_seconds(max_seconds)
-    seconds = ("(?:" + "|".join(whole) + ")" if whole else "[0-9]{1,5}") + r"\.[0-9]{2}"
+    times = _time_alternatives(max_seconds)
+    if times:
+        full, last = times
+        options = ["(?:" + "|".join(full) + r")\.[0-9]{2}"] if full else []
+        options.append("|".join(re.escape(t) for t in last))
+        seconds = "(?:" + "|".join(options) + ")"
+    else:
+        seconds = r"[0-9]{1,5}\.[0-9]{2}"
     answer = rf"<answer>Target ID: {target}, Time range: {seconds} to {seconds}</answer>"
     if not reasoning:
         return answer

@@ -67,9 +67,11 @@ class ModelFile:
 
     @property
     def source_kind(self) -> str:
-        """build | url | hf | local."""
+        """build | url | hf | export | local."""
         if "build" in self.source:
             return "build"
+        if "export" in self.source:
+            return "export"
         if "url" in self.source:
             return "url"
         if "hf_repo" in self.source:
@@ -199,7 +201,13 @@ def find_file(manifest: ModelManifest, file: ModelFile) -> Path | None:
 
 def _missing_message(manifest: ModelManifest, file: ModelFile, why: str = "") -> str:
     where = model_cache_dir(manifest.name) / file.name
-    if file.source_kind == "build":
+    hosted = [f for f in manifest.files if f.source_kind in ("url", "hf")]
+    if file.source_kind == "build" and hosted:
+        how = (
+            f"make it with `{pull_command(manifest.name)}`, which exports it from {hosted[0].name} "
+            f"(downloaded on a machine with a network, or copied to {model_cache_dir(manifest.name)})"
+        )
+    elif file.source_kind == "build":
         how = f"build it with `{pull_command(manifest.name)}` (builds locally, no network needed)"
     elif file.source_kind in ("url", "hf"):
         origin = file.source.get("url") or f"hf://{file.source['hf_repo']}/{file.source.get('filename', file.name)}"
@@ -207,8 +215,13 @@ def _missing_message(manifest: ModelManifest, file: ModelFile, why: str = "") ->
             f"run `{pull_command(manifest.name)}` on a machine with a network (downloads {origin}), "
             f"or copy the file to {where}"
         )
+    elif file.source_kind == "export":
+        how = f"produce it with `{file.source['export']}` and copy it to {where}"
     else:
         how = f"copy the file to {where}"
+    hint = manifest.extra.get("how_to_get")
+    if hint and str(hint) not in how:
+        how += f" ({hint})"
     return f"model file {file.name!r} of {manifest.name!r} is not on this machine{why}; {how}"
 
 

@@ -19,9 +19,10 @@ parsed answer, the raw model output, stamps, timings, the failure reason and the
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,23 @@ class Prediction:
     @classmethod
     def failed(cls, query_id: str) -> Prediction:
         return cls(query_id, 0, 0)
+
+
+def span_indices(stamps_ns: Sequence[int], start_ns: int, end_ns: int) -> tuple[int, int] | None:
+    """Indices (first, last) of the frames whose stamps lie in [start_ns, end_ns] (sorted
+    `stamps_ns`), as the tube is built; the frame nearest the span's middle when no stamp falls
+    inside (a span shorter than a frame interval). None when there are no frames."""
+    if not len(stamps_ns):
+        return None
+    if start_ns > end_ns:
+        start_ns, end_ns = end_ns, start_ns
+    first = bisect.bisect_left(stamps_ns, start_ns)
+    last = bisect.bisect_right(stamps_ns, end_ns) - 1
+    if first <= last:
+        return first, last
+    middle = (start_ns + end_ns) // 2
+    nearest = min(range(max(0, first - 1), min(len(stamps_ns), first + 1)), key=lambda i: abs(stamps_ns[i] - middle))
+    return nearest, nearest
 
 
 def _box(value, where: str) -> Box:

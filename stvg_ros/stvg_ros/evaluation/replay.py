@@ -26,6 +26,7 @@ GT span (the perception ceiling needs no others) and written to tracks.jsonl as 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from pathlib import Path
 
 from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, load_annotations
-from stvg_ros.evaluation.predictions import Prediction, save_predictions, write_records
+from stvg_ros.evaluation.predictions import Prediction, save_predictions, span_indices, write_records
 from stvg_ros.evaluation.tracks import TrackLog
 
 log = logging.getLogger("stvg_ros.eval.replay")
@@ -157,19 +158,33 @@ def plan_bag(sidecar: Sidecar, annotations: AnnotationSet) -> BagPlan:
 
 
 class StampIndex:
-    """Published stamp (ns) -> (video id, annotation frame), for the most recent STAMP_MEMORY stamps."""
+    """Published stamp (ns) -> (video id, annotation frame), for the most recent `capacity` stamps.
+    Stamps are added in increasing order (playback only moves forward)."""
 
     def __init__(self, capacity: int = STAMP_MEMORY) -> None:
         self.capacity = capacity
-        self._map: OrderedDict[int, tuple[str, int]] = OrderedDict()
+        self._stamps: list[int] = []
+        self._entries: list[tuple[str, int]] = []
 
     def add(self, stamp_ns: int, video_id: str, frame: int) -> None:
-        self._map[int(stamp_ns)] = (video_id, frame)
-        if len(self._map) > self.capacity:
-            self._map.popitem(last=False)
+        if self._stamps and stamp_ns <= self._stamps[-1]:
+            raise EvalError(f"stamps must increase during replay ({stamp_ns} after {self._stamps[-1]})")
+        self._stamps.append(int(stamp_ns))
+        self._entries.append((video_id, frame))
+        if len(self._stamps) > self.capacity:
+            drop = len(self._stamps) - self.capacity
+            del self._stamps[:drop], self._entries[:drop]
 
     def get(self, stamp_ns: int) -> tuple[str, int] | None:
-        return self._map.get(int(stamp_ns))
+        index = bisect.bisect_left(self._stamps, int(stamp_ns))
+        if index < len(self._stamps) and self._stamps[index] == int(stamp_ns):
+            return self._entries[index]
+        return None
+
+    def span(self, start_ns: int, end_ns: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        """The first and last frame whose stamps lie in [start_ns, end_ns] (see `span_indices`)."""
+        indices = span_indices(self._stamps, int(start_ns), int(end_ns))
+        return None if indices is None else (self._entries[indices[0]], self._entries[indices[1]])
 
 
 def rss_mb(pid: int | None = None) -> float | None:
@@ -387,9 +402,11 @@ def _result_to_prediction(query: Query, result, stamps: StampIndex, video_start_
             return None
         return hit[1]
 
-    start, end = frame_of(_stamp_ns(result.start)), frame_of(_stamp_ns(result.end))
-    if start is None or end is None:
+    span = stamps.span(_stamp_ns(result.start), _stamp_ns(result.end))
+    if span is None or span[0][0] != query.video_id or span[1][0] != query.video_id:
+        problems.append(f"the answer's span is not inside the frames of {query.video_id}")
         return Prediction.failed(query.query_id), problems
+    start, end = span[0][1], span[1][1]
     boxes = {}
     for box in result.tube:
         frame = frame_of(_stamp_ns(box.header.stamp))

@@ -30,7 +30,7 @@ import numpy as np
 
 from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, find_video, load_annotations
-from stvg_ros.evaluation.predictions import Prediction, save_predictions, write_records
+from stvg_ros.evaluation.predictions import Prediction, save_predictions, span_indices, write_records
 from stvg_ros.evaluation.tracks import TrackLog
 
 log = logging.getLogger("stvg_ros.eval.run")
@@ -50,6 +50,7 @@ class RunConfig:
     source: str = "auto"  # auto | video | bag
     params_file: str | None = None
     overrides: dict = field(default_factory=dict)  # {node: {name: value}}, as `stvg-ros up -p`
+    perception: str = "tracker"  # tracker | gt (synthetic sets: ground-truth tracks, to judge the model alone)
     limit: int | None = None  # at most this many videos
     frame_tolerance: int = 0  # allowed |decoded frames - annotated frames|
     progress: bool = True
@@ -92,6 +93,18 @@ def _dataclass_from(cls, values: dict):
     """`cls` with the fields that `values` names (others keep their defaults)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def perception_config(values: dict):
+    """PerceptionConfig from the tracker node's parameters (keys it does not know are ROS-only)."""
+    from stvg_ros.perception.pipeline import PerceptionConfig
+    from stvg_ros.perception.tracker import TrackerConfig
+
+    known = {f.name for f in dataclasses.fields(PerceptionConfig)} | {f.name for f in dataclasses.fields(TrackerConfig)}
+    try:
+        return PerceptionConfig.from_dict({k: v for k, v in values.items() if k in known})
+    except (TypeError, ValueError) as exc:
+        raise EvalError(f"bad tracker_node parameters: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,9 +162,11 @@ class OfflinePipeline:
         from stvg_ros.grounding.backends import make_backend
         from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline
 
-        self.tracker_params = params.get("tracker_node", {})
+        self.perception_config = perception_config(params.get("tracker_node", {}))
+        self._detector = None
         grounding = dict(params.get("grounding_node", {}))
         self.buffer_seconds = float(grounding.get("buffer_seconds", 30.0))
+        self.buffer_options = grounding
         self.reasoning = bool(grounding.get("reasoning", True))
         timeout_s = float(grounding.get("query_timeout_s", 120.0))
         backend_kwargs = {k: grounding[k] for k in ("model", "mmproj", "endpoint", "n_ctx", "n_threads", "n_gpu_layers")
@@ -163,15 +178,73 @@ class OfflinePipeline:
         self.grounding = GroundingPipeline(self.backend, config)
 
     def new_perception(self):
-        """A fresh perception pipeline (track IDs start again for every video, as per camera)."""
-        from stvg_ros.perception.pipeline import PerceptionConfig, build_perception
+        """A perception pipeline with a fresh tracker (IDs start again for every video, as for a
+        new camera); the detector is loaded once and shared."""
+        from stvg_ros.perception.pipeline import PerceptionPipeline, build_detector
+        from stvg_ros.perception.tracker import Tracker
 
-        return build_perception(_dataclass_from(PerceptionConfig, self.tracker_params))
+        if self._detector is None:
+            self._detector = build_detector(self.perception_config)
+        return PerceptionPipeline(self._detector, Tracker(self.perception_config.tracker), self.perception_config)
+
+    def new_buffer(self, min_seconds: float):
+        """A ClipBuffer as the grounding node makes it, holding at least `min_seconds`."""
+        from stvg_ros.perception.buffer import ClipBuffer
+
+        options = {k: self.buffer_options[k] for k in ("sample_fps", "frame_long_side", "max_bytes")
+                   if k in self.buffer_options}  # fmt: skip
+        return ClipBuffer(max_seconds=max(self.buffer_seconds, min_seconds), **options)
 
     def close(self) -> None:
         close = getattr(self.backend, "close", None)
         if close is not None:
             close()
+
+
+def _build_pipeline(params: dict[str, dict], with_detector: bool = True) -> OfflinePipeline:
+    """OfflinePipeline, with a missing or unloadable model turned into one clear EvalError."""
+    from stvg_ros.core.model_registry import ModelRegistryError
+    from stvg_ros.grounding.backends.base import ModelLoadError
+    from stvg_ros.perception.detector import DetectorError
+
+    try:
+        pipeline = OfflinePipeline(params)
+        if with_detector:
+            pipeline.new_perception()  # loads the detector now, so a missing file fails before the run
+        return pipeline
+    except (ModelLoadError, ModelRegistryError, DetectorError) as exc:
+        raise EvalError(f"cannot load a model: {exc}") from None
+
+
+class GroundTruthPerception:
+    """Perfect tracks from a synthetic set's gt/<name>.json (objects with any visible pixel), with
+    the scene's object IDs as track IDs. Judges the model alone: `--perception gt`."""
+
+    def __init__(self, gt_file: Path) -> None:
+        import json
+
+        if not gt_file.is_file():
+            raise EvalError(f"--perception gt needs the synthetic ground truth {gt_file}")
+        self._frames = json.loads(gt_file.read_text())["frames"]
+        self._next = 0
+
+    def process(self, stamp_ns: int, rgb: np.ndarray):
+        from stvg_ros.core.types import Tracks
+
+        if self._next >= len(self._frames):
+            raise EvalError(f"the video has more frames than its ground truth ({len(self._frames)})")
+        objects = [o for o in self._frames[self._next]["objects"] if o["visible"] > 0]
+        self._next += 1
+        return Tracks(
+            xyxy=np.array([o["xyxy"] for o in objects], np.float32).reshape(-1, 4),
+            track_id=np.array([o["id"] for o in objects], np.int64),
+        )
+
+
+def _gt_file(config: RunConfig, video_id: str) -> Path:
+    root = Path(config.annotations)
+    root = root if root.is_dir() else root.parent
+    return root / "gt" / f"{video_id}.json"
 
 
 def _tracks_of(result):
@@ -183,13 +256,15 @@ def _tracks_of(result):
     return result.tracks
 
 
-def outcome_to_prediction(query: Query, outcome, frame_of: dict[int, int], video_start_ns: int) -> Prediction:
-    """GroundingOutcome -> Prediction in annotation frames (stamps map back to the frames)."""
+def outcome_to_prediction(query: Query, outcome, stamps: list[int], frame_of: dict[int, int], video_start_ns: int):
+    """GroundingOutcome -> Prediction in annotation frames: the span covers the frames whose stamps
+    lie in [start_ns, end_ns] (as the tube does); tube boxes map back by their frame stamps."""
     if not outcome.success or outcome.start_ns is None or outcome.end_ns is None:
         return Prediction.failed(query.query_id)
-    start, end = frame_of.get(int(outcome.start_ns)), frame_of.get(int(outcome.end_ns))
-    if start is None or end is None:
-        raise EvalError(f"query {query.query_id}: the answer's span stamps are not frames of the video")
+    indices = span_indices(stamps, int(outcome.start_ns), int(outcome.end_ns))
+    if indices is None:
+        return Prediction.failed(query.query_id)
+    start, end = frame_of[stamps[indices[0]]], frame_of[stamps[indices[1]]]
     boxes = {}
     for entry in outcome.tube or []:
         frame = frame_of.get(int(entry.stamp_ns))
@@ -256,10 +331,9 @@ def run_dataset(config: RunConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     from stvg_ros.grounding.pipeline import GroundingRequest
-    from stvg_ros.perception.buffer import ClipBuffer
 
     params = node_parameters(config.params_file, config.overrides)
-    pipeline = OfflinePipeline(params)
+    pipeline = _build_pipeline(params, with_detector=config.perception == "tracker")
     tracks = TrackLog()
     predictions: dict[str, Prediction] = {}
     records: list[dict] = []
@@ -270,10 +344,14 @@ def run_dataset(config: RunConfig) -> dict:
         for video_id in tqdm(videos, desc="eval run", unit="video", disable=not config.progress, file=sys.stderr):
             kind, path = sources[video_id]
             first = by_video[video_id][0]
-            perception = pipeline.new_perception()
+            if config.perception == "gt":
+                perception = GroundTruthPerception(_gt_file(config, video_id))
+            else:
+                perception = pipeline.new_perception()
             duration_s = first.num_frames / first.fps
-            buffer = ClipBuffer(seconds=max(pipeline.buffer_seconds, duration_s + BUFFER_MARGIN_S))
+            buffer = pipeline.new_buffer(duration_s + BUFFER_MARGIN_S)
             frame_of: dict[int, int] = {}
+            stamps: list[int] = []
             video_start_ns = None
             for index, stamp, rgb in iter_frames(kind, path, first.fps):
                 video_start_ns = stamp if video_start_ns is None else video_start_ns
@@ -284,6 +362,7 @@ def run_dataset(config: RunConfig) -> dict:
                 buffer.add_tracks(stamp, frame_tracks)
                 frame = first.to_annotation(index)
                 frame_of[stamp] = frame
+                stamps.append(stamp)
                 tracks.add(video_id, frame, frame_tracks.track_id, frame_tracks.xyxy, stamp)
                 n_frames += 1
             for query in by_video[video_id]:
@@ -293,7 +372,7 @@ def run_dataset(config: RunConfig) -> dict:
                     request = GroundingRequest(query=normalize_query(query.caption), window_s=0.0,
                                                reasoning=pipeline.reasoning)  # fmt: skip
                     outcome = pipeline.grounding.ground(buffer.snapshot(0.0), request)
-                    prediction = outcome_to_prediction(query, outcome, frame_of, video_start_ns)
+                    prediction = outcome_to_prediction(query, outcome, stamps, frame_of, video_start_ns)
                 except QueryError as exc:
                     prediction, error = Prediction.failed(query.query_id), f"bad query: {exc}"
                 predictions[query.query_id] = prediction
@@ -339,6 +418,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one parameter, e.g. grounding_node:num_frames=8 (repeatable)")  # fmt: skip
     parser.add_argument("--backend", default=None, help="grounding backend (llama_cpp, transformers, http)")
     parser.add_argument("--model", default=None, help="grounding model: manifest name or path")
+    parser.add_argument("--perception", choices=("tracker", "gt"), default="tracker",
+                        help="tracker: the detector + tracker (default); gt: a synthetic set's ground-truth "
+                        "tracks, to judge the model alone")  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, help="only the first N videos")
     parser.add_argument("--frame-tolerance", type=int, default=0,
                         help="allowed difference between decoded and annotated frame counts")  # fmt: skip
@@ -365,6 +447,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
         annotation_format=args.annotation_format,
         vidor_dir=args.vidor_dir,
         source=args.source,
+        perception=args.perception,
         params_file=args.params,
         overrides=overrides,
         limit=args.limit,

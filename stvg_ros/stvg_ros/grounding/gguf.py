@@ -118,6 +118,9 @@ def quantize_gguf(source: str | Path, target: str | Path, quant: str, threads: i
     source, target = Path(source), Path(target)
     if not source.is_file():
         raise GgufError(f"cannot quantize: {source} does not exist")
+    from llama_cpp import _logger
+
+    _logger.set_verbose(log.isEnabledFor(logging.DEBUG))  # llama.cpp logs every tensor otherwise
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANTS[quant]
     params.nthread = int(threads)
@@ -167,8 +170,18 @@ def convert_to_gguf(
             quantize_gguf(intermediate, model_path, quant, threads=threads)
         finally:
             intermediate.unlink(missing_ok=True)
-    _run_converter(hf_dir, mmproj_path, mmproj_type, mmproj=True, timeout_s=timeout_s)
+    convert_mmproj(hf_dir, mmproj_path, mmproj_type, timeout_s=timeout_s)
     return model_path, mmproj_path
+
+
+def convert_mmproj(hf_dir: str | Path, outfile: str | Path, mmproj_type: str = "f16", timeout_s: float = 3600.0) -> Path:
+    """Convert only the vision projector of a Qwen2.5-VL HF folder to `outfile`."""
+    if mmproj_type not in ("f32", "f16"):
+        raise GgufError(f"mmproj type must be f32 or f16, got {mmproj_type!r}")
+    outfile = Path(outfile)
+    outfile.parent.mkdir(parents=True, exist_ok=True)
+    _run_converter(Path(hf_dir), outfile, mmproj_type, mmproj=True, timeout_s=timeout_s)
+    return outfile
 
 
 def gguf_summary(path: str | Path) -> dict:
@@ -183,7 +196,7 @@ def gguf_summary(path: str | Path) -> dict:
         from gguf import GGUFReader
 
         reader = GGUFReader(str(path), "r")
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a GGUF file"
+    except Exception as exc:  # any parse failure means "not a GGUF file"
         raise GgufError(f"{path} is not a readable GGUF file: {exc}") from exc
 
     def value(key: str):
@@ -192,7 +205,7 @@ def gguf_summary(path: str | Path) -> dict:
             return None
         try:
             return field.contents()
-        except Exception:  # noqa: BLE001 - an odd field type: treat as absent
+        except Exception:  # an odd field type: treat as absent
             return None
 
     arch = value("general.architecture")

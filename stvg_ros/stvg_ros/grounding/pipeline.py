@@ -145,7 +145,7 @@ class GroundingPipeline:
         outcome = GroundingOutcome(success=False, model=self.model_name)
         try:
             self._ground(snapshot, request, progress, cancel, outcome, started)
-        except Exception as exc:  # noqa: BLE001 - the contract: a failed outcome, never an exception
+        except Exception as exc:  # the contract: a failed outcome, never an exception
             log.exception("grounding failed unexpectedly")
             self._fail(outcome, f"internal error: {type(exc).__name__}: {exc}", "error")
         outcome.timings["total_ms"] = (time.perf_counter() - started) * 1000.0
@@ -167,7 +167,7 @@ class GroundingPipeline:
             return
         try:
             progress(stage, max(0.0, min(1.0, float(fraction))))
-        except Exception:  # noqa: BLE001 - a broken progress callback must not break the query
+        except Exception:  # a broken progress callback must not break the query
             log.warning("progress callback raised; ignoring", exc_info=True)
 
     def _ground(self, snapshot, request, progress, cancel, outcome: GroundingOutcome, started: float) -> None:
@@ -196,7 +196,7 @@ class GroundingPipeline:
 
         # ---- sampling
         self._report(progress, "sampling", 0.0)
-        if snapshot is None or not getattr(snapshot, "track_frames", None) and not getattr(snapshot, "frames", None):
+        if snapshot is None or (not getattr(snapshot, "track_frames", None) and not getattr(snapshot, "frames", None)):
             self._fail(outcome, "no camera frames in the buffer yet; nothing to ground (is the camera publishing?)",
                        "error")
             return

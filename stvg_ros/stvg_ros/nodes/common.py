@@ -295,6 +295,44 @@ def ns_to_stamp(stamp_ns: int):
     return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
 
 
+def tracks_to_msg(tracks, header, class_names: Sequence[str] = ()):
+    """Tracks -> stvg_ros_msgs/TrackedObjectArray with `header` (the source image's, unchanged)."""
+    from stvg_ros_msgs.msg import TrackedObject, TrackedObjectArray
+
+    out = TrackedObjectArray(header=header)
+    for i in range(len(tracks)):
+        class_id = int(tracks.class_id[i])
+        x1, y1, x2, y2 = (float(v) for v in tracks.xyxy[i])
+        out.objects.append(
+            TrackedObject(
+                track_id=int(tracks.track_id[i]),
+                label=class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id),
+                class_id=class_id,
+                score=float(tracks.score[i]),
+                x1=x1,
+                y1=y1,
+                x2=x2,
+                y2=y2,
+                detected=bool(tracks.detected[i]),
+            )
+        )
+    return out
+
+
+def tracks_from_msg(msg):
+    """stvg_ros_msgs/TrackedObjectArray -> Tracks."""
+    from stvg_ros.core.types import Tracks
+
+    objects = msg.objects
+    return Tracks(
+        xyxy=np.array([[o.x1, o.y1, o.x2, o.y2] for o in objects], np.float32).reshape(-1, 4),
+        track_id=np.array([o.track_id for o in objects], np.int64),
+        score=np.array([o.score for o in objects], np.float32),
+        class_id=np.array([o.class_id for o in objects], np.int32),
+        detected=np.array([o.detected for o in objects], bool),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Lifecycle startup
 

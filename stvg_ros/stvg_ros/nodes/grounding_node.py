@@ -74,12 +74,14 @@ class GroundingParams:
     mmproj: str = param("", "vision projector GGUF for llama_cpp (empty: the one the manifest names)")
     endpoint: str = param("", "OpenAI-compatible base URL for backend http, e.g. http://gpu-server:8080/v1")
     n_ctx: int = param(8192, "llama.cpp context length in tokens (frames + prompt + answer must fit)")
-    n_threads: int = param(0, "llama.cpp CPU threads (0: all cores)")
+    n_threads: int = param(0, "llama.cpp CPU threads (0: all cores but one)")
     n_gpu_layers: int = param(-1, "llama.cpp layers offloaded to the GPU (-1: all, 0: CPU only)")
     num_frames: int = param(16, "frames sampled from the query window and shown to the model")
-    reasoning: bool = param(True, "queries with REASONING_DEFAULT get a <think> block first (false: answer only)")
+    reasoning: bool = param(True, "queries with REASONING_DEFAULT get a `<think>` block first (false: answer only)")
     max_new_tokens: int = param(512, "longest model answer in tokens (reasoning included)")
     buffer_seconds: float = param(30.0, "camera history kept for queries, in seconds of source time")
+    buffer_sample_fps: float = param(2.0, "frames per second kept in the history (STVG-R1 samples video at 2 fps)")
+    buffer_max_mb: float = param(64.0, "memory bound of the history in MB (oldest entries dropped first)")
     query_timeout_s: float = param(120.0, "longest a query may take from arrival (queue wait included)")
     queue_size: int = param(2, "queries that may wait while one runs; more are answered busy at once")
     target_lost_timeout_s: float = param(3.0, "stop following when the target is unseen this long (source time)")
@@ -266,10 +268,8 @@ class GroundingNode(LifecycleNode):
     def __init__(self, node_name: str = "grounding_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         self.params: GroundingParams = declare_parameters(self, GroundingParams)
-        # Each query in flight holds one executor thread while it waits (see Graph.build).
-        self.executor_threads = max(0, self.params.queue_size) + 3
-        self._stream_group = MutuallyExclusiveCallbackGroup()
-        self._query_group = ReentrantCallbackGroup()
+        self._stream_group = MutuallyExclusiveCallbackGroup()  # image + tracks, in arrival order
+        self._query_group = ReentrantCallbackGroup()  # queries wait concurrently, off the stream thread
         self._active = False
         self._model_files: dict = {}
         self._buffer = None
@@ -277,11 +277,19 @@ class GroundingNode(LifecycleNode):
         self._backend = None
         self._queue: QueryQueue | None = None
         self._follower = TargetFollower(self.params.target_lost_timeout_s)
-        self._entities: list = []  # subscriptions, services, action server, timers made on configure
+        self._subscriptions_made: list = []
+        self._services_made: list = []
+        self._action_server = None
         self._watchdog = None
         self._result_pub = self._target_pub = None
         self._frame_id = ""
         self._decode_warned = 0.0
+
+    @property
+    def executor_threads(self) -> int:
+        """Threads this node needs in a MultiThreadedExecutor: each query in flight holds one while it
+        waits for its answer, plus the streams, a refusal and the lifecycle services."""
+        return max(0, self.params.queue_size) + 4
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -290,72 +298,72 @@ class GroundingNode(LifecycleNode):
         from stvg_ros.perception.buffer import ClipBuffer
 
         try:
-            self.params = read_parameters(self, GroundingParams)
-            problems = _check_params(self.params)
-            if problems:
+            self.params = p = read_parameters(self, GroundingParams)
+            if problems := _check_params(p):
                 raise ValueError("; ".join(problems))
-            self._model_files = resolve_model_files(backend=self.params.backend, **_backend_kwargs(self.params))
-        except Exception as exc:
+            self._model_files = resolve_model_files(backend=p.backend, **_backend_kwargs(p))
+        except Exception as exc:  # a missing model file, a bad parameter: fail the transition, say why
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        p = self.params
-        self.executor_threads = p.queue_size + 3
-        self._buffer = ClipBuffer(seconds=p.buffer_seconds)
+        self._buffer = ClipBuffer(
+            max_seconds=p.buffer_seconds, sample_fps=p.buffer_sample_fps, max_bytes=int(p.buffer_max_mb * 2**20)
+        )
         self._follower = TargetFollower(p.target_lost_timeout_s)
         self._result_pub = self.create_lifecycle_publisher(GroundingResult, "grounding_result", RESULTS_QOS)
         self._target_pub = self.create_lifecycle_publisher(Target, "target", 10)
-        if p.image_transport == "compressed":
-            image_sub = self.create_subscription(
-                CompressedImage,
-                "image/compressed",
-                self._on_image,
-                image_qos(1, p.image_reliability),
-                callback_group=self._stream_group,
-            )
-        else:
-            image_sub = self.create_subscription(
-                Image, "image", self._on_image, image_qos(1, p.image_reliability), callback_group=self._stream_group
-            )
+        image_type, image_topic = (
+            (CompressedImage, "image/compressed") if p.image_transport == "compressed" else (Image, "image")
+        )
+        image_sub = self.create_subscription(
+            image_type,
+            image_topic,
+            self._on_image,
+            image_qos(1, p.image_reliability),
+            callback_group=self._stream_group,
+        )
         tracks_sub = self.create_subscription(
             TrackedObjectArray, "tracks", self._on_tracks, 30, callback_group=self._stream_group
         )
-        self._entities = [
-            image_sub,
-            tracks_sub,
+        self._subscriptions_made = [image_sub, tracks_sub]
+        self._services_made = [
             self.create_service(GroundService, "ground", self._on_ground_service, callback_group=self._query_group),
             self.create_service(Trigger, "~/stop_target", self._on_stop_target),
-            ActionServer(
-                self,
-                GroundAction,
-                "ground",
-                execute_callback=self._on_ground_action,
-                goal_callback=lambda _goal: GoalResponse.ACCEPT,
-                cancel_callback=lambda _handle: CancelResponse.ACCEPT,
-                callback_group=self._query_group,
-            ),
         ]
+        self._action_server = ActionServer(
+            self,
+            GroundAction,
+            "ground",
+            execute_callback=self._on_ground_action,
+            goal_callback=lambda _goal: GoalResponse.ACCEPT,  # refusals are answered in the result
+            cancel_callback=lambda _handle: CancelResponse.ACCEPT,
+            callback_group=self._query_group,
+        )
         self._watchdog = NoPublisherWatchdog(self, [image_sub], after_s=p.no_image_warning_s)
-        files = ", ".join(f"{k}={v}" for k, v in self._model_files.items()) or p.endpoint
-        self.get_logger().info(f"configured: backend {p.backend}, model {files}")
+        files = ", ".join(f"{k}={v}" for k, v in self._model_files.items() if k != "backend")
+        self.get_logger().info(f"configured: backend {p.backend}, {files}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         from stvg_ros.grounding.backends import make_backend
+        from stvg_ros.grounding.models import manifest_note
         from stvg_ros.grounding.pipeline import GroundingPipeline
 
         started = time.monotonic()
         try:
             self._backend = make_backend(self.params.backend, **_backend_kwargs(self.params))
             self._pipeline = GroundingPipeline(self._backend, _grounding_config(self.params))
-        except Exception as exc:
+        except Exception as exc:  # ModelLoadError (mismatched mmproj, ...) and anything the loader raises
             self.get_logger().error(f"activate failed: could not load the model: {exc}")
             self._backend = self._pipeline = None
             return TransitionCallbackReturn.FAILURE
         self._queue = QueryQueue(self._run_job, self.params.queue_size)
         self._active = True
         self.get_logger().info(
-            f"active: model loaded in {time.monotonic() - started:.1f} s; serving `ground` (service and action)"
+            f"active: model loaded in {time.monotonic() - started:.1f} s; serving {self.resolve_service_name('ground')} "
+            "(service and action)"
         )
+        if note := manifest_note(self.params.model):
+            self.get_logger().warning(f"model {self.params.model}: {note}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -365,9 +373,9 @@ class GroundingNode(LifecycleNode):
             self._queue.stop()
             self._queue = None
         self._pipeline = None
-        if self._backend is not None and hasattr(self._backend, "close"):
+        if self._backend is not None:
             self._backend.close()
-        self._backend = None
+            self._backend = None
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -390,20 +398,17 @@ class GroundingNode(LifecycleNode):
     def _destroy_entities(self) -> None:
         if self._watchdog is not None:
             self._watchdog.destroy()
-            self._watchdog = None
-        for entity in self._entities:
-            if hasattr(entity, "destroy") and not hasattr(entity, "topic_name") and not hasattr(entity, "srv_type"):
-                entity.destroy()  # the action server
-            elif hasattr(entity, "srv_type"):
-                self.destroy_service(entity)
-            else:
-                self.destroy_subscription(entity)
-        self._entities = []
+        if self._action_server is not None:
+            self._action_server.destroy()
+        for sub in self._subscriptions_made:
+            self.destroy_subscription(sub)
+        for srv in self._services_made:
+            self.destroy_service(srv)
         for pub in (self._result_pub, self._target_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
-        self._result_pub = self._target_pub = None
-        self._buffer = None
+        self._watchdog = self._action_server = self._result_pub = self._target_pub = self._buffer = None
+        self._subscriptions_made, self._services_made = [], []
 
     # ---------------------------------------------------------------- streams
 
@@ -414,12 +419,12 @@ class GroundingNode(LifecycleNode):
             rgb = decode_ros_image(msg)
         except ImageDecodeError as exc:
             now = time.monotonic()
-            if now - self._decode_warned > 5.0:  # a bad camera must not flood the log
+            if now - self._decode_warned > 5.0:  # a broken camera must not flood the log
                 self._decode_warned = now
                 self.get_logger().warning(f"dropping an image that cannot be decoded: {exc}")
             return
         self._frame_id = msg.header.frame_id
-        self._buffer.add_frame(stamp_to_ns(msg.header.stamp), rgb)
+        self._buffer.add_frame(stamp_to_ns(msg.header.stamp), rgb, frame_id=msg.header.frame_id)
 
     def _on_tracks(self, msg) -> None:
         if not self._active:
@@ -427,11 +432,12 @@ class GroundingNode(LifecycleNode):
         stamp_ns = stamp_to_ns(msg.header.stamp)
         tracks = tracks_from_msg(msg)
         self._buffer.add_tracks(stamp_ns, tracks, frame_id=msg.header.frame_id)
-        update = self._follower.update(stamp_ns, tracks)
-        if update is not None:
+        if (update := self._follower.update(stamp_ns, tracks)) is not None:
             self._publish_target(update, msg.header)
 
-    def _publish_target(self, update: TargetUpdate, header) -> None:
+    def _publish_target(self, update: TargetUpdate, header=None) -> None:
+        if header is None:  # not tied to a camera frame (stop request, new answer)
+            header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_id)
         box = update.box if update.box is not None else np.zeros(4, np.float32)
         self._target_pub.publish(
             Target(
@@ -448,13 +454,13 @@ class GroundingNode(LifecycleNode):
         )
         if update.status == "lost":
             self.get_logger().info(
-                f"target {update.target_id} lost for {update.seconds_since_seen:.1f} s; stopped following"
+                f"target {update.target_id} unseen for {update.seconds_since_seen:.1f} s: lost, stopped following"
             )
 
     def _stop_following(self) -> TargetUpdate | None:
         update = self._follower.stop()
         if update is not None and self._target_pub is not None:
-            self._publish_target(update, Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_id))
+            self._publish_target(update)
         return update
 
     def _on_stop_target(self, request, response):
@@ -466,82 +472,66 @@ class GroundingNode(LifecycleNode):
     # ---------------------------------------------------------------- queries
 
     def _submit(self, query: str, window_s: float, reasoning_flag: int) -> tuple[QueryJob | None, str]:
-        """Queue a query; (job, '') or (None, why it cannot run)."""
+        """Queue a query: (job, "") or (None, why it cannot run). Never blocks."""
         from stvg_ros.grounding.pipeline import GroundingRequest
 
         if not self._active or self._queue is None:
-            return None, "the grounding node is not active (lifecycle state: not active); try again later"
+            return None, "the grounding node is not active (lifecycle); activate it and ask again"
         try:
-            text = normalize_query(query)
+            normalize_query(query)  # refuse bad input before it takes a queue slot
         except QueryError as exc:
             return None, f"bad query: {exc}"
         if problem := check_window(window_s):
             return None, problem
-        if self._buffer is None or self._buffer.num_frames == 0:
+        if self._buffer is None or len(self._buffer) == 0:
             topic = "image/compressed" if self.params.image_transport == "compressed" else "image"
             return None, f"no camera frames received yet on {self.resolve_topic_name(topic)}; nothing to ground"
-        request = GroundingRequest(
-            query=text, window_s=float(window_s), reasoning=reasoning_for(reasoning_flag, self.params.reasoning)
-        )
+        reasoning = reasoning_for(reasoning_flag, self.params.reasoning)
+        request = GroundingRequest(query=query, window_s=float(window_s), reasoning=reasoning)
         job = QueryJob(request=request, snapshot=self._buffer.snapshot(float(window_s)))
         if not self._queue.submit(job):
             return None, (
-                f"busy: {self.params.queue_size + 1} queries are already in flight "
-                "(queue_size + 1 running); try again later"
+                f"busy: {self.params.queue_size + 1} queries are in flight (1 running + queue_size "
+                f"{self.params.queue_size} waiting); ask again later"
             )
         return job, ""
 
-    def _run_job(self, job: QueryJob):
-        """Worker thread: run the pipeline, publish the answer, follow the target."""
+    def _run_job(self, job: QueryJob) -> GroundingResult:
+        """Worker thread: ground, publish the answer, follow its target (even if the caller gave up)."""
         outcome = self._pipeline.ground(job.snapshot, job.request, progress=job.report, cancel=job.cancel)
-        return outcome
+        result = result_msg(outcome, str(job.request.query), self._frame_id, self.get_clock().now().to_msg())
+        self._result_pub.publish(result)
+        self.get_logger().info(f'query "{outcome.query}": {result.message} ({outcome.timings["total_ms"] / 1e3:.1f} s)')
+        if outcome.success:
+            seen_ns, box = last_sighting(job.snapshot, outcome.target_id, default_ns=outcome.end_ns)
+            if (previous := self._follower.follow(outcome.target_id, outcome.query, seen_ns, box)) is not None:
+                self._publish_target(previous)
+        else:
+            self._stop_following()
+        return result
 
-    def _result(self, query: str, job: QueryJob | None, error: str):
-        """The GroundingResult for a finished (or refused) query; publishes answers that ran."""
-        if job is not None and job.outcome is not None and not job.error:
-            result = result_msg(
-                job.outcome, query, self._model_name(), frame_id=self._frame_id, now=self.get_clock().now().to_msg()
-            )
-            if job.cancel.is_set() and not job.outcome.success:
-                result.message = result.message or "cancelled"
-            self._result_pub.publish(result)
-            self._after_result(job)
-            return result
-        message = error or (job.error if job is not None else "") or "no answer"
-        result = GroundingResult(query=query, success=False, message=message, target_id=-1, model=self._model_name())
+    def _answer(self, query: str, job: QueryJob | None, error: str) -> GroundingResult:
+        """The result for the caller: the job's, or a failure that says why there is none."""
+        if job is not None and job.outcome is not None:
+            return job.outcome
+        result = GroundingResult(query=query, success=False, target_id=-1, model=self._model_files.get("name", ""))
+        result.message = error or (job.error if job is not None else "") or "no answer"
         result.header.stamp = self.get_clock().now().to_msg()
         result.header.frame_id = self._frame_id
         return result
 
-    def _after_result(self, job: QueryJob) -> None:
-        """A new answer replaces the followed target (or stops following when it failed)."""
-        outcome = job.outcome
-        if not outcome.success:
-            self._stop_following()
-            return
-        seen_ns, box = last_sighting(job.snapshot, outcome.target_id, default_ns=outcome.end_ns)
-        previous = self._follower.follow(outcome.target_id, job.request.query, seen_ns, box)
-        if previous is not None:
-            self._publish_target(previous, Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_id))
-
-    def _model_name(self) -> str:
-        return str(self._model_files.get("name") or self.params.model)
-
-    def _deadline(self) -> float:
-        return time.monotonic() + max(0.1, self.params.query_timeout_s)
-
     def _on_ground_service(self, request, response):
-        deadline = self._deadline()
+        deadline = time.monotonic() + self.params.query_timeout_s
         job, error = self._submit(request.query, request.window_seconds, request.reasoning)
         if job is not None and not job.done.wait(timeout=max(0.0, deadline - time.monotonic())):
             job.cancel.set()
             job, error = None, f"timed out after {self.params.query_timeout_s:.0f} s (query_timeout_s); cancelled"
-        response.result = self._result(request.query, job, error)
+        response.result = self._answer(request.query, job, error)
         return response
 
     def _on_ground_action(self, goal_handle):
         goal = goal_handle.request
-        deadline = self._deadline()
+        deadline = time.monotonic() + self.params.query_timeout_s
         job, error = self._submit(goal.query, goal.window_seconds, goal.reasoning)
         reported = None
         while job is not None and not job.done.wait(timeout=0.05):
@@ -549,14 +539,15 @@ class GroundingNode(LifecycleNode):
                 job.cancel.set()
             if time.monotonic() > deadline:
                 job.cancel.set()
-                job, error = None, f"timed out after {self.params.query_timeout_s:.0f} s; cancelled"
+                job, error = None, f"timed out after {self.params.query_timeout_s:.0f} s (query_timeout_s); cancelled"
                 break
-            if (job.stage, round(job.progress, 3)) != reported:
-                reported = (job.stage, round(job.progress, 3))
+            if (job.stage, round(job.progress, 2)) != reported:
+                reported = (job.stage, round(job.progress, 2))
                 goal_handle.publish_feedback(GroundAction.Feedback(stage=job.stage, progress=float(job.progress)))
-        result = self._result(goal.query, job, error)
+        result = self._answer(goal.query, job, error)
         if goal_handle.is_cancel_requested:
-            result.success, result.message = False, result.message or "cancelled"
+            result.success, result.target_id = False, -1
+            result.message = result.message if "cancel" in result.message else f"cancelled ({result.message})"
             goal_handle.canceled()
         elif result.success:
             goal_handle.succeed()
@@ -565,13 +556,10 @@ class GroundingNode(LifecycleNode):
         return GroundAction.Result(result=result)
 
 
-def result_msg(outcome, query: str, model: str, frame_id: str, now) -> GroundingResult:
-    """GroundingOutcome (pipeline) -> GroundingResult message."""
+def result_msg(outcome, query: str, frame_id: str, now) -> GroundingResult:
+    """GroundingOutcome (pipeline) -> GroundingResult message; `now` stamps the answer."""
     msg = GroundingResult(
-        query=query,
-        success=bool(outcome.success),
-        message=str(outcome.message or ""),
-        model=str(outcome.model or model),
+        query=query, success=bool(outcome.success), message=str(outcome.message or ""), model=str(outcome.model)
     )
     msg.header.stamp, msg.header.frame_id = now, frame_id
     msg.target_id = int(outcome.target_id) if outcome.success and outcome.target_id is not None else -1
@@ -579,8 +567,8 @@ def result_msg(outcome, query: str, model: str, frame_id: str, now) -> Grounding
         value = getattr(outcome, f"{name}_ns", None)
         if value is not None:
             setattr(msg, name, ns_to_stamp(value))
-    msg.start_offset = float(outcome.start_s or 0.0) if outcome.start_s is not None else 0.0
-    msg.end_offset = float(outcome.end_s or 0.0) if outcome.end_s is not None else 0.0
+    msg.start_offset = float(outcome.start_s or 0.0)
+    msg.end_offset = float(outcome.end_s or 0.0)
     msg.confidence = float(outcome.confidence or 0.0)
     msg.reasoning = str(outcome.reasoning or "")
     msg.raw_answer = str(outcome.raw or "")
@@ -625,8 +613,8 @@ def _check_params(p: GroundingParams) -> list[str]:
     problems = []
     if p.num_frames < 1:
         problems.append(f"num_frames must be >= 1, got {p.num_frames}")
-    if p.buffer_seconds <= 0:
-        problems.append(f"buffer_seconds must be > 0, got {p.buffer_seconds}")
+    if p.buffer_seconds <= 0 or p.buffer_sample_fps <= 0 or p.buffer_max_mb <= 0:
+        problems.append("buffer_seconds, buffer_sample_fps and buffer_max_mb must be > 0")
     if p.query_timeout_s <= 0:
         problems.append(f"query_timeout_s must be > 0, got {p.query_timeout_s}")
     if p.queue_size < 0:

@@ -42,7 +42,7 @@ class DetectorSettings:
     """Thresholds shared by every backend."""
 
     conf: float = 0.25
-    iou: float = 0.45
+    iou: float = 0.7
     #: class ids to keep; empty keeps all
     classes: tuple[int, ...] = ()
     max_det: int = 300

@@ -44,6 +44,23 @@ class _CalibrationReader:
         return next(self._items, None)
 
 
+def head_postprocess_nodes(model) -> list[str]:
+    """Nodes of the YOLO head that turn features into boxes and scores (DFL, sigmoid, concat).
+
+    They stay fp32: the output tensor mixes pixel coordinates (0..imgsz) and scores (0..1), and
+    one uint8 scale for both would round every score to 0 or 1.
+    """
+    producer = next(n for n in model.graph.node if model.graph.output[0].name in n.output)
+    parts = producer.name.split("/")
+    head = "/".join(parts[:2]) + "/" if len(parts) > 2 else ""
+    branches = ("/cv2", "/cv3", "/one2one_cv2", "/one2one_cv3")
+    return [
+        n.name
+        for n in model.graph.node
+        if head and n.name.startswith(head) and not any(n.name.startswith(head.rstrip("/") + b) for b in branches)
+    ]
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration_frames: list[np.ndarray]) -> Path:
     """Static QDQ int8 (per-channel QInt8 weights, QUInt8 activations) calibrated on `calibration_frames`."""
     import onnx
@@ -71,6 +88,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration_frames: list[np.
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=head_postprocess_nodes(onnx.load(str(prepared))),
         )
     # Keep the class names and the rest of ultralytics' metadata on the int8 file too.
     quantized = onnx.load(str(int8_path))
@@ -115,4 +133,36 @@ def export_detector_onnx(
         frames = list(calibration_frames) if calibration_frames is not None else synthetic_calibration_frames()
         paths["onnx-int8"] = quantize_int8(fp32, out_dir / f"{stem}-int8.onnx", frames)
     log.info("exported %s -> %s", model_path, ", ".join(str(p) for p in paths.values()))
+    return paths
+
+
+def calibration_frames_from_env(n: int = 32) -> list[np.ndarray] | None:
+    """Frames from the images in $STVG_CALIBRATION_DIR (jpg/png), or None when it is not set."""
+    import cv2
+
+    folder = os.environ.get("STVG_CALIBRATION_DIR")
+    if not folder:
+        return None
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:n]
+    frames = [cv2.cvtColor(image, cv2.COLOR_BGR2RGB) for p in paths if (image := cv2.imread(str(p))) is not None]
+    if not frames:
+        raise ValueError(f"STVG_CALIBRATION_DIR={folder} has no readable jpg/png images")
+    return frames
+
+
+def build_from_manifest(out_dir: Path, manifest) -> dict[str, Path]:
+    """Model-registry build hook for hosted checkpoints: fetch the `pt` file, export ONNX fp32 + int8.
+
+    The output names come from the manifest's `onnx` and `onnx-int8` files; the input size from its
+    `imgsz` (default 640).
+    """
+    from stvg_ros.core import model_registry
+
+    checkpoint = model_registry.resolve(manifest.name, "pt", download=True)
+    stem = Path(manifest.file("onnx").name).stem
+    expected_int8 = manifest.file("onnx-int8").name
+    imgsz = int(manifest.extra.get("imgsz", 640))
+    paths = export_detector_onnx(checkpoint, out_dir, calibration_frames_from_env(), True, imgsz, stem)
+    if paths["onnx-int8"].name != expected_int8:
+        paths["onnx-int8"] = paths["onnx-int8"].replace(Path(out_dir) / expected_int8)
     return paths

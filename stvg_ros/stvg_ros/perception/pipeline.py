@@ -52,7 +52,7 @@ class PerceptionConfig:
     precision: str = "int8"
     #: detector confidence threshold; at or below the tracker's low threshold so ByteTrack sees weak boxes
     conf: float = 0.1
-    iou: float = 0.45
+    iou: float = 0.7
     #: class filter: ids or names; empty keeps every class
     classes: list = field(default_factory=list)
     #: network input size; 0 uses the model's own (ONNX files are exported at a fixed size)

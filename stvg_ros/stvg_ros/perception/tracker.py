@@ -52,8 +52,8 @@ class TrackerConfig:
     reid_min_similarity: float = 0.6
     #: motion gate radius in multiples of the lost box's longer side
     reid_gate_sizes: float = 2.5
-    #: allowed area ratio between the lost box and the new box
-    reid_max_area_ratio: float = 3.0
+    #: allowed ratio between the longer sides of the lost box and the new one
+    reid_max_size_ratio: float = 2.0
     reid_same_class: bool = True
     #: most boxes per frame the tracker accepts (highest scores kept); bounds work on bad input
     max_objects: int = 300
@@ -79,7 +79,9 @@ def colour_histograms(rgb: np.ndarray, xyxy: np.ndarray, shrink: float = 0.15) -
         return out
     h, w = rgb.shape[:2]
     for i, (x0, y0, x1, y1) in enumerate(xyxy):
-        dx, dy = (x1 - x0) * shrink, (y1 - y0) * shrink
+        # Leave the border out (background), unless the box is a thin sliver already.
+        dx = (x1 - x0) * shrink if x1 - x0 > 10 else 0.0
+        dy = (y1 - y0) * shrink if y1 - y0 > 10 else 0.0
         ix0, iy0 = int(max(0, x0 + dx)), int(max(0, y0 + dy))
         ix1, iy1 = int(min(w, np.ceil(x1 - dx))), int(min(h, np.ceil(y1 - dy)))
         if ix1 <= ix0 or iy1 <= iy0:
@@ -114,28 +116,51 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _PublicTrack:
-    """What the tracker remembers about one public ID (for re-association)."""
+    """What the tracker remembers about one public ID (for re-association).
+
+    Boxes shrink while an object slides behind an occluder; only "full" observations (both sides
+    within 20 % of the track's typical size) update the velocity and the anchor that predictions
+    start from, so a half-hidden object does not look like it slowed down.
+    """
 
     public_id: int
     class_id: int
-    box: np.ndarray  # last box where it was detected
     last_seen_ns: int
+    anchor_box: np.ndarray  # last full-size box
+    anchor_ns: int
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # px/s of the box centre
     appearance: np.ndarray | None = None
-    hits: int = 0
+    sizes: deque = field(default_factory=lambda: deque(maxlen=15))  # recent (w, h)
+    full_hits: int = 0
+
+    @property
+    def typical_size(self) -> np.ndarray:
+        return np.median(np.asarray(self.sizes), axis=0) if self.sizes else _size(self.anchor_box)
 
     def observe(self, box: np.ndarray, stamp_ns: int) -> None:
-        dt = (stamp_ns - self.last_seen_ns) / NS
-        if self.hits and 0 < dt <= 1.0:
-            moved = (_centre(box) - _centre(self.box)) / dt
-            self.velocity = moved if self.hits == 1 else 0.6 * self.velocity + 0.4 * moved
-        self.box, self.last_seen_ns = box.astype(np.float64), stamp_ns
-        self.hits += 1
+        box = np.asarray(box, np.float64)
+        size = _size(box)
+        typical = self.typical_size
+        full = not self.sizes or bool(np.all(np.abs(size - typical) <= 0.2 * np.maximum(typical, 1.0)))
+        self.sizes.append(size)
+        self.last_seen_ns = stamp_ns
+        if not full:
+            return
+        dt = (stamp_ns - self.anchor_ns) / NS
+        if self.full_hits and 0 < dt <= 1.0:
+            moved = (_centre(box) - _centre(self.anchor_box)) / dt
+            self.velocity = moved if self.full_hits == 1 else 0.6 * self.velocity + 0.4 * moved
+        self.anchor_box, self.anchor_ns = box, stamp_ns
+        self.full_hits += 1
 
     def update_appearance(self, hist: np.ndarray) -> None:
         if hist.sum() <= 0:
             return
         self.appearance = hist.copy() if self.appearance is None else 0.7 * self.appearance + 0.3 * hist
+
+
+def _size(box: np.ndarray) -> np.ndarray:
+    return np.array([box[2] - box[0], box[3] - box[1]], np.float64)
 
 
 def _centre(box: np.ndarray) -> np.ndarray:
@@ -383,25 +408,28 @@ class Tracker:
                 pid = self._next_public_id
                 self._next_public_id += 1
                 self.stats["tracks_created"] += 1
-                self._tracks[pid] = _PublicTrack(pid, int(class_ids[row]), xyxy[row].astype(np.float64), stamp_ns)
+                box = xyxy[row].astype(np.float64)
+                self._tracks[pid] = _PublicTrack(pid, int(class_ids[row]), stamp_ns, box, stamp_ns)
             self._public_of[ident] = pid
 
     def _reid_cost(
         self, stamp_ns: int, box: np.ndarray, class_id: int, hist: np.ndarray, memory: _PublicTrack
     ) -> float:
+        """Cost of giving `memory`'s ID to a new box (inf when a gate fails)."""
         c = self.config
         if c.reid_same_class and class_id != memory.class_id:
             return np.inf
         if memory.appearance is None or hist.sum() <= 0:
             return np.inf
-        area_new = max((box[2] - box[0]) * (box[3] - box[1]), 1e-6)
-        area_old = max((memory.box[2] - memory.box[0]) * (memory.box[3] - memory.box[1]), 1e-6)
-        if max(area_new / area_old, area_old / area_new) > c.reid_max_area_ratio:
+        # A box emerging from behind an occluder is cut on one side: compare the longer sides.
+        typical = memory.typical_size
+        long_new, long_old = max(_size(box)), max(typical)
+        if max(long_new / max(long_old, 1e-6), long_old / max(long_new, 1e-6)) > c.reid_max_size_ratio:
             return np.inf
-        dt = (stamp_ns - memory.last_seen_ns) / NS
-        last = _centre(memory.box)
-        gate = c.reid_gate_sizes * max(memory.box[2] - memory.box[0], memory.box[3] - memory.box[1], 1.0)
-        distance = _segment_distance(_centre(box), last, last + memory.velocity * dt)
+        start = _centre(memory.anchor_box)
+        predicted = start + memory.velocity * (stamp_ns - memory.anchor_ns) / NS
+        gate = c.reid_gate_sizes * max(long_old, 1.0)
+        distance = _segment_distance(_centre(box), start, predicted)
         if distance > gate:
             return np.inf
         sim = similarity(hist, memory.appearance)

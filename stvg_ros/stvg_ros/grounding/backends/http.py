@@ -4,7 +4,8 @@ A robot sends its clip to a GPU server: the question, then each frame as `Frame 
 `image_url` data URI, streamed back with server-sent events (so cancel works between tokens).
 The answer is constrained where the server supports it: `constraint="grammar"` sends the GBNF
 (llama.cpp servers), `"structured_outputs"` / `"guided_regex"` send the regex twin (vLLM, new and
-old spelling), `"none"` sends nothing. Standard library only (http.client); every wait has a timeout.
+old spelling), `"none"` sends nothing. Frames travel as JPEG by default (small; the official
+marker videos were lossy mp4 too); `image_format="png"` sends them lossless. Standard library only (http.client); every wait has a timeout.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class HttpBackend:
         api_key: str | None = None,
         timeout_s: float = 120.0,
         connect_timeout_s: float = 5.0,
-        image_format: str = "png",
+        image_format: str = "jpeg",
         constraint: str = "grammar",
         temperature: float = 0.0,
         max_concurrent: int = 1,
@@ -133,7 +134,7 @@ class HttpBackend:
         if self.model:
             body["model"] = self.model
         spec = {"reasoning": reasoning, "track_ids": track_ids, "max_think_chars": think_budget_chars(max_new_tokens),
-                "max_seconds": int(duration_s) if duration_s is not None else None}
+                "max_seconds": duration_s}
         if self.constraint == "grammar":
             body["grammar"] = answer_grammar(**spec)
         elif self.constraint == "structured_outputs":
@@ -199,7 +200,7 @@ class HttpBackend:
         first = True
         try:
             connection.connect()
-            connection.sock.settimeout(self.timeout_s)
+            connection.sock.settimeout(self.timeout_s + 1.0)  # the watchdog enforces timeout_s
             connection.request("POST", self._base_path + "/chat/completions", body=payload, headers=self._headers())
             response = connection.getresponse()
             if response.status != 200:
@@ -234,6 +235,8 @@ class HttpBackend:
         except GenerationError:
             if not why:
                 raise
+        except TimeoutError:
+            why.append("timeout")
         except (OSError, http.client.HTTPException, ValueError) as exc:
             if not why:
                 raise GenerationError(f"request to {self.endpoint} failed: {type(exc).__name__}: {exc}") from exc

@@ -154,7 +154,7 @@ class LlamaCppBackend:
             )
             # The handler loads the mmproj lazily; load it now so a bad file fails here, not mid-query.
             handler._init_mtmd_context(llm)
-        except Exception as exc:  # noqa: BLE001 - llama.cpp reports load failures as ValueError/RuntimeError
+        except Exception as exc:  # llama.cpp reports load failures as ValueError/RuntimeError
             raise ModelLoadError(f"llama.cpp could not load {self.model_path.name} + {self.mmproj_path.name}: {exc}") from exc
         self._llm = llm
         atexit.register(self.close)  # llama-cpp-python's own __del__ fails at interpreter exit
@@ -166,13 +166,13 @@ class LlamaCppBackend:
         if llm is not None:
             try:
                 llm.close()
-            except Exception:  # noqa: BLE001 - closing at shutdown; nothing left to do
+            except Exception:  # closing at shutdown; nothing left to do
                 log.debug("closing llama.cpp failed", exc_info=True)
 
     def _grammar(self, reasoning: bool, track_ids: Sequence[int] | None, max_think: int, duration_s: float | None):
         from llama_cpp import LlamaGrammar
 
-        max_seconds = int(duration_s) if duration_s is not None else None
+        max_seconds = round(duration_s, 2) if duration_s is not None else None
         key = (reasoning, tuple(sorted(track_ids)) if track_ids else None, max_think, max_seconds)
         if key not in self._grammars:
             if len(self._grammars) >= 32:
@@ -253,7 +253,7 @@ class LlamaCppBackend:
                     f"the clip does not fit the context: {exc}. Lower num_frames or the pixel budget, or raise n_ctx"
                 ) from exc
             raise GenerationError(f"llama.cpp failed: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - surface any llama.cpp failure as a generation error
+        except Exception as exc:  # surface any llama.cpp failure as a generation error
             raise GenerationError(f"llama.cpp failed: {type(exc).__name__}: {exc}") from exc
         if first:
             result.encode_ms = watch.lap()

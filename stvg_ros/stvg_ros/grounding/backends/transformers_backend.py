@@ -90,7 +90,7 @@ class TransformersBackend:
                     kwargs["attn_implementation"] = self.attn_implementation
                 processor = AutoProcessor.from_pretrained(self.model_path, local_files_only=True)
                 model = AutoModelForImageTextToText.from_pretrained(self.model_path, **kwargs).to(self.device).eval()
-            except Exception as exc:  # noqa: BLE001 - any loader failure is a load error with its cause
+            except Exception as exc:  # any loader failure is a load error with its cause
                 raise ModelLoadError(f"transformers could not load {self.model_path}: {type(exc).__name__}: {exc}") from exc
             self._processor, self._model = processor, model
             log.info("transformers loaded %s on %s (%s)", self.model_path, self.device, dtype)
@@ -138,7 +138,7 @@ class TransformersBackend:
                                   track_ids, duration_s)
         except (GenerationError, ValueError):
             raise
-        except Exception as exc:  # noqa: BLE001 - surface model failures as generation errors
+        except Exception as exc:  # surface model failures as generation errors
             raise GenerationError(f"transformers generation failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self._lock.release()
@@ -163,7 +163,7 @@ class TransformersBackend:
                 self._table = TokenTable(tokenizer)
             pattern = answer_regex(reasoning=reasoning, track_ids=track_ids,
                                    max_think_chars=think_budget_chars(max_new_tokens),
-                                   max_seconds=int(duration_s) if duration_s is not None else None)
+                                   max_seconds=duration_s)
             processors.append(RegexLogitsProcessor(self._table, pattern, prompt_length, eos_ids))
         first_token_at: list[float] = []
         cancelled: list[bool] = []

@@ -1,0 +1,165 @@
+"""Training data prep through the robot's perception (training area, issue 6).
+
+Synthetic scenes go through the real detector (the tiny synthetic-shape YOLO), tracker, clip
+buffer, sampler and renderer; the GT target ID is voted from GT boxes vs tracks (METHOD §6) and
+checked against the object the annotation names.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import stvg_ros.grounding.sampling as sampling
+from stvg_ros.core.paths import cache_dir
+from stvg_ros.core.synth import SYNTH_VERSION, DatasetIndex, SceneSpec, write_dataset
+from stvg_ros.core.types import Tracks
+from stvg_train.data import load_prepared
+from stvg_train.prep import PrepOptions, prepare, vote_gt_id
+
+PREP_VIDEOS = 20
+PREP_SPEC = SceneSpec(seconds=8.0, fps=5.0, width=320, height=240, n_objects=4, difficulty="mixed")
+NUM_FRAMES = 6
+MAX_PIXELS = 112 * 112
+
+
+# ------------------------------------------------------------------------------------------------
+# the vote itself (METHOD §6)
+
+
+def tracks(*rows):
+    return Tracks(xyxy=[r[1:] for r in rows], track_id=[r[0] for r in rows])
+
+
+def test_vote_takes_the_most_common_best_iou_track_per_frame():
+    gt = {0: [0, 0, 10, 10], 1: [0, 0, 10, 10], 2: [0, 0, 10, 10], 3: [50, 50, 60, 60]}
+    frame_tracks = {
+        0: tracks((1, 0, 0, 10, 10), (2, 0, 0, 5, 5)),  # 1 wins (IoU 1 vs 0.25)
+        1: tracks((1, 1, 1, 11, 11), (2, 0, 0, 9, 9)),  # 2 wins (0.81 vs 0.68)
+        2: tracks((1, 0, 0, 10, 9), (3, 20, 20, 30, 30)),  # 1 wins (0.9)
+        3: tracks((1, 0, 0, 10, 10)),  # no overlap: no vote
+        # frame 4 has GT but no tracks entry at all (not in the video)
+    }
+    vote = vote_gt_id(frame_tracks, {**gt, 4: [0, 0, 1, 1]})
+    assert vote.target_id == 1
+    assert vote.voting_frames == 3 and vote.gt_frames == 4
+    assert vote.vote_share == pytest.approx(2 / 3)
+    assert vote.mean_iou == pytest.approx((1.0 + 0.9) / 2)
+
+
+def test_vote_tie_goes_to_the_earliest_vote_and_min_iou_filters():
+    gt = {0: [0, 0, 10, 10], 1: [0, 0, 10, 10]}
+    frame_tracks = {0: tracks((5, 0, 0, 10, 10)), 1: tracks((4, 0, 0, 10, 4))}
+    assert vote_gt_id(frame_tracks, gt).target_id == 5
+    assert vote_gt_id(frame_tracks, gt, min_iou=0.5).target_id == 5  # frame 1 (IoU 0.4) casts no vote
+    assert vote_gt_id({0: tracks((4, 0, 0, 10, 4))}, gt, min_iou=0.5).target_id == -1
+    untracked = Tracks(xyxy=[[0, 0, 10, 10]], track_id=[-1])
+    assert vote_gt_id({0: untracked}, gt).target_id == -1  # untracked detections never vote
+
+
+# ------------------------------------------------------------------------------------------------
+# prep end to end on synthetic scenes
+
+
+@pytest.fixture(scope="session")
+def prep_synth() -> Path:
+    """20 synthetic videos (8 s, 5 fps, all four difficulty presets), cached between runs."""
+    root = cache_dir("test-artifacts", f"train-synth-{SYNTH_VERSION}", f"videos-{PREP_VIDEOS}")
+    if not (root / DatasetIndex.INDEX_FILE).is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        write_dataset(root, 11, PREP_VIDEOS, PREP_SPEC, bags=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def perception(tiny_detector) -> dict:
+    """The robot's perception settings with the tiny synthetic-shape detector (tests/fixtures/detector.py)."""
+    return {"model": str(tiny_detector["onnx-int8"]), "detect_every": 1}
+
+
+@pytest.fixture(scope="module")
+def prepared(prep_synth, perception, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prep") / "out"
+    calls = []
+    original = sampling.render_ids
+
+    def spy(frame, tracks, *args, **kwargs):
+        calls.append(len(tracks))
+        return original(frame, tracks, *args, **kwargs)
+
+    sampling.render_ids = spy  # the robot's sampler draws with the robot's renderer
+    try:
+        report = prepare(PrepOptions(out_dir=str(out), synthetic=str(prep_synth), perception_config=perception,
+                                     num_frames=NUM_FRAMES, max_pixels=MAX_PIXELS))
+    finally:
+        sampling.render_ids = original
+    return out, report, calls
+
+
+def test_prep_assigns_the_annotated_target_on_95_percent(prepared):
+    out, report, _ = prepared
+    assert report["samples"] == PREP_VIDEOS and report["videos_failed"] == []
+    assert report["id_checked"] == PREP_VIDEOS
+    assert report["id_correct_share"] >= 0.95, report
+    # Whatever did not match is named, not dropped.
+    assert report["unmatched"] == len(report["unmatched_samples"])
+    assert len(report["wrong_id_samples"]) == report["matched"] - report["id_correct"]
+    assert 0.0 < report["vote_share_mean"] <= 1.0 and report["gt_mean_iou_mean"] > 0.5
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["id_correct_share"] == report["id_correct_share"]
+
+
+def test_prepared_samples_are_what_the_robot_sends(prepared, prep_synth):
+    out, _, render_calls = prepared
+    ds = load_prepared([out])
+    assert len(ds) == PREP_VIDEOS
+    assert len(render_calls) == PREP_VIDEOS * NUM_FRAMES and sum(render_calls) > 0
+    annotations = DatasetIndex.load(prep_synth).load_annotations()
+    for row in ds:
+        assert len(row["images"]) == len(row["timestamps_s"]) == NUM_FRAMES
+        assert row["images"][0].size == (112, 84)  # Qwen's resize rule at the pixel budget
+        times = row["timestamps_s"]
+        assert times[0] == pytest.approx(0.0) and all(b > a for a, b in zip(times, times[1:], strict=False))
+        assert times[-1] <= row["clip_duration_s"]
+        entry = annotations[row["video"] + ".mp4"]
+        assert row["gt_start_s"] == pytest.approx(entry["st_time"], abs=1e-4)
+        assert row["gt_end_s"] == pytest.approx(entry["ed_time"], abs=1e-4)
+        assert row["annotated_target_id"] == entry["target_id"]
+        assert row["question"].startswith("Each object in the video is marked with a red number")
+        assert entry["English"].lower().rstrip(".") in row["question"]
+        # The red digits are really on the frames where tracks were drawn.
+        pixels = np.asarray(row["images"][len(times) // 2])
+        red = (pixels[..., 0] > 200) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)
+        if row["frame_track_ids"][len(times) // 2]:
+            assert red.sum() > 5
+        if row["gt_target_id"] >= 0:
+            assert any(row["gt_target_id"] in ids for ids in row["frame_track_ids"])
+
+
+def test_prep_resumes_and_reports_what_it_cannot_match(prepared, prep_synth, perception, tmp_path):
+    out, report, _ = prepared
+    again = prepare(PrepOptions(out_dir=str(out), synthetic=str(prep_synth), perception_config=perception,
+                                num_frames=NUM_FRAMES, max_pixels=MAX_PIXELS))
+    assert again["videos_resumed"] == PREP_VIDEOS and again["videos_prepared"] == 0
+    assert again["samples"] == report["samples"] and again["id_correct"] == report["id_correct"]
+
+    # A GT tube far outside the image matches no track; a video that is not there fails alone.
+    annotations = json.loads((prep_synth / "annotations.json").read_text())
+    names = sorted(annotations)[:2]
+    broken = {names[0]: {**annotations[names[0]], "bbox": [[5000, 5000, 10, 10]] * len(annotations[names[0]]["bbox"])},
+              "no_such_video.mp4": annotations[names[1]]}
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    result = prepare(PrepOptions(out_dir=str(tmp_path / "out"), annotations=str(path),
+                                 videos=str(prep_synth / "videos"), perception_config=perception,
+                                 num_frames=NUM_FRAMES, max_pixels=MAX_PIXELS, workers=2))
+    assert result["samples"] == 1 and result["unmatched"] == 1
+    assert result["unmatched_samples"] == [Path(names[0]).stem]
+    assert [f["video"] for f in result["videos_failed"]] == ["no_such_video"]
+    assert "no video file" in result["videos_failed"][0]["error"]
+    ds = load_prepared([tmp_path / "out"])
+    assert ds[0]["gt_target_id"] == -1  # kept on disk, left out of training (see test_train_grpo)

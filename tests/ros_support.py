@@ -42,7 +42,7 @@ class NodeProcess:
         self.args = args
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         self.proc = subprocess.Popen(
             args,
@@ -156,6 +156,25 @@ class RosClient:
     def call(self, client, request, timeout_s: float):
         return self.result_of(client.call_async(request), timeout_s)
 
+    def wait_active(self, node_name: str, timeout_s: float) -> bool:
+        """True once the lifecycle node `node_name` (relative to the namespace) reports ACTIVE."""
+        from lifecycle_msgs.msg import State
+        from lifecycle_msgs.srv import GetState
+
+        deadline = time.monotonic() + timeout_s
+        client = self.node.create_client(GetState, f"{node_name}/get_state")
+        try:
+            while time.monotonic() < deadline:
+                if client.wait_for_service(timeout_sec=min(1.0, max(0.01, deadline - time.monotonic()))):
+                    future = client.call_async(GetState.Request())
+                    answered = wait_until(future.done, min(5.0, max(0.01, deadline - time.monotonic())))
+                    if answered and future.result().current_state.id == State.PRIMARY_STATE_ACTIVE:
+                        return True
+                time.sleep(0.2)
+            return False
+        finally:
+            self.node.destroy_client(client)
+
     def action(self, action_type, name: str, timeout_s: float):
         from rclpy.action import ActionClient
 
@@ -186,6 +205,7 @@ def image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera"):
 
 def compressed_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera"):
     from sensor_msgs.msg import CompressedImage
+
     from stvg_ros.core.image_codec import encode_compressed
 
     fields = encode_compressed(rgb, "jpeg")

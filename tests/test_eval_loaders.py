@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from stvg_ros.evaluation import EvalError
 from stvg_ros.evaluation.loaders import load_annotations
 from stvg_ros.evaluation.predictions import Prediction, check_predictions, load_predictions
@@ -83,6 +84,13 @@ def test_vidstg_original_with_vidor_boxes_and_tubedetr_file(tmp_path):
         q.gt_start, q.gt_end, dict(q.gt_boxes), q.eval_start, q.eval_end)  # fmt: skip
     with pytest.raises(EvalError, match="--vidor-dir"):
         load_annotations(tmp_path / "val_annotations.json")
+    # VidSTG is reported per sentence type; the question is answered exactly, the caption not at all
+    from stvg_ros.evaluation.metrics import evaluate
+
+    exact = Prediction("0", 20, 23, {f: q.gt_boxes[f] for f in range(20, 23)})
+    summary, _ = evaluate(raw, {"0": exact}, "hcstvg_official")  # every frame (5 fps samples miss 20..22)
+    assert summary["by_qtype"]["interrogative"]["m_vIoU"] == 1.0 and summary["by_qtype"]["interrogative"]["n_queries"] == 1
+    assert summary["by_qtype"]["declarative"]["m_vIoU"] == 0.0 and summary["m_vIoU"] == 0.5
 
 
 def test_synthetic_set_gives_every_query(tmp_path):

@@ -8,6 +8,7 @@ st_time 2.05 s / ed_time 3.85 s (decoded frames 10..19 = annotation 11..20).
 from __future__ import annotations
 
 import pytest
+
 from stvg_ros.evaluation.loaders import load_hcstvg
 from stvg_ros.evaluation.metrics import (
     box_iou,

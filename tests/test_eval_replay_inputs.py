@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from stvg_ros.core.bag_io import write_image_bag
 from stvg_ros.evaluation import EvalError
 from stvg_ros.evaluation.loaders import load_annotations

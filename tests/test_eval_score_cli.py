@@ -206,6 +206,8 @@ def test_score_writes_a_report(tmp_path):
     assert set(report["per_video"]) == {name[:-4] for name in annotations}
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| m_vIoU |" in markdown and "![timeline.png](timeline.png)" in markdown
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<td>m_vIoU</td>" in page and '<img src="timeline.png"' in page
     for plot in ("hist_tiou.png", "hist_viou.png", "timeline.png"):
         assert (tmp_path / "report" / plot).read_bytes()[:4] == b"\x89PNG"
 

@@ -42,6 +42,7 @@ def test_package_manifests_are_valid_format_3():
 
 def test_generated_interfaces_import_and_frame_messages_carry_a_header():
     from std_msgs.msg import Header
+
     from stvg_ros_msgs.action import Ground as GroundAction
     from stvg_ros_msgs.msg import GroundingResult, Target, TrackedObject, TrackedObjectArray, TubeBox
     from stvg_ros_msgs.srv import Ground
@@ -64,6 +65,7 @@ def test_generated_interfaces_import_and_frame_messages_carry_a_header():
 @pytest.mark.ros
 def test_custom_types_cross_a_real_dds_publisher_in_this_process():
     import rclpy
+
     from stvg_ros_msgs.msg import TrackedObject, TrackedObjectArray
 
     context = rclpy.Context()

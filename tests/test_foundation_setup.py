@@ -63,3 +63,21 @@ def test_code_is_ruff_clean():
     out = subprocess.run([str(Path(sys.prefix) / "bin" / "ruff"), "check", "."], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+def _github_anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def test_readme_links_point_to_existing_files_and_sections():
+    text = (ROOT / "README.md").read_text()
+    anchors = {_github_anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.MULTILINE)}
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        if target.startswith("#"):
+            assert target[1:] in anchors, f"README links to missing section {target}"
+        else:
+            assert (ROOT / target.split("#")[0]).exists(), f"README links to missing file {target}"

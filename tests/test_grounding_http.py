@@ -5,6 +5,7 @@ hangs and a port where nothing listens."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -14,12 +15,12 @@ import urllib.request
 
 import numpy as np
 import pytest
+
 from stvg_ros.core.answer import parse_answer
 from stvg_ros.core.prompt import build_question
 from stvg_ros.grounding.backends import GenerationError, ModelLoadError, make_backend
 from stvg_ros.grounding.backends.http import HttpBackend
 from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline, GroundingRequest
-
 from tests.fixtures.vlm import synthetic_snapshot
 
 QUESTION = build_question("the blue box that moves down")
@@ -110,7 +111,7 @@ def test_server_that_serves_another_model(server):
 
 
 def test_nothing_listening_is_a_clear_load_error():
-    with pytest.raises(ModelLoadError, match="cannot reach the model server http://127.0.0.1:\\d+/v1"):
+    with pytest.raises(ModelLoadError, match=r"cannot reach the model server http://127\.0\.0\.1:\d+/v1"):
         make_backend("http", endpoint=f"http://127.0.0.1:{free_port()}/v1", connect_timeout_s=2)
     with pytest.raises(ModelLoadError, match="endpoint must be an http"):
         HttpBackend("gpu-server:8000")
@@ -151,3 +152,38 @@ def test_a_server_that_hangs_times_out(clip):
         for conn in held:
             conn.close()
         listener.close()
+
+
+def test_ground_cli_over_http(server, synth_dataset, tiny_detector):
+    """`stvg-ros ground --backend http`: the served model is found through /models, the note says it is tiny."""
+    done = subprocess.run(
+        [sys.executable, "-m", "stvg_ros.cli.main", "ground", str(synth_dataset.videos[1]), "the shape that turns",
+         "--json", "--backend", "http", "--endpoint", server, "--detector", str(tiny_detector["onnx-int8"]),
+         "--num-frames", "4", "--max-new-tokens", "100", "--no-reasoning"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["success"] and result["model"] == "tiny-vlm" and result["backend"] == "http"
+    assert result["raw"].startswith("<answer>") and result["target_id"] in result["track_ids"]
+    # random weights: the span may miss the target's boxes, and then the answer says so
+    assert result["tube"] or "empty tube" in result["message"]
+    assert "meaningless" in result["note"]
+
+
+@pytest.mark.parametrize("constraint", ["grammar", "structured_outputs", "guided_regex", "none"])
+def test_request_body_carries_the_constraint_each_server_kind_reads(clip, constraint):
+    backend = HttpBackend("http://127.0.0.1:9/v1", model="m", api_key="k", constraint=constraint)
+    body = backend._body(*clip, QUESTION, False, 64, [4, 7], 2.0)
+    answer = "<answer>Target ID: 7, Time range: 0.50 to 2.00</answer>"
+    assert body["model"] == "m" and body["stream"] and body["max_tokens"] == 64
+    assert [p["type"] for p in body["messages"][0]["content"]] == ["text"] + ["text", "image_url"] * 3
+    assert backend._headers()["Authorization"] == "Bearer k"
+    if constraint == "grammar":
+        assert 'target-id ::= "4" | "7"' in body["grammar"] and "root ::= answer" in body["grammar"]
+    elif constraint == "structured_outputs":
+        assert re.fullmatch(body["structured_outputs"]["regex"], answer)
+        assert not re.fullmatch(body["structured_outputs"]["regex"], answer.replace("7,", "5,"))
+    elif constraint == "guided_regex":
+        assert re.fullmatch(body["guided_regex"], answer)
+    else:
+        assert not {"grammar", "structured_outputs", "guided_regex"} & body.keys()

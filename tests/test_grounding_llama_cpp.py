@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+
 from stvg_ros.core.answer import parse_answer
 from stvg_ros.core.prompt import build_question
 from stvg_ros.grounding import gguf
@@ -94,7 +95,7 @@ def test_mmproj_of_another_model_is_refused_at_load(tiny_vlm):
 
 
 def test_wrong_files_are_refused_with_clear_messages(tiny_vlm, tmp_path):
-    with pytest.raises(ModelLoadError, match="model file not found: .*missing.gguf"):
+    with pytest.raises(ModelLoadError, match=r"model file not found: .*missing\.gguf"):
         make_backend("llama_cpp", model=str(tmp_path / "missing.gguf"), mmproj=str(tiny_vlm.mmproj_f32))
     with pytest.raises(ModelLoadError, match="mmproj file not found"):
         make_backend("llama_cpp", model=str(tiny_vlm.gguf_f32), mmproj=str(tmp_path / "none.gguf"))
@@ -104,7 +105,7 @@ def test_wrong_files_are_refused_with_clear_messages(tiny_vlm, tmp_path):
     garbage.write_bytes(b"not a gguf file at all")
     with pytest.raises(ModelLoadError, match="not a readable GGUF"):
         LlamaCppBackend(garbage, tiny_vlm.mmproj_f32).load()
-    with pytest.raises(ModelLoadError, match="no manifest|neither a file nor a manifest"):
+    with pytest.raises(ModelLoadError, match=r"no manifest|neither a file nor a manifest"):
         resolve_model_files(model="no-such-model", backend="llama_cpp")
 
 
@@ -122,12 +123,12 @@ def test_converter_is_found_or_named_with_its_setup_step(tmp_path, monkeypatch):
     assert gguf.find_converter().name == "convert_hf_to_gguf.py"
     monkeypatch.setenv("STVG_CACHE", str(tmp_path))
     monkeypatch.delenv("STVG_LLAMA_CPP_SRC", raising=False)
-    with pytest.raises(gguf.GgufError, match="scripts/setup.sh"):
+    with pytest.raises(gguf.GgufError, match=r"scripts/setup\.sh"):
         gguf.find_converter()
 
 
 def test_conversion_refuses_other_folders(tmp_path):
-    with pytest.raises(gguf.GgufError, match="no config.json"):
+    with pytest.raises(gguf.GgufError, match=r"no config\.json"):
         gguf.convert_to_gguf(tmp_path, tmp_path / "out")
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     with pytest.raises(gguf.GgufError, match="not Qwen2_5_VLForConditionalGeneration"):

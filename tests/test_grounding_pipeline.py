@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import pytest
+
 from stvg_ros.grounding.backends.llama_cpp import LlamaCppBackend
 from stvg_ros.grounding.pipeline import STAGES, GroundingConfig, GroundingPipeline, GroundingRequest
 from stvg_ros.perception.buffer import ClipBuffer
-
 from tests.fixtures.vlm import synthetic_snapshot
 
 NS = 1_000_000_000

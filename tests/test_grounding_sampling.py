@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from stvg_ros.core.render import render_ids
 from stvg_ros.core.types import TrackedFrame, Tracks
 from stvg_ros.grounding import sampling
 from stvg_ros.grounding.sampling import SamplingError, sample_clip, smart_resize, uniform_indices
 from stvg_ros.grounding.tube import build_tube
 from stvg_ros.perception.buffer import ClipBuffer
-
 from tests.fixtures.vlm import synthetic_snapshot
 
 NS = 1_000_000_000

@@ -6,12 +6,12 @@ import threading
 
 import numpy as np
 import pytest
+
 from stvg_ros.core.answer import parse_answer
 from stvg_ros.core.prompt import build_question
 from stvg_ros.grounding.backends import ModelLoadError, make_backend
 from stvg_ros.grounding.backends.transformers_backend import TransformersBackend, clip_fps
 from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline, GroundingRequest
-
 from tests.fixtures.vlm import synthetic_snapshot
 
 QUESTION = build_question("the box that stands still")
@@ -72,7 +72,7 @@ def test_cancel_and_missing_model(video_backend, clip, tmp_path):
     cancel.set()
     result = video_backend.generate(*clip, QUESTION, max_new_tokens=100, cancel=cancel)
     assert result.finish_reason == "cancelled"
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         make_backend("transformers", model=str(tmp_path))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from stvg_ros.core.bag_io import (
     COMPRESSED_TYPE,
     IMAGE_TYPE,

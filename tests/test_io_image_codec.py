@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+
 from stvg_ros.core.image_codec import (
     SUPPORTED_ENCODINGS,
     ImageDecodeError,

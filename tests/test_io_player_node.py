@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+
 from stvg_ros.core.bag_io import iter_image_bag
 from stvg_ros.core.image_codec import decode_image
 from stvg_ros.core.synth import EPOCH_NS, SceneSpec, generate_scene
@@ -138,6 +139,7 @@ def test_player_loops_a_compressed_bag_forward_in_time_and_stops_on_sigint(tmp_p
     import signal
 
     from sensor_msgs.msg import CompressedImage
+
     from stvg_ros.core.bag_io import iter_image_messages, write_image_bag
 
     bag = tmp_path / "jpeg"

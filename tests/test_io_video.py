@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from stvg_ros.core.video_io import VideoError, VideoWriter, iter_video, read_video, video_info
 
 

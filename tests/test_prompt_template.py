@@ -6,6 +6,7 @@ import hashlib
 from importlib import resources
 
 import pytest
+
 from stvg_ros.core import prompt
 from stvg_ros.core.prompt import (
     MAX_QUERY_CHARS,
@@ -84,5 +85,6 @@ def test_clip_content_is_question_then_labelled_frames():
 
 
 def test_training_uses_the_same_clip_layout():
-    data = pytest.importorskip("stvg_train.data", reason="the stvg_train package is not installed")
+    from stvg_train import data  # installed by scripts/setup.sh with stvg_ros
+
     assert data.clip_prompt("Q?", [0.0, 1.5])[0]["content"] == clip_user_content("Q?", [0.0, 1.5])

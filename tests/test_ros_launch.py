@@ -1,6 +1,8 @@
 """The launch file, the graph list, the parameter files and docs/ros.md agree with each other.
 
-launch_ros is not installed here, so the launch file is compiled and read as an AST (no stubs).
+launch / launch_ros are not installed here (no PyPI wheels), so the launch file is read as an AST and
+also executed against a small stand-in of the launch API it uses (argument declaration, the
+OpaqueFunction, launch_ros Node with the keyword-only signature of the real one).
 """
 
 from __future__ import annotations
@@ -8,17 +10,22 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
+import runpy
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import yaml
+
 from stvg_ros.cli.up import parse_overrides
 from stvg_ros.nodes import graph
 from stvg_ros.nodes.graph import (
     GRAPH_NODES,
-    default_params_file,
     graph_nodes,
+    graph_parameters,
     merged_params_file,
+    node_params_file,
     ros_arguments,
 )
 
@@ -83,18 +90,131 @@ def test_ros_arguments_mirror_the_launch_file(tmp_path):
     assert "__ns:=/front" in args and "use_sim_time:=true" in args
 
 
-def test_merged_params_file_applies_overrides_per_node(tmp_path):
-    merged = merged_params_file(None, {"grounding_node": {"backend": "transformers", "model": None}}, tmp_path)
+def test_merged_params_file_applies_node_files_then_the_user_file_then_overrides(tmp_path):
+    grounding_defaults = yaml.safe_load((PACKAGE / "config" / "grounding.yaml").read_text())["/**/grounding_node"]
+    user = tmp_path / "robot.yaml"
+    user.write_text(yaml.safe_dump({"/front/grounding_node": {"ros__parameters": {"num_frames": 8, "queue_size": 5}}}))
+    merged = merged_params_file(user, {"grounding_node": {"queue_size": 1, "model": None}}, tmp_path / "out")
     data = yaml.safe_load(merged.read_text())
-    base = yaml.safe_load(default_params_file().read_text())
-    key = next(k for k in data if k.endswith("grounding_node"))
-    assert data[key]["ros__parameters"]["backend"] == "transformers"
-    # None means "keep the file's value".
-    assert data[key]["ros__parameters"]["model"] == base[key]["ros__parameters"]["model"]
+    params = data["/**/grounding_node"]["ros__parameters"]
+    assert params["num_frames"] == 8  # the user's file over config/grounding.yaml
+    assert params["queue_size"] == 1  # an override over both
+    assert params["model"] == grounding_defaults["ros__parameters"]["model"]  # None keeps the file's value
+    assert params["backend"] == grounding_defaults["ros__parameters"]["backend"]  # untouched defaults stay
+    assert graph_parameters(user)["grounding_node"]["num_frames"] == 8
     added = merged_params_file(None, {"player_node": {"bag": "/x"}}, tmp_path / "b")
     assert yaml.safe_load(added.read_text())["/**/player_node"]["ros__parameters"] == {"bag": "/x"}
     with pytest.raises(ValueError, match="cannot read"):
         merged_params_file(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ValueError, match="must map node names"):
+        graph_parameters(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# The launch file executed against a stand-in of the launch API
+
+
+class _Entity:
+    def __init__(self, *args, **kwargs) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+class _DeclareLaunchArgument(_Entity):
+    def __init__(self, name, *, default_value=None, description=None, choices=None, **kwargs) -> None:
+        super().__init__(name, default_value=default_value, description=description, choices=choices, **kwargs)
+        self.name, self.default_value, self.choices = name, default_value, choices
+
+
+class _OpaqueFunction(_Entity):
+    def __init__(self, *, function, args=None, kwargs=None) -> None:
+        super().__init__(function=function)
+        self.function = function
+
+
+class _LaunchConfiguration:
+    def __init__(self, variable_name, *, default=None) -> None:
+        self.name = variable_name
+
+    def perform(self, context) -> str:
+        return context.launch_configurations[self.name]  # KeyError: an undeclared argument
+
+
+class _Node(_Entity):
+    def __init__(self, *, executable, package=None, name=None, namespace=None, exec_name=None, parameters=None,
+                 remappings=None, ros_arguments=None, arguments=None, **kwargs) -> None:  # fmt: skip
+        super().__init__(executable=executable, package=package, name=name, namespace=namespace,
+                         parameters=parameters, remappings=remappings, ros_arguments=ros_arguments,
+                         arguments=arguments, **kwargs)  # fmt: skip
+
+
+def _stub_launch_modules(monkeypatch) -> None:
+    modules = {
+        "launch": {"LaunchDescription": lambda entities=None: list(entities or [])},
+        "launch.actions": {
+            "DeclareLaunchArgument": _DeclareLaunchArgument,
+            "LogInfo": _Entity,
+            "OpaqueFunction": _OpaqueFunction,
+        },
+        "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
+        "launch_ros": {},
+        "launch_ros.actions": {"Node": _Node},
+    }
+    for name, attributes in modules.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attributes)
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def _launch(monkeypatch, **arguments: str) -> list[_Node]:
+    """Run generate_launch_description() and its OpaqueFunction with `arguments` given on the command line."""
+    _stub_launch_modules(monkeypatch)
+    description = runpy.run_path(str(LAUNCH_FILE))["generate_launch_description"]()
+    declared = [e for e in description if isinstance(e, _DeclareLaunchArgument)]
+    unknown = set(arguments) - {d.name for d in declared}
+    assert not unknown, f"undeclared launch arguments {unknown}"
+    context = types.SimpleNamespace(launch_configurations={d.name: d.default_value for d in declared} | arguments)
+    for d in declared:  # what launch checks before running anything
+        assert not d.choices or context.launch_configurations[d.name] in d.choices, d.name
+    (opaque,) = [e for e in description if isinstance(e, _OpaqueFunction)]
+    return [a for a in opaque.function(context) if isinstance(a, _Node)]
+
+
+def test_launch_file_defaults_start_the_graph_with_the_package_parameters(monkeypatch):
+    nodes = _launch(monkeypatch)
+    assert [n.kwargs["name"] for n in nodes] == [spec.name for spec in graph_nodes(overlay=True)]
+    for node, spec in zip(nodes, graph_nodes(overlay=True), strict=True):
+        kw = node.kwargs
+        assert (kw["package"], kw["executable"], kw["namespace"]) == ("stvg_ros", spec.executable, "")
+        assert ("image", "/camera/image_raw") in kw["remappings"]
+        assert ("image/compressed", "/camera/image_raw/compressed") in kw["remappings"]
+        own = node_params_file(spec)
+        assert kw["parameters"][: 1 if own else 0] == ([str(own)] if own else [])
+        assert kw["parameters"][-1] == {"use_sim_time": False}
+        assert kw["ros_arguments"] == ["--log-level", "info"] and kw["arguments"] is None
+    grounding = nodes[-1].kwargs["parameters"]
+    assert grounding[0].endswith("config/grounding.yaml")
+
+
+def test_launch_arguments_reach_the_nodes(monkeypatch, tmp_path):
+    robot = tmp_path / "robot.yaml"
+    nodes = _launch(
+        monkeypatch, camera_topic="/front/color/image_raw", namespace="front", params_file=str(robot),
+        backend="http", model="stvg-r1-7b-q4_k_m", use_sim_time="true", overlay="false", log_level="debug",
+    )  # fmt: skip
+    assert [n.kwargs["name"] for n in nodes] == ["tracker_node", "grounding_node"]
+    for node in nodes:
+        kw = node.kwargs
+        assert kw["namespace"] == "front"
+        assert ("image", "/front/color/image_raw") in kw["remappings"]
+        assert ("image/compressed", "/front/color/image_raw/compressed") in kw["remappings"]
+        assert str(robot) in kw["parameters"] and {"use_sim_time": True} in kw["parameters"]
+        assert kw["ros_arguments"] == ["--log-level", "debug"]
+    grounding = nodes[-1].kwargs["parameters"]
+    assert grounding[-1] == {"backend": "http", "model": "stvg-r1-7b-q4_k_m"}  # last: wins over the files
+    assert grounding.index(str(robot)) < len(grounding) - 1
+    assert {"backend": "http", "model": "stvg-r1-7b-q4_k_m"} not in nodes[0].kwargs["parameters"]
 
 
 def test_up_parses_parameter_overrides():
@@ -113,7 +233,6 @@ def test_parameter_files_and_docs_match_the_schema():
     fields = {f.name for f in dataclasses.fields(GroundingParams)}
     single = yaml.safe_load((PACKAGE / "config" / "grounding.yaml").read_text())
     assert set(single["/**/grounding_node"]["ros__parameters"]) == fields
-    combined = yaml.safe_load(default_params_file().read_text())
-    assert set(combined["/**/grounding_node"]["ros__parameters"]) <= fields
+    assert set(graph_parameters()["grounding_node"]) == fields
     docs = (REPO / "docs" / "ros.md").read_text()
     assert parameters_markdown(GroundingParams) in docs, "regenerate the table in docs/ros.md"

@@ -6,8 +6,16 @@ import threading
 
 import numpy as np
 import pytest
+
 from stvg_ros.core.types import Tracks
-from stvg_ros.nodes.grounding_node import QueryJob, QueryQueue, TargetFollower, check_window, reasoning_for
+from stvg_ros.nodes.query_queue import (
+    QueryJob,
+    QueryQueue,
+    TargetFollower,
+    check_window,
+    overall_progress,
+    reasoning_for,
+)
 
 S = 1_000_000_000
 
@@ -117,3 +125,23 @@ def test_reasoning_flag_and_window_checks():
     assert check_window(0.0) == "" and check_window(12.5) == ""
     for bad in (-1.0, float("nan"), float("inf")):
         assert "window_seconds" in check_window(bad)
+
+
+def test_job_reports_every_stage_once_in_order_with_overall_progress():
+    job = _job()
+    for stage, fraction in [("sampling", 0.0), ("sampling", 1.0), ("encoding", 0.0), ("encoding", 1.0)]:
+        job.report(stage, fraction)
+    for k in range(1, 101):  # token by token: only steps of >= 5 % are kept
+        job.report("reasoning", k / 100)
+    job.report("parsing", 0.0)
+    job.report("parsing", 1.0)
+    updates = job.take_updates()
+    stages = [stage for stage, _ in updates]
+    assert stages[:3] == ["queued", "sampling", "sampling"] and stages[-1] == "parsing"
+    order = ["queued", "sampling", "encoding", "reasoning", "parsing"]
+    assert [order.index(s) for s in stages] == sorted(order.index(s) for s in stages)
+    progress = [p for _, p in updates]
+    assert progress == sorted(progress) and progress[0] == 0.0 and progress[-1] == 1.0
+    assert len([s for s in stages if s == "reasoning"]) <= 21  # bounded by the 5 % step
+    assert job.take_updates() == [] and job.stage == "parsing" and job.progress == 1.0
+    assert overall_progress("encoding", 0.5) == pytest.approx(0.2) and overall_progress("parsing", 1.0) == 1.0

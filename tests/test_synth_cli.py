@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from stvg_ros.cli.main import main
 from stvg_ros.core.bag_io import COMPRESSED_TYPE, bag_info, iter_image_bag
 from stvg_ros.core.synth import SceneSpec, generate_scene, scene_seed

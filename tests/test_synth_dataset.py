@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+
 from stvg_ros.core.bag_io import IMAGE_TYPE, bag_info, iter_image_bag
 from stvg_ros.core.synth import EPOCH_NS, MIXED_ORDER, DatasetIndex
 from stvg_ros.core.video_io import iter_video, video_info

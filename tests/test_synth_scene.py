@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from stvg_ros.core.synth import (
     COLOURS,
     DIRECTIONS,

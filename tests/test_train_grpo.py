@@ -7,6 +7,7 @@ trainer wiring.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -172,16 +173,31 @@ def test_multi_gpu_and_vllm_configs_build_the_trainer_in_a_dry_run(tmp_path, con
     assert report["zero_stage"] == 3 and report["launch_distributed_type"] == "DEEPSPEED"
     assert report["rewards"] == ["iou_reward", "format_reward"]
     assert report["substitutions"]["device"].startswith("no CUDA")
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:
-        assert "deepspeed" in report["substitutions"]
+    assert report["offload_optimizer"] == "cpu"
+    assert report["offload_param"] == ("cpu" if config == "grpo_8gpu_zero3.yaml" else "none")
+    if importlib.util.find_spec("deepspeed") is None:  # the JSON is still checked; the report names what is missing
+        assert "deepspeed" in report["substitutions"] and "deepspeed" in report["missing_packages"]
     else:  # ZeRO-3 really initialised in one CPU process; the reference model is a DeepSpeed engine
         assert report["distributed_type"] == "DEEPSPEED" and report["deepspeed_zero3"] is True
         assert report["reference_model"] == "DeepSpeedEngine"
     if config == "grpo_8gpu_vllm.yaml":
         assert report["use_vllm"] is True and report["vllm"]["vllm_mode"] == "colocate"
         assert "vllm" in report["substitutions"]  # no vLLM engine without CUDA
+
+
+def test_a_deepspeed_json_that_disagrees_with_the_run_is_a_config_error(tmp_path):
+    from stvg_train.grpo import check_deepspeed_config
+
+    cfg = load_config(CONFIGS / "grpo_8gpu_zero3.yaml")
+    assert check_deepspeed_config(cfg)["zero_stage"] == 3
+    ds = json.loads((CONFIGS / "zero3_offload.json").read_text())
+    (tmp_path / "ds.json").write_text(json.dumps({**ds, "train_micro_batch_size_per_gpu": 2}))
+    cfg.grpo["deepspeed"] = str(tmp_path / "ds.json")
+    with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu is 2 but the run has 8"):
+        check_deepspeed_config(cfg)
+    cfg.grpo["deepspeed"] = str(tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="not found"):
+        check_deepspeed_config(cfg)
 
 
 def test_a_batch_that_splits_prompt_groups_is_a_config_error():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 import stvg_ros.core.answer as answer_contract
 import stvg_ros.evaluation.metrics as metrics
 from stvg_train import rewards

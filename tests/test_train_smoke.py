@@ -10,13 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 
-def test_smoke_runs_the_whole_training_path(tmp_path):
+def test_smoke_runs_the_whole_training_path(tmp_path, tiny_detector):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The session's tiny detector (tests/fixtures/detector.py), so CI trains it once for all tests.
     proc = subprocess.run(
-        [sys.executable, "-m", "stvg_train.cli", "smoke", "--json", "--work-dir", str(tmp_path / "smoke")],
+        [sys.executable, "-m", "stvg_train.cli", "smoke", "--json", "--work-dir", str(tmp_path / "smoke"),
+         "--detector", str(tiny_detector["onnx-int8"])],
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -42,7 +45,28 @@ def test_smoke_runs_the_whole_training_path(tmp_path):
     # the grounding pipeline answered through the grammar, with an ID from the tracks and a span in the clip
     assert result["answer_parsed"] is True
     answer = result["answer"]
-    assert answer["success"] and answer["target_id"] is not None
+    assert answer["success"] and answer["strict_parse"] and answer["target_id"] in answer["track_ids"]
     assert 0.0 <= answer["start_s"] <= answer["end_s"]
     # prep went through the real perception
     assert result["prep"]["samples"] >= 5 and result["prep"]["matched"] >= 1
+
+
+def test_every_subcommand_has_help(capsys):
+    from stvg_train.cli import COMMANDS, main
+
+    assert set(COMMANDS) == {"prep", "grpo", "export", "smoke"}
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0
+        assert f"usage: stvg-train {name}" in capsys.readouterr().out
+
+
+def test_a_bad_config_is_exit_code_2_with_a_message(tmp_path, capsys):
+    from stvg_train.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grpo: {learning_rate: 1e-6}\nmodle: {}\n")
+    assert main(["grpo", "--config", str(bad), "--dry-run", "--json"]) == 2
+    assert "unknown key" in capsys.readouterr().err
+    assert main(["grpo", "--config", str(tmp_path / "missing.yaml")]) == 2

@@ -24,6 +24,8 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
 
 
 def _add_prep(sub) -> None:
+    from stvg_ros.grounding.sampling import DEFAULT_MAX_PIXELS, DEFAULT_NUM_FRAMES
+
     p = sub.add_parser("prep", help="annotations + videos -> perception -> prepared samples (a datasets folder)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--annotations", help="HC-STVG v1/v2, TubeDETR or VidSTG annotation file")
@@ -34,10 +36,11 @@ def _add_prep(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (the dataset, shards for resuming, report.json)")
     p.add_argument("--detector", default=None, help="detector (manifest name or file); default: the robot's")
     p.add_argument("--perception-config", default=None, help="YAML of PerceptionConfig fields (the robot's file)")
-    p.add_argument("--num-frames", type=int, default=16, help="frames sampled per clip (the robot's default 16)")
+    p.add_argument("--num-frames", type=int, default=DEFAULT_NUM_FRAMES, help="frames sampled per clip (the robot's)")
     p.add_argument("--sample-fps", type=float, default=2.0, help="clip buffer frame rate (the node's 2.0)")
-    p.add_argument("--max-pixels", type=int, default=128 * 28 * 28, help="pixel budget per frame (the robot's)")
-    p.add_argument("--min-iou", type=float, default=0.0, help="a GT frame votes only for a track with IoU above this")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget per frame (the robot's)")
+    p.add_argument("--min-iou", type=float, default=0.5,
+                   help="a GT frame votes only for a track with at least this IoU (0: the official rule, any overlap)")
     p.add_argument("--workers", type=int, default=1, help="parallel video workers")
     p.add_argument("--limit", type=int, default=None, help="prepare at most this many videos")
     p.add_argument("--no-resume", action="store_true", help="redo videos that already have a shard")
@@ -82,9 +85,10 @@ def _add_grpo(sub) -> None:
 
 def _run_grpo(args) -> int:
     from stvg_train.config import load_config
+
+    cfg = load_config(args.config)  # a bad config fails before torch and TRL are imported
     from stvg_train.grpo import build_trainer, dry_run, ensure_launcher_env, train
 
-    cfg = load_config(args.config)
     if args.output_dir:
         cfg.output_dir = args.output_dir
     if args.max_steps is not None:
@@ -108,7 +112,10 @@ def _add_export(sub) -> None:
     p.add_argument("--name", default="stvg-r1-custom", help="name of the exported model (manifest name)")
     p.add_argument("--quant", nargs="+", default=["Q8_0", "Q4_K_M"], help="llama.cpp quantizations")
     p.add_argument("--detector", default=None, help="detector weights to export to ONNX (optional)")
-    p.add_argument("--calibration-data", default=None, help="prepared dataset whose frames calibrate int8")
+    p.add_argument("--calibration-data", default=None,
+                   help="videos folder or prepared dataset whose frames calibrate the detector's int8")
+    p.add_argument("--calibration-frames", type=int, default=32, help="frames used for int8 calibration")
+    p.add_argument("--threads", type=int, default=0, help="threads for quantization and the load check (0: all)")
     p.add_argument("--no-verify", action="store_true", help="skip loading each exported file in its backend")
     p.add_argument("--json", action="store_true")
 
@@ -125,7 +132,9 @@ def _run_export(args) -> int:
             quants=args.quant,
             detector=args.detector,
             calibration_data=args.calibration_data,
+            calibration_frames=args.calibration_frames,
             verify=not args.no_verify,
+            threads=args.threads,
         )
     )
     _emit(result, args.json)
@@ -137,13 +146,17 @@ def _add_smoke(sub) -> None:
     p.add_argument("--work-dir", default=None, help="where to build (default: a cache folder)")
     p.add_argument("--steps", type=int, default=20, help="GRPO steps")
     p.add_argument("--videos", type=int, default=5, help="synthetic videos")
+    p.add_argument("--detector", default=None,
+                   help="detector manifest name or file (default: yolo-synth-tiny, built once if missing)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--json", action="store_true")
 
 
 def _run_smoke(args) -> int:
     from stvg_train.smoke import run_smoke
 
-    result = run_smoke(work_dir=args.work_dir, steps=args.steps, videos=args.videos)
+    result = run_smoke(work_dir=args.work_dir, steps=args.steps, videos=args.videos, threads=args.threads,
+                       detector=args.detector)
     _emit(result, args.json)
     return 0 if result["ok"] else 1
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import datasets
 from datasets import Features, Image, List, Value
+
 from stvg_ros.core.prompt import build_question, clip_user_content
 
 #: Columns of a prepared sample (one row per query). Rewards read the gt_* and frame_* columns.

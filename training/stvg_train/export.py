@@ -32,7 +32,6 @@ class ExportOptions:
     out_dir: str | None = None
     name: str = "stvg-r1-custom"
     quants: list[str] = field(default_factory=lambda: ["Q8_0", "Q4_K_M"])
-    keep_f16: bool = False
     detector: str | None = None
     calibration_data: str | None = None
     calibration_frames: int = 32
@@ -88,14 +87,15 @@ def merged_model_dir(model_dir: str | Path, out_dir: str | Path, base_model: str
     return target
 
 
-def _verify_gguf(model_path: Path, mmproj_path: Path) -> dict[str, Any]:
+def _verify_gguf(model_path: Path, mmproj_path: Path, threads: int = 0) -> dict[str, Any]:
     """Load the GGUF pair in the grounding node's llama.cpp backend and answer about one frame."""
     import numpy as np
+
     from stvg_ros.core.prompt import build_question
     from stvg_ros.grounding.backends import make_backend
 
     start = time.monotonic()
-    backend = make_backend("llama_cpp", model=str(model_path), mmproj=str(mmproj_path), n_ctx=2048, n_threads=1)
+    backend = make_backend("llama_cpp", model=str(model_path), mmproj=str(mmproj_path), n_ctx=2048, n_threads=threads)
     try:
         frame = np.full((112, 112, 3), 127, np.uint8)
         result = backend.generate([frame], [0.0], build_question("the object"), reasoning=False,
@@ -168,6 +168,10 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     """
     from stvg_ros.grounding.gguf import convert_to_gguf, quantize_gguf
 
+    if opts.detector and not opts.calibration_data:  # before the (long) conversion, not after it
+        raise ValueError("--calibration-data (videos or a prepared dataset) is needed to quantize the detector")
+    if opts.detector and not Path(opts.detector).is_file():
+        raise FileNotFoundError(f"detector weights not found: {opts.detector}")
     start = time.monotonic()
     out = Path(opts.out_dir) if opts.out_dir else default_out_dir_root()
     out.mkdir(parents=True, exist_ok=True)
@@ -219,7 +223,7 @@ def export(opts: ExportOptions) -> dict[str, Any]:
                 continue  # loaded together with its model
             try:
                 if entry["role"] == "model":
-                    entry.update(_verify_gguf(Path(entry["path"]), Path(entry["mmproj"])))
+                    entry.update(_verify_gguf(Path(entry["path"]), Path(entry["mmproj"]), opts.threads))
                 else:
                     entry.update(_verify_onnx(Path(entry["path"])))
             except Exception as exc:

@@ -139,6 +139,24 @@ def grpo_arguments(cfg: TrainConfig, *, overrides: dict[str, Any] | None = None)
         raise ConfigError(f"grpo: {exc}") from None
 
 
+def set_pixel_budget(processor, *, max_pixels: int | None = None, min_pixels: int | None = None) -> None:
+    """Per-frame pixel budget of a Qwen2.5-VL processor's image processor (None: keep).
+
+    Set through `size` (longest_edge / shortest_edge are pixel counts for Qwen); the legacy
+    `max_pixels` / `min_pixels` attributes are cleared, since transformers passes them to every call.
+    """
+    image_processor = processor.image_processor
+    size = dict(image_processor.size or {})
+    if max_pixels is not None:
+        size["longest_edge"] = int(max_pixels)
+    if min_pixels is not None:
+        size["shortest_edge"] = int(min_pixels)
+    image_processor.size = size
+    for legacy in ("max_pixels", "min_pixels"):
+        if getattr(image_processor, legacy, None) is not None:
+            setattr(image_processor, legacy, None)
+
+
 def load_policy(cfg: TrainConfig, model_path: str | None = None):
     """The policy model and its processor (per-frame pixel budget from the config)."""
     from transformers import AutoProcessor
@@ -147,13 +165,7 @@ def load_policy(cfg: TrainConfig, model_path: str | None = None):
     path = model_path or cfg.model.name_or_path
     model = create_model_from_path(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
     processor = AutoProcessor.from_pretrained(path, padding_side="left")
-    image_processor = processor.image_processor
-    if cfg.model.max_pixels is not None:
-        image_processor.max_pixels = cfg.model.max_pixels
-        image_processor.size = {**dict(image_processor.size or {}), "longest_edge": cfg.model.max_pixels}
-    if cfg.model.min_pixels is not None:
-        image_processor.min_pixels = cfg.model.min_pixels
-        image_processor.size = {**dict(image_processor.size or {}), "shortest_edge": cfg.model.min_pixels}
+    set_pixel_budget(processor, max_pixels=cfg.model.max_pixels, min_pixels=cfg.model.min_pixels)
     if cfg.model.freeze_vision_tower:
         for p in find_vision_tower(model).parameters():
             p.requires_grad_(False)
@@ -251,6 +263,9 @@ def train(built: BuiltTrainer) -> dict[str, Any]:
     reward_key = "reward"
     rewards = [r[reward_key] for r in history if reward_key in r]
     losses = [float(r["loss"]) for r in history]
+    if rewards and not any(rewards):
+        log.warning("every logged reward was 0, so every advantage and the policy gradient were 0: does the "
+                    "model write `<think>...</think><answer>Target ID: N, Time range: a to b</answer>` at all?")
     return {
         "steps": int(trainer.state.global_step),
         "train_rows": built.train_rows,
@@ -307,6 +322,47 @@ def _validate_accelerate_config(cfg: TrainConfig) -> dict[str, Any]:
     return {"accelerate_config": str(path), "launch_distributed_type": kind, "launch_num_processes": procs}
 
 
+def check_deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
+    """Validate the DeepSpeed JSON named by `grpo.deepspeed` without the deepspeed package.
+
+    Parsed with accelerate's DeepSpeed config reader; values that are not "auto" must agree with
+    the run (micro batch, accumulation, global batch on the launched world size, bf16). Returns
+    what the dry run reports: ZeRO stage and where parameters and optimizer state live.
+    """
+    from accelerate.utils.deepspeed import HfDeepSpeedConfig
+
+    path = cfg.config_relative(cfg.grpo["deepspeed"])
+    if not path.is_file():
+        raise ConfigError(f"grpo.deepspeed: {path} not found")
+    try:
+        ds = HfDeepSpeedConfig(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a DeepSpeed config ({exc})") from None
+    stage = int(ds.get_value("zero_optimization.stage", 0) or 0)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"{path}: zero_optimization.stage must be 0-3, got {stage}")
+    micro = int(cfg.grpo.get("per_device_train_batch_size", STVG_R1_GRPO_DEFAULTS["per_device_train_batch_size"]))
+    accumulation = int(cfg.grpo.get("gradient_accumulation_steps", 1))
+    expected = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro * accumulation * max(cfg.launch.num_processes, 1),
+    }
+    for key, want in expected.items():
+        value = ds.get_value(key, "auto")
+        if value != "auto" and int(value) != want:
+            raise ConfigError(f"{path}: {key} is {value} but the run has {want}; set it to \"auto\"")
+    bf16 = ds.get_value("bf16.enabled", "auto")
+    if bf16 != "auto" and bool(bf16) != bool(cfg.grpo.get("bf16", False)):
+        raise ConfigError(f"{path}: bf16.enabled is {bf16} but grpo.bf16 is {cfg.grpo.get('bf16', False)}")
+    return {
+        "deepspeed_config": str(path),
+        "zero_stage": stage,
+        "offload_param": ds.get_value("zero_optimization.offload_param.device", "none") or "none",
+        "offload_optimizer": ds.get_value("zero_optimization.offload_optimizer.device", "none") or "none",
+    }
+
+
 def _global_batch(cfg: TrainConfig, args) -> dict[str, int]:
     """Completions and prompts per generation batch on the launched world size (not this process's)."""
     world = max(cfg.launch.num_processes, 1)
@@ -336,15 +392,14 @@ def dry_run(
     overrides: dict[str, Any] = {}
     launch = _validate_accelerate_config(cfg)
     uses_deepspeed = bool(cfg.grpo.get("deepspeed"))
+    missing: list[str] = []
     if uses_deepspeed:
-        ds_path = cfg.config_relative(cfg.grpo["deepspeed"])
-        if not ds_path.is_file():
-            raise ConfigError(f"grpo.deepspeed: {ds_path} not found")
-        ds = json.loads(ds_path.read_text(encoding="utf-8"))
-        launch["zero_stage"] = int(ds.get("zero_optimization", {}).get("stage", 0))
+        launch.update(check_deepspeed_config(cfg))
         if importlib.util.find_spec("deepspeed") is None:
+            missing.append("deepspeed")
             overrides["deepspeed"] = None
-            substitutions["deepspeed"] = "deepspeed is not installed: JSON checked, trainer built without ZeRO"
+            substitutions["deepspeed"] = ("deepspeed is not installed (pip install 'stvg-train[deepspeed]'): "
+                                          "its JSON was checked against the run, the trainer built without ZeRO")
         else:
             ensure_launcher_env()
     if not torch.cuda.is_available():
@@ -353,11 +408,16 @@ def dry_run(
         if cfg.model.attn_implementation == "flash_attention_2":
             cfg.model.attn_implementation = "sdpa"
             substitutions["attn_implementation"] = "flash_attention_2 needs CUDA: sdpa"
+    elif cfg.model.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        missing.append("flash_attn")
+        cfg.model.attn_implementation = "sdpa"
+        substitutions["attn_implementation"] = "flash-attn is not installed: sdpa"
     if "tensorboard" in cfg.log_to:
         from transformers.integrations import is_tensorboard_available
 
         if not is_tensorboard_available():
-            cfg.log_to = [t for t in cfg.log_to if t != "tensorboard"]
+            missing.append("tensorboard")
+            cfg.log_to = [t for t in cfg.log_to if t != "tensorboard"] or ["json"]
             substitutions["tensorboard"] = "tensorboard is not installed: JSON log only"
     vllm_settings = {}
     if cfg.grpo.get("use_vllm"):
@@ -365,7 +425,9 @@ def dry_run(
         GRPOConfig(output_dir=cfg.output_dir, **{**STVG_R1_GRPO_DEFAULTS, **cfg.grpo, "deepspeed": None,
                                                  "use_cpu": True, "report_to": []})
         vllm_settings = {k: v for k, v in cfg.grpo.items() if k.startswith("vllm_")}
-        if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
+        if importlib.util.find_spec("vllm") is None:
+            missing.append("vllm")
+        if "vllm" in missing or not torch.cuda.is_available():
             overrides["use_vllm"] = False
             substitutions["vllm"] = "vLLM needs its package and a CUDA GPU: settings validated, engine not started"
     built = build_trainer(cfg, model_path=model_path, data_paths=data_paths, grpo_overrides=overrides,
@@ -394,6 +456,7 @@ def dry_run(
         **launch,
         "resume_from": built.resume_from,
         "substitutions": substitutions,
+        "missing_packages": missing,
     }
     built.probe.close()
     return report

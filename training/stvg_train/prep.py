@@ -4,7 +4,8 @@ Each video runs once through the same perception pipeline (detector, tracker) an
 robot uses; each query of the video then becomes one sample: the frames the grounding node would
 send (`grounding.sampling.sample_clip`, IDs drawn by `core.render.render_ids`), their timestamps,
 the question, the GT span in seconds from the clip start, and the GT target ID voted as METHOD §6
-says (per GT frame the track with the highest box IoU; the most common winner).
+says (per GT frame the track with the highest box IoU; the most common winner), with
+METHOD_DETAILS §3's production floor by default (a frame votes only with IoU >= 0.5).
 
 Queries whose GT boxes match no track keep gt_target_id = -1: they are written, counted and listed
 in report.json, and left out of training by `stvg_train.data.training_dataset`. Work is sharded per
@@ -18,15 +19,17 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from stvg_ros.core.types import Tracks
 from stvg_ros.evaluation.metrics import box_iou
+from stvg_ros.grounding.sampling import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_NUM_FRAMES
 
 log = logging.getLogger("stvg_train.prep")
 
@@ -34,7 +37,7 @@ log = logging.getLogger("stvg_train.prep")
 #: low-confidence in the report (METHOD_DETAILS §3 recommends 0.5 as a production floor).
 LOW_CONFIDENCE_SHARE = 0.5
 #: Version of the prepared-sample format; shards of another version are redone.
-PREP_VERSION = "1"
+PREP_VERSION = "2"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -56,8 +59,9 @@ def vote_gt_id(frame_tracks: Mapping[int, Tracks], gt_boxes: Mapping[int, Sequen
     """Majority vote of per-frame best-IoU tracks (METHOD §6; METHOD_DETAILS §3).
 
     `frame_tracks` and `gt_boxes` are keyed by the same (decoded) frame index. A frame votes for the
-    track with the highest IoU if that IoU is above `min_iou` (0: any overlap, as the official code);
-    frames without such a track cast no vote. Ties go to the ID that got its first vote earliest.
+    track with the highest IoU if that IoU is at least `min_iou` and above 0 (0: any overlap, as the
+    official code; 0.5: METHOD_DETAILS §3's production labeller); frames without such a track cast
+    no vote. Ties go to the ID that got its first vote earliest.
     """
     votes: list[int] = []
     won_ious: dict[int, list[float]] = {}
@@ -72,7 +76,7 @@ def vote_gt_id(frame_tracks: Mapping[int, Tracks], gt_boxes: Mapping[int, Sequen
             continue
         ious = np.array([box_iou(box, gt_boxes[frame]) for box in tracked.xyxy])
         best = int(np.argmax(ious))
-        if ious[best] <= min_iou:
+        if ious[best] <= 0.0 or ious[best] < min_iou:
             continue
         winner = int(tracked.track_id[best])
         votes.append(winner)
@@ -84,14 +88,19 @@ def vote_gt_id(frame_tracks: Mapping[int, Tracks], gt_boxes: Mapping[int, Sequen
 
 
 def track_identity(
-    frame_tracks: Mapping[int, Tracks], track_id: int, object_boxes: Mapping[int, Mapping[int, Sequence[float]]]
+    frame_tracks: Mapping[int, Tracks],
+    track_id: int,
+    object_boxes: Mapping[int, Mapping[int, Sequence[float]]],
+    frames: Iterable[int] | None = None,
 ) -> int | None:
-    """Which annotated object a track followed: per frame the object whose box overlaps the track's box
-    best, then the most common one over the track's whole life. Used to check the vote where the
-    annotation knows every object's box (synthetic scenes). None if the track never overlapped one."""
+    """Which annotated object a track followed on `frames` (default: its whole life): per frame the
+    object whose box overlaps the track's box best (IoU > 0.3), then the most common one. Used to
+    check the vote where the annotation knows every object's box (synthetic scenes), on the GT
+    frames: the object the ID drawn during the event belongs to. None if it never overlapped one."""
     votes = []
-    for frame, tracks in frame_tracks.items():
-        box = tracks.box_of(track_id)
+    chosen = frame_tracks.keys() if frames is None else [f for f in frames if f in frame_tracks]
+    for frame in chosen:
+        box = frame_tracks[frame].box_of(track_id)
         objects = object_boxes.get(frame)
         if box is None or not objects:
             continue
@@ -123,11 +132,13 @@ class PrepOptions:
     #: PerceptionConfig fields (a YAML file or a mapping); defaults are the robot's.
     perception_config: str | dict[str, Any] | None = None
     #: Sampling as the grounding node does it (grounding.sampling / the node's buffer_sample_fps).
-    num_frames: int = 16
+    num_frames: int = DEFAULT_NUM_FRAMES
     sample_fps: float = 2.0
-    max_pixels: int = 128 * 28 * 28
-    min_pixels: int = 16 * 28 * 28
-    min_iou: float = 0.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_pixels: int = DEFAULT_MIN_PIXELS
+    #: A GT frame votes only for a track with at least this IoU: 0.5 is METHOD_DETAILS §3's production
+    #: labeller (a query without such a frame is reported unmatched); 0 is the official rule (any overlap).
+    min_iou: float = 0.5
     workers: int = 1
     limit: int | None = None
     resume: bool = True
@@ -157,7 +168,8 @@ def _load_jobs(opts: PrepOptions) -> tuple[list[VideoJob], str]:
         from stvg_ros.core.synth import DatasetIndex
 
         index = DatasetIndex.load(root)
-        annotations_path, videos_dir = index.annotations, Path(opts.videos or root / "videos")
+        # the folder, not its annotations.json: every query of queries.json, not only each video's first
+        annotations_path, videos_dir = root, Path(opts.videos or root / "videos")
         scene_gt = {Path(v).stem: str(g) for v, g in zip(index.videos, index.gt, strict=True)}
         source = "synthetic"
     else:
@@ -200,9 +212,14 @@ def _perception_config(opts: PrepOptions):
         import yaml
 
         settings.update(yaml.safe_load(Path(opts.perception_config).read_text(encoding="utf-8")) or {})
+    config = PerceptionConfig.from_dict(settings)  # flat fields, or the robot's ROS parameters file
     if opts.detector:
-        settings["model"] = opts.detector
-    return PerceptionConfig.from_dict(settings)
+        config = replace(config, model=opts.detector)
+    if config.detect_every == 0:
+        # Offline there is no camera to keep up with: detect on every frame, so labels do not
+        # depend on how busy the machine was (the robot's adaptive rate would).
+        config = replace(config, detect_every=1)
+    return config
 
 
 def _init_worker(opts: PrepOptions) -> None:
@@ -248,18 +265,36 @@ def perceive_video(video_path: str | Path, perception_config, *, sample_fps: flo
     return PerceivedVideo(frame_tracks, buffer.snapshot(), stamp_to_frame, fps, len(frame_tracks) / fps)
 
 
-def _object_boxes(scene_gt_path: str | None) -> dict[int, dict[int, list[float]]]:
-    if not scene_gt_path:
-        return {}
-    data = json.loads(Path(scene_gt_path).read_text())
-    return {f["index"]: {o["id"]: o["xyxy"] for o in f["objects"] if o.get("visible", 1) > 0} for f in data["frames"]}
+@dataclass
+class SceneTruth:
+    """What a synthetic scene's gt/<name>.json knows about every object: boxes and visible share per frame."""
+
+    boxes: dict[int, dict[int, list[float]]]  # frame -> object id -> xyxy (objects at least partly visible)
+    visible: dict[int, dict[int, float]]  # frame -> object id -> visible share of the object [0, 1]
+
+    @classmethod
+    def load(cls, scene_gt_path: str | None) -> SceneTruth:
+        if not scene_gt_path:
+            return cls({}, {})
+        data = json.loads(Path(scene_gt_path).read_text())
+        frames = data["frames"]
+        return cls(
+            {f["index"]: {o["id"]: o["xyxy"] for o in f["objects"] if o.get("visible", 1) > 0} for f in frames},
+            {f["index"]: {o["id"]: float(o.get("visible", 1)) for o in f["objects"]} for f in frames},
+        )
+
+    def target_visible(self, target_id: int, frames: Iterable[int]) -> bool:
+        """Whether a camera could see the target during the event: at least half visible on at least
+        half of `frames` (a query about an object hidden the whole time has no trackable target)."""
+        shares = [self.visible.get(f, {}).get(target_id, 0.0) for f in frames]
+        return bool(shares) and sum(v >= 0.5 for v in shares) >= 0.5 * len(shares)
 
 
 def prepare_video(job: VideoJob) -> list[dict[str, Any]]:
     """Samples of one video's queries (in a worker set up by _init_worker)."""
     from PIL import Image
-    from stvg_ros.grounding.sampling import sample_clip
 
+    from stvg_ros.grounding.sampling import sample_clip  # draws the IDs with core.render.render_ids
     from stvg_train.data import make_sample
 
     opts: PrepOptions = _WORKER["opts"]
@@ -271,16 +306,18 @@ def prepare_video(job: VideoJob) -> list[dict[str, Any]]:
     clip = sample_clip(seen.snapshot, 0.0, opts.num_frames, max_pixels=opts.max_pixels, min_pixels=opts.min_pixels)
     clip_offset_s = clip.clip_start_ns / 1e9  # the video's frame 0 has stamp 0
     sampled = [seen.stamp_to_frame.get(int(s)) for s in clip.stamps_ns]
-    objects = _object_boxes(job.scene_gt)
+    truth = SceneTruth.load(job.scene_gt)
     samples = []
     for query in job.queries:
         gt_boxes = {query.to_decoded(f): box for f, box in query.gt_boxes.items()}
         vote = vote_gt_id(frame_tracks, gt_boxes, opts.min_iou)
         gt_start = query.gt_start_s if query.gt_start_s is not None else query.to_decoded(query.gt_start) / fps
         gt_end = query.gt_end_s if query.gt_end_s is not None else query.to_decoded(query.gt_end) / fps
-        match = -1
-        if objects and query.target_id is not None and vote.target_id >= 0:
-            match = int(track_identity(frame_tracks, vote.target_id, objects) == query.target_id)
+        match, visible = -1, -1  # -1: not known (real annotations)
+        if truth.boxes and query.target_id is not None:
+            visible = int(truth.target_visible(query.target_id, gt_boxes))
+            if vote.target_id >= 0:
+                match = int(track_identity(frame_tracks, vote.target_id, truth.boxes, gt_boxes) == query.target_id)
         track_ids, track_boxes, frame_gt = [], [], []
         for frame in sampled:
             tracks = frame_tracks.get(frame) if frame is not None else None
@@ -310,6 +347,7 @@ def prepare_video(job: VideoJob) -> list[dict[str, Any]]:
             frame_gt_boxes=frame_gt,
         )
         sample["_annotated_match"] = match
+        sample["_target_visible"] = visible
         samples.append(sample)
     return samples
 
@@ -322,7 +360,19 @@ def _shard_dir(out: Path, video_id: str) -> Path:
     return out / "shards" / video_id
 
 
-def _write_shard(out: Path, job: VideoJob, samples: list[dict[str, Any]]) -> dict[str, Any]:
+def settings_key(opts: PrepOptions) -> str:
+    """Fingerprint of everything that changes a sample: a shard made with other settings is redone."""
+    import hashlib
+
+    settings = {
+        "version": PREP_VERSION,
+        "perception": asdict(_perception_config(opts)),
+        **{k: getattr(opts, k) for k in ("num_frames", "sample_fps", "max_pixels", "min_pixels", "min_iou")},
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_shard(out: Path, job: VideoJob, samples: list[dict[str, Any]], key: str) -> dict[str, Any]:
     import datasets
 
     from stvg_train.data import SAMPLE_FEATURES
@@ -334,6 +384,7 @@ def _write_shard(out: Path, job: VideoJob, samples: list[dict[str, Any]]) -> dic
     datasets.Dataset.from_list(rows, features=SAMPLE_FEATURES).save_to_disk(str(tmp))
     summary = {
         "prep_version": PREP_VERSION,
+        "settings_key": key,
         "video": job.video_id,
         "samples": [
             {
@@ -345,6 +396,7 @@ def _write_shard(out: Path, job: VideoJob, samples: list[dict[str, Any]]) -> dic
                 "gt_frames": s["gt_frames"],
                 "annotated_target_id": s["annotated_target_id"],
                 "annotated_match": s["_annotated_match"],
+                "target_visible": s["_target_visible"],
             }
             for s in samples
         ],
@@ -355,19 +407,39 @@ def _write_shard(out: Path, job: VideoJob, samples: list[dict[str, Any]]) -> dic
     return summary
 
 
-def _finished_shard(out: Path, video_id: str) -> dict[str, Any] | None:
+def _finished_shard(out: Path, video_id: str, key: str) -> dict[str, Any] | None:
     path = _shard_dir(out, video_id) / "prep_summary.json"
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
-    return summary if summary.get("prep_version") == PREP_VERSION else None
+    return summary if summary.get("settings_key") == key else None
+
+
+def _id_check(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often the voted ID is the annotated object (synthetic scenes), overall and on the queries
+    whose target was visible at all (a hidden object cannot be tracked, only reported)."""
+    checkable = [r for r in rows if r.get("target_visible", -1) >= 0]
+    visible = [r for r in checkable if r["target_visible"] == 1]
+
+    def correct(group: list[dict]) -> int:
+        return sum(1 for r in group if r["annotated_match"] == 1)
+
+    return {
+        "id_checked": len(checkable),
+        "id_correct": correct(checkable),
+        "id_correct_share": correct(checkable) / len(checkable) if checkable else None,
+        "wrong_id_samples": [r["sample_id"] for r in checkable if r["annotated_match"] == 0],
+        "id_visible_checked": len(visible),
+        "id_visible_correct": correct(visible),
+        "id_visible_correct_share": correct(visible) / len(visible) if visible else None,
+        "hidden_target_samples": [r["sample_id"] for r in checkable if r["target_visible"] == 0],
+    }
 
 
 def _report(summaries: list[dict], failed: list[dict], skipped: int, opts: PrepOptions, dataset_dir: Path,
             wall_s: float, source: str) -> dict[str, Any]:
     rows = [s for summary in summaries for s in summary["samples"]]
     matched = [r for r in rows if r["gt_target_id"] >= 0]
-    checked = [r for r in rows if r["annotated_match"] >= 0]
     shares = [r["gt_vote_share"] for r in matched]
     ious = [r["gt_mean_iou"] for r in matched]
     return {
@@ -388,15 +460,8 @@ def _report(summaries: list[dict], failed: list[dict], skipped: int, opts: PrepO
         "low_confidence": sum(1 for s in shares if s < LOW_CONFIDENCE_SHARE),
         "low_confidence_threshold": LOW_CONFIDENCE_SHARE,
         # Where the annotation names the target object and every object's box is known (synthetic):
-        # does the voted track follow that object? (unmatched queries count as wrong)
-        "id_checked": len(checked) + sum(1 for r in rows if r["gt_target_id"] < 0 and r["annotated_target_id"] >= 0),
-        "id_correct": sum(r["annotated_match"] for r in checked),
-        "id_correct_share": (
-            sum(r["annotated_match"] for r in checked) / n
-            if (n := len(checked) + sum(1 for r in rows if r["gt_target_id"] < 0 and r["annotated_target_id"] >= 0))
-            else None
-        ),
-        "wrong_id_samples": [r["sample_id"] for r in checked if r["annotated_match"] == 0],
+        # does the voted track follow that object during the event? Unmatched queries count as wrong.
+        **_id_check(rows),
         "min_iou": opts.min_iou,
         "workers": opts.workers,
         "wall_s": round(wall_s, 2),
@@ -412,11 +477,12 @@ def prepare(opts: PrepOptions) -> dict[str, Any]:
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs, source = _load_jobs(opts)
+    key = settings_key(opts)
     summaries: list[dict] = []
     failed: list[dict] = []
     todo: list[VideoJob] = []
     for job in jobs:
-        done = _finished_shard(out, job.video_id) if opts.resume else None
+        done = _finished_shard(out, job.video_id, key) if opts.resume else None
         if done is not None:
             summaries.append(done)
         else:
@@ -430,7 +496,7 @@ def prepare(opts: PrepOptions) -> dict[str, Any]:
             log.warning("video %s failed: %s", job.video_id, error)
             failed.append({"video": job.video_id, "queries": len(job.queries), "error": f"{type(error).__name__}: {error}"})
         else:
-            summaries.append(_write_shard(out, job, samples))
+            summaries.append(_write_shard(out, job, samples, key))
         progress.update(1)
 
     if opts.workers <= 1 or len(todo) <= 1:

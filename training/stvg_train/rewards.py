@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
 from stvg_ros.core.answer import ParsedAnswer, is_well_formatted, parse_answer
 from stvg_ros.evaluation.metrics import box_iou, temporal_iou_seconds
 

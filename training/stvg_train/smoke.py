@@ -37,6 +37,11 @@ SMOKE_MAX_PIXELS = 112 * 112
 SMOKE_PERCEPTION = {"model": "yolo-synth-tiny", "build_missing": True, "detect_every": 1}
 
 
+def smoke_perception(detector: str | None = None) -> dict[str, Any]:
+    """PerceptionConfig fields for the smoke run: the tiny detector, or `detector` (a manifest name or file)."""
+    return {**SMOKE_PERCEPTION, "model": detector} if detector else dict(SMOKE_PERCEPTION)
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
@@ -49,18 +54,17 @@ def warm_start(model_dir: Path, prepared: Path, out_dir: Path, *, steps: int = 6
     and random spans, so a random model learns the format but not the answers. Saves the model and
     its processor (with `max_pixels` per frame, if given) to out_dir."""
     import torch
-    from stvg_ros.core.answer import format_answer
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from stvg_ros.core.answer import format_answer
     from stvg_train.data import clip_prompt, load_prepared
+    from stvg_train.grpo import set_pixel_budget
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
     rows = load_prepared([prepared])
     processor = AutoProcessor.from_pretrained(model_dir)
-    if max_pixels:
-        processor.image_processor.max_pixels = max_pixels
-        processor.image_processor.size = {**dict(processor.image_processor.size), "longest_edge": max_pixels}
+    set_pixel_budget(processor, max_pixels=max_pixels or None)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -111,11 +115,11 @@ def _answer_one_query(model: dict[str, Any], synthetic_root: Path, perception: d
                       max_pixels: int) -> dict[str, Any]:
     """The robot's path with the exported files: perception -> clip buffer -> GroundingPipeline with the
     llama.cpp backend (Q8_0 + mmproj, grammar-constrained) -> parsed answer."""
+    from stvg_ros.core.answer import parse_answer
     from stvg_ros.core.synth import DatasetIndex
     from stvg_ros.grounding.backends import make_backend
     from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline, GroundingRequest
     from stvg_ros.perception.pipeline import PerceptionConfig
-
     from stvg_train.prep import perceive_video
 
     index = DatasetIndex.load(synthetic_root)
@@ -127,17 +131,18 @@ def _answer_one_query(model: dict[str, Any], synthetic_root: Path, perception: d
         outcome = GroundingPipeline(backend, config).ground(seen.snapshot, GroundingRequest(query["text"]))
     finally:
         backend.close()
-    return {"query": query["text"], "success": outcome.success, "target_id": outcome.target_id,
-            "start_s": outcome.start_s, "end_s": outcome.end_s, "tube_boxes": len(outcome.tube),
-            "message": outcome.message, "raw": outcome.raw}
+    strict = parse_answer(outcome.raw, strict=True)  # the official grammar, not only the robot's lenient reading
+    return {"query": query["text"], "success": outcome.success, "strict_parse": strict.ok,
+            "well_formatted": strict.well_formatted, "target_id": outcome.target_id,
+            "start_s": outcome.start_s, "end_s": outcome.end_s, "track_ids": list(outcome.track_ids),
+            "tube_boxes": len(outcome.tube), "message": outcome.message, "raw": outcome.raw}
 
 
 def run_smoke(work_dir: str | Path | None = None, *, steps: int = 20, videos: int = 5, threads: int = 1,
-              warm_steps: int = 100, seed: int = 0) -> dict[str, Any]:
+              warm_steps: int = 100, seed: int = 0, detector: str | None = None) -> dict[str, Any]:
     """Run the smoke pipeline; a JSON-able summary (see docs/training.md for the keys)."""
     from stvg_ros.core.paths import cache_dir
     from stvg_ros.grounding.tiny import build_tiny_qwen25vl
-
     from stvg_train.config import load_config
     from stvg_train.export import ExportOptions, export
     from stvg_train.grpo import build_trainer, train
@@ -152,12 +157,13 @@ def run_smoke(work_dir: str | Path | None = None, *, steps: int = 20, videos: in
     def lap(name: str, t0: float) -> None:
         timings[name] = round(time.monotonic() - t0, 2)
 
+    perception = smoke_perception(detector)
     t0 = time.monotonic()
     synthetic = work / f"synthetic-{videos}"
     prep_report = prepare(PrepOptions(
         out_dir=str(work / f"prepared-{videos}"), synthetic=str(synthetic), synthetic_videos=videos,
         synthetic_seed=seed, synthetic_spec=SMOKE_SCENE, num_frames=SMOKE_FRAMES, max_pixels=SMOKE_MAX_PIXELS,
-        threads=threads, perception_config=SMOKE_PERCEPTION))
+        threads=threads, perception_config=perception))
     lap("prep_s", t0)
 
     t0 = time.monotonic()
@@ -187,12 +193,12 @@ def run_smoke(work_dir: str | Path | None = None, *, steps: int = 20, videos: in
 
     t0 = time.monotonic()
     q8 = next(f for f in manifest["files"] if f["role"] == "model" and f["quantization"] == "Q8_0")
-    answer = _answer_one_query(q8, synthetic, SMOKE_PERCEPTION, SMOKE_MAX_PIXELS)
+    answer = _answer_one_query(q8, synthetic, perception, SMOKE_MAX_PIXELS)
     lap("ground_s", t0)
 
     exported = [f["path"] for f in manifest["files"]]
     all_loaded = all(f.get("loaded", False) for f in manifest["files"])
-    answer_parsed = bool(answer["success"])
+    answer_parsed = bool(answer["success"] and answer["strict_parse"])
     result = {
         "ok": bool(summary["loss_finite"] and summary["steps"] >= steps and summary["visual_grad_calls"] > 0
                    and all_loaded and answer_parsed and prep_report["samples"] > 0),

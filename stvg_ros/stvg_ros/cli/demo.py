@@ -1,9 +1,11 @@
 """`stvg-ros demo`: the whole graph on a generated video, one query over the service, an annotated video.
 
 Offline and self-contained: it writes a synthetic scene (video + rosbag2), builds the tiny test
-models on first use (`yolo-synth-tiny` detector, `qwen25vl-tiny-random` VLM, both through the model
-registry), starts tracker + overlay + grounding in this process, plays the bag into them, asks the
-scene's caption over the `ground` service, and writes:
+models on first use (`yolo-synth-tiny` detector: perception.synthetic_detector, about 3 min on 2
+cores; `qwen25vl-tiny-random` VLM: grounding.tiny; both through the model registry's build hooks,
+cached under .cache/models/), starts tracker + overlay + grounding in this process (the graph of
+`stvg-ros up`), plays the bag into them with the player node, asks the scene's caption over the
+`ground` service, and writes:
 
     <out>/demo_annotated.mp4   frames with the IDs the model sees (red) and the answer's tube (green)
     <out>/demo_result.json     the answer (same keys as `stvg-ros ask --json`) and what produced it
@@ -14,6 +16,7 @@ The tiny VLM has random weights, so its answer is not meaningful; every stage ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -42,9 +45,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=8.0, help="length of the generated video")
     parser.add_argument("--query", help="query to ask (default: the scene's generated caption)")
     parser.add_argument("--backend", default="llama_cpp", choices=("llama_cpp", "transformers"), help="VLM backend")
+    parser.add_argument(
+        "--model", default=DEMO_VLM, help=f"grounding model: manifest name or path (default: {DEMO_VLM}, built locally)"
+    )
+    parser.add_argument("--mmproj", default="", help="vision projector GGUF when --model is a GGUF path")
+    parser.add_argument(
+        "--detector",
+        default=DEMO_DETECTOR,
+        help=f"detector: manifest name or file (default: {DEMO_DETECTOR}, built locally)",
+    )
     parser.add_argument("--rate", type=float, default=2.0, help="playback speed (x real time)")
     parser.add_argument("--num-frames", type=int, default=8, help="frames the model sees")
-    parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="give up on the graph run after this many seconds (building the tiny models first is not counted)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     return parser
 
@@ -56,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     # Only this machine: the demo must not talk to (or disturb) a robot on the network.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     try:
-        summary = _demo(args, out, started)
+        with _stdout_to_stderr():  # model builds and nodes may print; stdout carries only the result
+            summary = _demo(args, out)
     except DemoError as exc:
         summary = {"success": False, "message": str(exc)}
         log.error("demo failed: %s", exc)
@@ -68,6 +86,20 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary.get("answered") else 1
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send everything written to file descriptor 1 (Python and C code alike) to stderr meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 class DemoError(RuntimeError):
     """A step of the demo that could not complete (the message says which and why)."""
 
@@ -76,32 +108,34 @@ def _step(text: str) -> None:
     print(f"[demo] {text}", file=sys.stderr, flush=True)
 
 
-def _demo(args: argparse.Namespace, out: Path, started: float) -> dict:
+def _demo(args: argparse.Namespace, out: Path) -> dict:
     from stvg_ros.core.model_registry import ModelRegistryError, pull
     from stvg_ros.core.synth import SceneSpec, write_dataset
 
-    deadline = started + args.timeout
-    _step(f"writing a {args.seconds:.0f} s synthetic scene (seed {args.seed}) to {out / 'scene'}")
+    _step(f"writing a synthetic scene ({args.seconds:g} s, seed {args.seed}) to {out / 'scene'}")
     spec = SceneSpec(seconds=args.seconds, fps=10.0, n_objects=3, difficulty="easy", max_queries=1)
     index = write_dataset(out / "scene", args.seed, 1, spec, bags=True)
     caption = index.load_queries()[0]
     query = args.query or caption["text"]
 
-    _step(f"models: {DEMO_DETECTOR} and {DEMO_VLM} (built locally on first use)")
-    try:
-        pull(DEMO_DETECTOR)
-        pull(DEMO_VLM)
-    except (ModelRegistryError, OSError) as exc:
-        raise DemoError(f"could not build the tiny demo models: {exc}") from exc
+    _step(
+        f"models: detector {args.detector}, grounding model {args.model} (the tiny ones are built locally on first use: about 3 min on 2 cores, once)"
+    )
+    for name in (args.model, args.detector):  # the quick one first: a wrong path fails before a long build
+        if Path(name).expanduser().exists():
+            continue
+        try:
+            pull(name)  # builds the tiny models (registry build hooks); fails clearly offline for hosted ones
+        except (ModelRegistryError, OSError) as exc:
+            raise DemoError(f"could not get model {name}: {exc}") from exc
 
-    run_info = _run_graph(args, out, index.bags[0], query, deadline)
+    run_info = _run_graph(args, out, index.bags[0], query, time.monotonic() + args.timeout)
     result = run_info["result"]
     summary = {
         "answered": True,
         **result,
         "backend": args.backend,
-        "meaningful": False,
-        "disclaimer": _disclaimer(),
+        **_meaning(args.model),
         "ground_truth": {"text": caption["text"], "start": caption["start_s"], "end": caption["end_s"]},
         "frames_played": run_info["frames_played"],
         "tracks_received": len(run_info["tracks"]),
@@ -119,10 +153,19 @@ def _demo(args: argparse.Namespace, out: Path, started: float) -> dict:
     return summary
 
 
-def _disclaimer() -> str:
-    from stvg_ros.grounding.tiny import TINY_DISCLAIMER
+def _meaning(model: str) -> dict:
+    """{"meaningful", "disclaimer"}: whether the model's answer can mean anything, in plain words."""
+    from stvg_ros.grounding.models import manifest_note
+    from stvg_ros.grounding.tiny import TINY_DISCLAIMER, is_tiny_model
 
-    return f"{DEMO_VLM} is a {TINY_DISCLAIMER}; the graph, tracker, prompt, parser and tube around it are real"
+    note = manifest_note(model) if not Path(model).expanduser().exists() else ""
+    if model == DEMO_VLM or is_tiny_model(model) or "meaningless" in note:
+        return {
+            "meaningful": False,
+            "disclaimer": f"{Path(model).name} is a {TINY_DISCLAIMER}, so the ID and span it chose are not meaningful; "
+            "the graph, tracker, buffer, prompt, grammar, parser and tube around it are the real ones",
+        }
+    return {"meaningful": True, "disclaimer": note}
 
 
 def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadline: float) -> dict:
@@ -131,17 +174,17 @@ def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadl
     from std_msgs.msg import Bool
 
     from stvg_ros.cli.ask import result_to_dict
+    from stvg_ros.nodes.common import tracks_from_msg
     from stvg_ros.nodes.graph import PLAYER_NODE, Graph, graph_nodes, merged_params_file, ros_arguments
-    from stvg_ros.nodes.grounding_node import tracks_from_msg
     from stvg_ros_msgs.msg import TrackedObjectArray
     from stvg_ros_msgs.srv import Ground
 
     overrides = {
-        "tracker_node": {"detector": DEMO_DETECTOR},
+        "tracker_node": {"detector": args.detector},
         "grounding_node": {
             "backend": args.backend,
-            "model": DEMO_VLM,
-            "mmproj": "",
+            "model": args.model,
+            "mmproj": args.mmproj,
             "n_gpu_layers": 0,
             "num_frames": args.num_frames,
             "buffer_seconds": args.seconds + 30.0,
@@ -265,7 +308,7 @@ def _report(summary: dict) -> str:
         f'query: "{summary["query"]}"',
         f"answer ({summary['model']} via {summary['backend']}):",
         *("  " + line for line in format_result(summary).splitlines()),
-        f"NOTE: {summary['disclaimer']}.",
+        *([f"NOTE: {summary['disclaimer']}."] if summary.get("disclaimer") else []),
         f"scene caption span (ground truth): {gt['start']:.2f} s to {gt['end']:.2f} s",
         f"played {summary['frames_played']} frames, {summary['tracks_received']} tracks messages",
         f"annotated video: {summary['annotated_video']}",

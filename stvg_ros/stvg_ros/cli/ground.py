@@ -37,9 +37,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("query", help="what to find, e.g. 'the person in red who sat down'")
     parser.add_argument("--json", action="store_true", help="print the answer as one JSON object")
     parser.add_argument("--backend", choices=("llama_cpp", "transformers", "http"), default="llama_cpp")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"manifest name or path: GGUF (llama_cpp), HF folder (transformers), served name "
-                             f"(http) (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=None,
+                        help=f"manifest name or path: GGUF (llama_cpp, default {DEFAULT_MODEL}), HF folder "
+                             "(transformers), served model name (http, default: the one the server serves)")
     parser.add_argument("--mmproj", default="", help="vision projector GGUF (llama_cpp; default: the manifest's)")
     parser.add_argument("--endpoint", default="", help="OpenAI-compatible base URL (http backend)")
     parser.add_argument("--detector", default="yolo-synth-tiny", help="detector manifest name or model path")
@@ -54,6 +54,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp context length")
     parser.add_argument("--n-threads", type=int, default=0, help="llama.cpp threads (0: all cores but one)")
     parser.add_argument("--n-gpu-layers", type=int, default=-1, help="llama.cpp layers on the GPU (-1: all)")
+    parser.add_argument("--no-flash-attn", action="store_true", help="llama.cpp without flash attention")
     parser.add_argument("--max-frames", type=int, default=None, help="read at most this many video frames")
     return parser
 
@@ -82,31 +83,41 @@ def _perceive(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from stvg_ros.core.prompt import QueryError, normalize_query
     from stvg_ros.core.video_io import VideoError, video_info
     from stvg_ros.grounding.backends import ModelLoadError, make_backend
     from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline, GroundingRequest
 
+    try:  # cheap checks first: a bad query or video should not wait for a model to load
+        normalize_query(args.query)
+    except QueryError as exc:
+        return _error(f"bad query: {exc}", args.json)
     try:
         video_info(args.video)
     except VideoError as exc:
         return _error(str(exc), args.json)
+    if args.model is None:
+        args.model = DEFAULT_MODEL if args.backend == "llama_cpp" else ""
     try:
         backend = make_backend(args.backend, model=args.model, mmproj=args.mmproj, endpoint=args.endpoint,
                                n_ctx=args.n_ctx, n_threads=args.n_threads, n_gpu_layers=args.n_gpu_layers,
-                               timeout_s=args.timeout)
+                               flash_attn=not args.no_flash_attn, timeout_s=args.timeout)
     except (ModelLoadError, ValueError) as exc:
         return _error(f"cannot load the model: {exc}", args.json)
     try:
-        snapshot, frames, fps, perception_ms = _perceive(args)
-    except Exception as exc:
-        return _error(f"cannot process {args.video}: {type(exc).__name__}: {exc}", args.json)
-    config = GroundingConfig(num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
-                             reasoning=not args.no_reasoning, strict=args.strict, timeout_s=args.timeout)
-    outcome = GroundingPipeline(backend, config).ground(snapshot, GroundingRequest(args.query, args.window))
+        try:
+            snapshot, frames, fps, perception_ms = _perceive(args)
+        except Exception as exc:  # detector missing, unreadable frames: one clear line, exit 2
+            return _error(f"cannot process {args.video}: {type(exc).__name__}: {exc}", args.json)
+        config = GroundingConfig(num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
+                                 reasoning=not args.no_reasoning, strict=args.strict, timeout_s=args.timeout)
+        outcome = GroundingPipeline(backend, config).ground(snapshot, GroundingRequest(args.query, args.window))
+    finally:
+        backend.close()
     result = outcome.to_json()
     result.update(video=str(args.video), frames=frames, fps=fps, backend=args.backend, detector=args.detector)
     result["timings"]["perception_ms"] = round(perception_ms, 1)
-    note = _model_note(args.model)
+    note = _model_note(args.model or outcome.model)
     if note:
         result["note"] = note
     if args.json:
@@ -114,8 +125,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(_summary(result))
-    if hasattr(backend, "close"):
-        backend.close()
     return 0 if outcome.success else 1
 
 
@@ -148,7 +157,8 @@ def _summary(result: dict) -> str:
 def _error(message: str, as_json: bool) -> int:
     message = " ".join(message.split())
     if as_json:
-        json.dump({"success": False, "message": message}, sys.stdout)
+        json.dump({"success": False, "message": message, "target_id": None, "start": None, "end": None, "tube": [],
+                   "raw": ""}, sys.stdout)
         sys.stdout.write("\n")
     print(f"stvg-ros ground: error: {message}", file=sys.stderr)
     return 2

@@ -1,6 +1,6 @@
 """`stvg-ros up`: start the node graph (tracker, overlay, grounding) in this process.
 
-The same nodes, parameters file, remaps and namespace as `ros2 launch stvg_ros grounding.launch.py`,
+The same nodes, parameters files, remaps and namespace as `ros2 launch stvg_ros grounding.launch.py`,
 for machines without the `ros2` CLI. Runs until Ctrl-C / SIGTERM.
 """
 
@@ -17,7 +17,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="start the node graph in this process (what the launch file starts)",
         description="Start tracker, overlay and grounding nodes in one process (MultiThreadedExecutor).",
     )
-    parser.add_argument("--params", metavar="FILE", help="ROS parameters file (default: config/stvg_ros.yaml)")
+    parser.add_argument(
+        "--params",
+        metavar="FILE",
+        help="ROS parameters file applied after each node's config/<node>.yaml (sections for any node)",
+    )
     parser.add_argument("--camera-topic", default=DEFAULT_CAMERA_TOPIC, help="camera image topic (sensor_msgs/Image)")
     parser.add_argument("--namespace", default="", help="namespace of all nodes (e.g. one per camera)")
     parser.add_argument("--backend", choices=("llama_cpp", "transformers", "http"), help="grounding backend")

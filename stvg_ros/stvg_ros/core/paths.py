@@ -36,6 +36,6 @@ def manifest_dirs() -> list[Path]:
         from ament_index_python.packages import get_package_share_directory
 
         dirs.append(Path(get_package_share_directory("stvg_ros")) / "models")
-    except Exception:  # noqa: BLE001 - no ament index (plain pip install): nothing more to search
+    except Exception:
         pass
     return [d for d in dirs if d.is_dir()]

@@ -42,6 +42,10 @@ def normalize_query(query: str | bytes) -> str:
             raise QueryError(f"query is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     if not isinstance(query, str):
         raise QueryError(f"query must be text, got {type(query).__name__}")
+    try:  # undecodable bytes from argv or a file arrive as lone surrogates
+        query.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise QueryError(f"query is not valid UTF-8 (undecodable character at position {exc.start})") from None
     text = " ".join(query.split())  # newlines and tabs cannot break the template's paragraphs
     if len(text) > MAX_QUERY_CHARS:
         raise QueryError(f"query has {len(text)} characters; the limit is {MAX_QUERY_CHARS}")

@@ -1095,7 +1095,9 @@ class DatasetIndex:
         }
 
     def save(self) -> Path:
-        rel = lambda p: str(Path(p).relative_to(self.root))  # noqa: E731
+        def rel(path: Path | str) -> str:
+            return str(Path(path).relative_to(self.root))
+
         data = {
             "synth_version": SYNTH_VERSION,
             "seed": self.seed,

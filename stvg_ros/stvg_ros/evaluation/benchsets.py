@@ -11,6 +11,9 @@
 
 Levels: easy, occlusion (the target is fully hidden for a while), distractors (look-alikes),
 crossing (paths cross), mixed (cycles through the four).
+
+`write_long_case` writes one long, small bag (default 10 minutes) with its annotation and sidecar:
+the memory test of `eval replay` and the replay benchmark.
 """
 
 from __future__ import annotations
@@ -144,3 +147,68 @@ def make_set_from_args(args: argparse.Namespace) -> dict:
         storage=args.storage,
         bags=not args.no_bags,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# a long bag for memory and throughput checks of replay
+
+LONG_CASE_ID = "long_drive"
+LONG_CASE_T0_NS = 1_750_000_000 * 10**9
+
+
+def long_case_square(frame: int, width: int, height: int, side: int) -> tuple[int, int]:
+    """Top-left corner of the long case's square: back and forth across the frame, 1 px per frame."""
+    span = width - side
+    phase = frame % (2 * span)
+    return (phase if phase < span else 2 * span - phase), (height - side) // 2
+
+
+def write_long_case(
+    out: str | Path,
+    seconds: float = 600.0,
+    fps: float = 4.0,
+    width: int = 96,
+    height: int = 72,
+    side: int = 12,
+    gt_frames: int = 100,
+    storage: str = "mcap",
+) -> Path:
+    """A bag of `seconds` with one square moving back and forth, an HC-STVG annotation whose GT
+    tube covers the square on the last `gt_frames` frames but ten, and the sidecar that asks about
+    it after the last frame. Frames are generated one at a time. Returns the sidecar's path."""
+    import numpy as np
+
+    from stvg_ros.core.bag_io import write_image_bag
+
+    frames = round(seconds * fps)
+    if frames < gt_frames + 20 or side >= min(width, height):
+        raise EvalError("the long case needs more frames than its GT tube and a square smaller than the frame")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    background = np.full((height, width, 3), 96, np.uint8)
+
+    def generate():
+        for frame in range(frames):
+            rgb = background.copy()
+            x, y = long_case_square(frame, width, height, side)
+            rgb[y : y + side, x : x + side] = (220, 60, 40)
+            yield LONG_CASE_T0_NS + round(frame * 1e9 / fps), rgb
+
+    write_image_bag(root / "bag", generate(), topic=DEFAULT_TOPIC, storage=storage, overwrite=True)
+    first, end = frames - gt_frames, frames - 10  # decoded [first, end)
+    annotation = {
+        f"{LONG_CASE_ID}.mp4": {
+            "st_frame": first + 1,  # HC-STVG counts from 1
+            "bbox": [[*long_case_square(f, width, height, side), side, side] for f in range(first, end)],
+            "img_num": frames,
+            "img_size": [height, width],
+            "fps": fps,
+            "English": "the red square moving across",
+            "st_time": first / fps,
+            "ed_time": (end - 1) / fps,
+        }
+    }
+    (root / "annotations.json").write_text(json.dumps(annotation) + "\n")
+    sidecar = sidecar_for(LONG_CASE_ID, Path("bag"), Path("annotations.json"), [LONG_CASE_ID], DEFAULT_TOPIC)
+    (root / "sidecar.json").write_text(json.dumps(sidecar, indent=1) + "\n")
+    return root / "sidecar.json"

@@ -240,11 +240,20 @@ def summarize(scores: Sequence[QueryScore], protocol: str = DEFAULT_PROTOCOL) ->
 def evaluate(
     queries: Iterable[Query], predictions: Mapping[str, Prediction], protocol: str = DEFAULT_PROTOCOL
 ) -> tuple[dict, list[QueryScore]]:
-    """Score every query (missing predictions count 0). Returns (summary with `per_video`, scores)."""
+    """Score every query (missing predictions count 0). Returns (summary with `per_video`, and
+    `by_qtype` when the queries have sentence types, scores)."""
     if protocol not in PROTOCOLS:
         raise EvalError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    queries = list(queries)
     scores = [score_query(q, predictions.get(q.query_id), protocol) for q in queries]
     summary = summarize(scores, protocol)
+    # VidSTG results are reported per sentence type (declarative / interrogative), as TubeDETR does
+    qtypes = sorted({q.qtype for q in queries if q.qtype})
+    if qtypes:
+        summary["by_qtype"] = {
+            qtype: summarize([s for q, s in zip(queries, scores, strict=True) if q.qtype == qtype], protocol)
+            for qtype in qtypes
+        }
     summary["per_video"] = {s.query_id: {"tIoU": s.tiou, "vIoU": s.viou, "predicted": s.predicted} for s in scores}
     return summary, scores
 

@@ -16,8 +16,10 @@ The bag's k-th image message is annotation frame `k + frame_base`; its frame cou
 annotation's. Playback is lock-step by default (`--pace lockstep`: the next frame is published once
 the tracker's `tracks` for the previous one arrived, so the tracker sees every frame, as offline),
 or paced by the stamps (`--pace rate --rate R`, 0 = as fast as possible). /clock follows the header
-stamps; nothing loops. Several sidecars are played one after another with their stamps shifted by
-`BAG_GAP_S` so that sim time only moves forward (results are mapped back to each bag's frames).
+stamps; nothing loops; sim time stands still while a query is answered. CompressedImage bags are
+decoded when the graph does not listen to compressed images. Several sidecars are played one after
+another with their stamps shifted by `BAG_GAP_S` so that sim time only moves forward (results are
+mapped back to each bag's frames).
 
 Memory stays bounded: frames are streamed one at a time, tracks are kept only for frames inside a
 GT span (the perception ceiling needs no others) and written to tracks.jsonl as they come.
@@ -42,7 +44,7 @@ from pathlib import Path
 from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, load_annotations
 from stvg_ros.evaluation.predictions import Prediction, save_predictions, span_indices, write_records
-from stvg_ros.evaluation.tracks import TrackLog
+from stvg_ros.evaluation.tracks import TrackLog, TrackWriter
 
 log = logging.getLogger("stvg_ros.eval.replay")
 
@@ -51,6 +53,8 @@ log = logging.getLogger("stvg_ros.eval.replay")
 BAG_GAP_S = 1000.0
 #: Most stamps remembered for mapping results back to frames (a tube lies in the node's buffer).
 STAMP_MEMORY = 200_000
+#: Lock-step playback gives up after this many frames in a row without the tracker's answer.
+LOCKSTEP_MAX_MISSES = 3
 
 
 @dataclass(frozen=True)
@@ -312,15 +316,11 @@ class _Driver:
 
         stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
         self.clock_pub.publish(self.Clock(clock=stamp))
-        if msgtype.endswith("CompressedImage") and self.config.decompress:
-            from stvg_ros.core.image_codec import decode_compressed
-
-            rgb = decode_compressed(message)
-            out = self.Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
-                             step=rgb.shape[1] * 3)  # fmt: skip
-            out.data = rgb.tobytes()
-            pub = self.image_pub
-        elif msgtype.endswith("CompressedImage"):
+        if msgtype.endswith("CompressedImage"):
+            # decoded when asked, or when nothing in the graph listens to compressed images
+            if self.config.decompress or self.compressed_pub.get_subscription_count() == 0:
+                self.publish_decoded(stamp, message)
+                return
             out = self.CompressedImage(format=str(message.format))
             out.data = bytes(message.data)
             pub = self.compressed_pub
@@ -332,6 +332,18 @@ class _Driver:
         out.header.stamp = stamp
         out.header.frame_id = str(message.header.frame_id)
         pub.publish(out)
+
+    def publish_decoded(self, stamp, message) -> None:
+        """A CompressedImage published as sensor_msgs/Image (for a graph that listens to raw images)."""
+        from stvg_ros.core.image_codec import decode_compressed
+
+        rgb = decode_compressed(message)
+        out = self.Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
+                         step=rgb.shape[1] * 3)  # fmt: skip
+        out.data = rgb.tobytes()
+        out.header.stamp = stamp
+        out.header.frame_id = str(message.header.frame_id)
+        self.image_pub.publish(out)
 
     def ground(self, text: str, window_s: float, timeout_s: float):
         """Call the service; (response or None, error text, wall seconds)."""
@@ -379,7 +391,8 @@ def _stop_graph(process: subprocess.Popen | None) -> None:
 
 
 def _sample_memory(stats: dict, graph: subprocess.Popen | None) -> None:
-    """Append this process's (and a started graph's) resident memory to the replay stats."""
+    """Append this process's (and a started graph's) resident memory to the replay stats (every
+    500 frames during playback)."""
     stats["rss_mb"].append(round(rss_mb() or 0.0, 1))
     if graph is not None and (value := rss_mb(graph.pid)) is not None:
         stats["graph_rss_mb"].append(round(value, 1))
@@ -469,7 +482,8 @@ def replay(config: ReplayConfig) -> dict:
         progress = tqdm(total=total, unit="frame", desc="replay", disable=not config.progress, file=sys.stderr)
         offset_ns = 0
         last_published = None
-        with (out / "tracks.jsonl").open("w", encoding="utf-8") as tracks_file:
+        missed_in_a_row = 0
+        with TrackWriter(out / "tracks.jsonl") as tracks_file:
 
             def keep(msg) -> bool:
                 stamp = _stamp_ns(msg.header.stamp)
@@ -478,8 +492,7 @@ def replay(config: ReplayConfig) -> dict:
                     return False
                 ids = [int(o.track_id) for o in msg.objects]
                 boxes = [[float(o.x1), float(o.y1), float(o.x2), float(o.y2)] for o in msg.objects]
-                tracks_file.write(json.dumps({"video_id": hit[0], "frame": hit[1], "stamp_ns": stamp,
-                                              "ids": ids, "boxes": boxes}) + "\n")  # fmt: skip
+                tracks_file.write(hit[0], hit[1], ids, boxes, stamp - offset_ns)
                 if hit in gt_frames:
                     tracks.add(hit[0], hit[1], ids, boxes, stamp)
                 return True
@@ -509,8 +522,16 @@ def replay(config: ReplayConfig) -> dict:
                         msg = driver.take_tracks(stamp, config.frame_timeout_s)
                         if msg is not None and keep(msg):
                             stats["frames_with_tracks"] += 1
+                            missed_in_a_row = 0
                         else:
                             stats["frames_without_tracks"] += 1
+                            missed_in_a_row += 1
+                            if missed_in_a_row >= LOCKSTEP_MAX_MISSES:
+                                raise EvalError(
+                                    f"no tracks on {config.tracks_topic!r} for {missed_in_a_row} frames in a row "
+                                    f"({config.frame_timeout_s:.0f} s each): is the tracker running and listening "
+                                    f"to {config.camera_topic!r}? (--pace rate does not wait for it)"
+                                )
                     else:
                         for msg in driver.drain_tracks():
                             stats["frames_with_tracks"] += int(keep(msg))
@@ -535,7 +556,10 @@ def replay(config: ReplayConfig) -> dict:
                     for msg in driver.drain_tracks():
                         stats["frames_with_tracks"] += int(keep(msg))
         progress.close()
-        _sample_memory(stats, graph)
+        # after the queries: the model's working memory is in here, the playback samples are above
+        stats["final_rss_mb"] = round(rss_mb() or 0.0, 1)
+        if graph is not None:
+            stats["final_graph_rss_mb"] = round(rss_mb(graph.pid) or 0.0, 1)
     finally:
         if driver is not None:
             driver.close()
@@ -579,6 +603,8 @@ def _record(query: Query, prediction: Prediction, response, error: str, wall_s: 
             success=bool(result.success),
             failure="" if result.success else str(result.message),
             message=str(result.message),
+            # the graph's clock when it answered: sim time (the bag's stamps) when it runs on /clock
+            answered_stamp_ns=_stamp_ns(result.header.stamp) - offset_ns,
             start_stamp_ns=_stamp_ns(result.start) - offset_ns,
             end_stamp_ns=_stamp_ns(result.end) - offset_ns,
             sampled_stamps_ns=[_stamp_ns(s) - offset_ns for s in result.sampled_stamps],
@@ -603,6 +629,11 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracks-topic", default="/tracks", help="the tracker's TrackedObjectArray topic")
     parser.add_argument("--service", default="/ground", help="the grounding node's Ground service")
     parser.add_argument("--start-graph", action="store_true", help="start `stvg-ros up --use-sim-time` for the run")
+    parser.add_argument("--params", default=None, metavar="FILE",
+                        help="with --start-graph: the graph's ROS parameters file")  # fmt: skip
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NODE:NAME=VALUE",
+                        help="with --start-graph: override one parameter of the graph, as `stvg-ros up -p` and "
+                        "`eval run -p` (repeatable)")  # fmt: skip
     parser.add_argument("--graph-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for `stvg-ros up` (repeatable), e.g. --graph-arg=--backend=llama_cpp")  # fmt: skip
     parser.add_argument("--graph-timeout", type=float, default=120.0, help="seconds to wait for the graph")
@@ -615,6 +646,8 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def replay_from_args(args: argparse.Namespace) -> dict:
+    graph_args = ["--params", args.params] if args.params else []
+    graph_args += [a for item in args.param for a in ("-p", item)] + list(args.graph_arg)
     config = ReplayConfig(
         sidecars=[Path(args.sidecar), *map(Path, args.more_sidecars)],
         out=Path(args.out),
@@ -628,7 +661,7 @@ def replay_from_args(args: argparse.Namespace) -> dict:
         tracks_topic=args.tracks_topic,
         service=args.service,
         start_graph=args.start_graph,
-        graph_args=list(args.graph_arg),
+        graph_args=graph_args,
         graph_timeout_s=args.graph_timeout,
         frame_timeout_s=args.frame_timeout,
         query_timeout_s=args.query_timeout,
@@ -637,4 +670,6 @@ def replay_from_args(args: argparse.Namespace) -> dict:
     )
     if config.pace == "rate" and config.rate < 0:
         raise EvalError("--rate must be >= 0")
+    if config.graph_args and not config.start_graph:
+        raise EvalError("--params, -p and --graph-arg configure a graph that replay starts: add --start-graph")
     return replay(config)

@@ -1,4 +1,4 @@
-"""Reports: report.json, report.md and plots (matplotlib, Agg backend, no display needed).
+"""Reports: report.json, report.md, report.html and plots (matplotlib, Agg backend, no display needed).
 
 Plots: `hist_tiou.png`, `hist_viou.png` (per-query histograms) and `timeline.png` (per query, the GT
 span against the predicted span, in frames).
@@ -27,6 +27,8 @@ def summary_lines(summary: Mapping) -> list[str]:
     lines = [f"protocol {summary.get('protocol')} ({summary.get('n_queries')} queries, "
              f"{summary.get('n_missing', 0)} without prediction); values in %"]  # fmt: skip
     lines += [f"  {key:12s} {_pct(summary[key])}" for key in keys]
+    for qtype, part in (summary.get("by_qtype") or {}).items():
+        lines.append(f"  {qtype}: " + ", ".join(f"{k} {_pct(v)}" for k, v in part.items() if k.startswith(("m_", "vIoU@"))))
     if summary.get("id_accuracy") is not None:
         lines.append(f"  {'ID accuracy':12s} {_pct(summary['id_accuracy'])} (reference: {summary.get('id_reference')})")
     ceiling = summary.get("perception_ceiling")
@@ -83,48 +85,82 @@ def _plots(out: Path, summary: Mapping, annotations: AnnotationSet, predictions:
     return written
 
 
+def _tables(summary: Mapping, annotations: AnnotationSet, predictions: Mapping[str, Prediction]) -> list[tuple]:
+    """The report's content as (title, header, rows) tables, shared by report.md and report.html."""
+    metrics = [(k, _pct(v)) for k, v in summary.items() if k.startswith(("m_", "vIoU@", "tIoU@"))]
+    if summary.get("id_accuracy") is not None:
+        metrics.append((f"ID accuracy ({summary.get('id_reference')})", _pct(summary["id_accuracy"])))
+    for key, value in (summary.get("perception_ceiling") or {}).items():
+        metrics.append((f"perception ceiling {key}", _pct(value)))
+    for qtype, part in (summary.get("by_qtype") or {}).items():
+        metrics += [(f"{qtype} {k}", _pct(v)) for k, v in part.items() if k.startswith(("m_", "vIoU@", "tIoU@"))]
+    tables = [("", ("metric", "value (%)"), metrics)]
+    if summary.get("error_sources"):
+        tables.append(("Where queries failed", ("error source", "queries"),
+                       [(k, str(v)) for k, v in summary["error_sources"].items()]))  # fmt: skip
+    worst = sorted(summary.get("per_video", {}).items(), key=lambda kv: kv[1]["vIoU"])[:15]
+    rows = []
+    for query_id, entry in worst:
+        query = annotations.queries.get(query_id)
+        pred = predictions.get(query_id)
+        gt = f"[{query.gt_start}, {query.gt_end})" if query else "?"
+        span = f"[{pred.start}, {pred.end})" if pred is not None and not pred.empty else "none"
+        caption = (query.caption if query else "")[:60]
+        rows.append((query_id, caption, gt, span, f"{entry['tIoU']:.3f}", f"{entry['vIoU']:.3f}",
+                     _fmt(entry.get("ceiling_vIoU")), str(entry.get("error_source", ""))))  # fmt: skip
+    if rows:
+        tables.append(("Lowest vIoU", ("query", "caption", "GT span", "predicted", "tIoU", "vIoU", "ceiling",
+                                       "source"), rows))  # fmt: skip
+    return tables
+
+
+def _intro(summary: Mapping) -> str:
+    rule = summary.get("threshold_rule", ">")
+    return (f"Protocol {summary.get('protocol')} (vIoU@R counts vIoU {rule} R); {summary.get('n_queries')} queries, "
+            f"{summary.get('n_missing', 0)} without prediction.")  # fmt: skip
+
+
 def markdown(
     summary: Mapping, annotations: AnnotationSet, predictions: Mapping[str, Prediction], plots: list[str]
 ) -> str:
     """report.md: headline metrics, diagnostics, the worst queries, the plots."""
-    rule = summary.get("threshold_rule", ">")
-    lines = [
-        "# Evaluation report",
-        "",
-        f"Protocol **{summary.get('protocol')}** (vIoU@R counts vIoU {rule} R); "
-        f"{summary.get('n_queries')} queries, {summary.get('n_missing', 0)} without prediction.",
-        "",
-        "| metric | value (%) |",
-        "|---|---|",
-    ]
-    lines += [f"| {k} | {_pct(v)} |" for k, v in summary.items() if k.startswith(("m_", "vIoU@", "tIoU@"))]
-    if summary.get("id_accuracy") is not None:
-        lines.append(f"| ID accuracy ({summary.get('id_reference')}) | {_pct(summary['id_accuracy'])} |")
-    for key, value in (summary.get("perception_ceiling") or {}).items():
-        lines.append(f"| perception ceiling {key} | {_pct(value)} |")
-    if summary.get("error_sources"):
-        lines += ["", "Where queries failed (vIoU ≤ 0.5): " + ", ".join(
-            f"{k}: {v}" for k, v in summary["error_sources"].items())]  # fmt: skip
-    per_video = summary.get("per_video", {})
-    worst = sorted(per_video.items(), key=lambda kv: kv[1]["vIoU"])[:15]
-    if worst:
-        lines += ["", "## Lowest vIoU", "", "| query | caption | GT span | predicted | tIoU | vIoU | ceiling | source |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for query_id, entry in worst:
-            query = annotations.queries.get(query_id)
-            pred = predictions.get(query_id)
-            gt = f"[{query.gt_start}, {query.gt_end})" if query else "?"
-            span = f"[{pred.start}, {pred.end})" if pred is not None and not pred.empty else "none"
-            caption = (query.caption if query else "").replace("|", "/")[:60]
-            lines.append(
-                f"| {query_id} | {caption} | {gt} | {span} | {entry['tIoU']:.3f} | {entry['vIoU']:.3f} | "
-                f"{_fmt(entry.get('ceiling_vIoU'))} | {entry.get('error_source', '')} |"
-            )
+    lines = ["# Evaluation report", "", _intro(summary)]
+    for title, header, rows in _tables(summary, annotations, predictions):
+        lines += ["", f"## {title}", ""] if title else [""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
+    if summary.get("warnings"):
+        lines.append("")
     for warning in summary.get("warnings", []):
         lines.append(f"- warning: {warning}")
     return "\n".join(lines) + "\n"
+
+
+def html_report(
+    summary: Mapping, annotations: AnnotationSet, predictions: Mapping[str, Prediction], plots: list[str]
+) -> str:
+    """report.html: the same content as report.md, one self-contained page (plots beside it)."""
+    from html import escape
+
+    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>Evaluation report</title>',
+             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}</style></head><body>",
+             "<h1>Evaluation report</h1>", f"<p>{escape(_intro(summary))}</p>"]  # fmt: skip
+    for title, header, rows in _tables(summary, annotations, predictions):
+        if title:
+            parts.append(f"<h2>{escape(title)}</h2>")
+        parts.append("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows]
+        parts.append("</table>")
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        parts += [f'<img src="{escape(name)}" alt="{escape(name)}">' for name in plots]
+    if summary.get("warnings"):
+        parts.append("<ul>" + "".join(f"<li>warning: {escape(w)}</li>" for w in summary["warnings"]) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
 
 
 def _fmt(value) -> str:
@@ -138,10 +174,11 @@ def write_report(
     predictions: Mapping[str, Prediction],
     plots: bool = True,
 ) -> dict[str, Path]:
-    """Write report.json, report.md and the plots into `out_dir`; returns their paths."""
+    """Write report.json, report.md, report.html and the plots into `out_dir`; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     names = _plots(out, summary, annotations, predictions) if plots else []
     (out / "report.md").write_text(markdown(summary, annotations, predictions, names), encoding="utf-8")
-    return {name: out / name for name in ["report.json", "report.md", *names]}
+    (out / "report.html").write_text(html_report(summary, annotations, predictions, names), encoding="utf-8")
+    return {name: out / name for name in ["report.json", "report.md", "report.html", *names]}

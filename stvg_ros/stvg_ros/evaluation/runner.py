@@ -3,9 +3,10 @@ metrics and a report, offline, without ROS.
 
 It runs the robot's own parts in the robot's order, in one process: every frame goes through the
 perception pipeline (detector + tracker) and into a ClipBuffer; each query of the video is then
-grounded over the whole video (the buffer is sized to hold it) with the GroundingPipeline. Settings
-come from the same ROS parameters file as the graph (`--params`, sections `tracker_node` and
-`grounding_node`), so `eval run` and `eval replay` run the same configuration.
+grounded over the whole video (the buffer is sized to hold it) with the GroundingPipeline. Both are
+built the way the nodes build them (`build_perception`, `make_backend` + `GroundingPipeline`), from
+the graph's own parameters (`nodes.graph.graph_parameters`: the nodes' config files, `--params`,
+`-p` overrides), so `eval run` and `eval replay` with the same arguments run the same configuration.
 
 Outputs in `--out`: predictions.json (annotation frame indexing), records.jsonl (one per query:
 answer, raw output, stamps, timings, failure reason, scores), tracks.jsonl (every frame's tracks),
@@ -31,7 +32,7 @@ import numpy as np
 from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, find_video, load_annotations
 from stvg_ros.evaluation.predictions import Prediction, save_predictions, span_indices, write_records
-from stvg_ros.evaluation.tracks import TrackLog
+from stvg_ros.evaluation.tracks import TrackLog, TrackWriter
 
 log = logging.getLogger("stvg_ros.eval.run")
 
@@ -61,32 +62,16 @@ class RunConfig:
 
 
 def node_parameters(params_file: str | None, overrides: dict) -> dict[str, dict]:
-    """{node name: {parameter: value}} from a ROS parameters file plus overrides (no ROS needed)."""
-    import yaml
+    """{node name: {parameter: value}} exactly as the graph applies them: the nodes' own config/
+    files, then `params_file`, then the overrides (`nodes.graph.graph_parameters`, no ROS needed)."""
+    from stvg_ros.nodes.graph import graph_parameters
 
-    path = None
-    if params_file:
-        path = Path(params_file)
-    else:
-        try:
-            from stvg_ros.nodes.graph import default_params_file
-
-            path = default_params_file()
-        except (ImportError, FileNotFoundError):
-            path = None
-    sections: dict[str, dict] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise EvalError(f"cannot read parameters file {path}: {exc}") from None
-        for key, section in data.items():
-            name = str(key).rstrip("/").split("/")[-1]
-            if isinstance(section, dict):
-                sections.setdefault(name, {}).update(section.get("ros__parameters", {}) or {})
-    for node, values in overrides.items():
-        sections.setdefault(node, {}).update(values)
-    return sections
+    if params_file and not Path(params_file).is_file():
+        raise EvalError(f"parameters file not found: {params_file}")
+    try:
+        return graph_parameters(params_file, overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        raise EvalError(str(exc)) from None
 
 
 def _dataclass_from(cls, values: dict):
@@ -96,10 +81,14 @@ def _dataclass_from(cls, values: dict):
 
 
 def perception_config(values: dict):
-    """PerceptionConfig from the tracker node's parameters (keys it does not know are ROS-only)."""
+    """PerceptionConfig from the tracker node's parameters, read as the tracker node reads them
+    (`detector` names the model); keys that only matter to ROS (QoS, diagnostics) are ignored."""
     from stvg_ros.perception.pipeline import PerceptionConfig
     from stvg_ros.perception.tracker import TrackerConfig
 
+    values = dict(values)
+    if "detector" in values:
+        values["model"] = values.pop("detector")
     known = {f.name for f in dataclasses.fields(PerceptionConfig)} | {f.name for f in dataclasses.fields(TrackerConfig)}
     try:
         return PerceptionConfig.from_dict({k: v for k, v in values.items() if k in known})
@@ -122,19 +111,19 @@ def _frame_source(config: RunConfig, query: Query) -> tuple[str, Path]:
     return "video", find_video(root, query.video_id)
 
 
-def iter_frames(kind: str, path: Path, fps: float) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(decoded index, stamp_ns, rgb) of every frame of a video file or a bag's image topic."""
+def iter_frames(kind: str, path: Path, fps: float) -> Iterator[tuple[int, int, str, np.ndarray]]:
+    """(decoded index, stamp_ns, frame_id, rgb) of every frame of a video file or a bag's image topic."""
     if kind == "bag":
         from stvg_ros.core.bag_io import iter_image_bag
 
         for index, frame in enumerate(iter_image_bag(path)):
-            yield index, frame.stamp_ns, frame.rgb
+            yield index, frame.stamp_ns, frame.frame_id, frame.rgb
     else:
         from stvg_ros.core.synth import stamp_ns
         from stvg_ros.core.video_io import iter_video
 
         for index, _, rgb in iter_video(path):
-            yield index, stamp_ns(index, fps), rgb
+            yield index, stamp_ns(index, fps), "camera", rgb
 
 
 def frame_count(kind: str, path: Path) -> int:
@@ -156,44 +145,43 @@ def frame_count(kind: str, path: Path) -> int:
 
 
 class OfflinePipeline:
-    """Perception + buffer + grounding, built from the graph's node parameters."""
+    """Perception + buffer + grounding, built from the graph's node parameters the way the tracker
+    and grounding nodes build them (`build_perception`, `make_backend`, `GroundingPipeline`)."""
 
-    def __init__(self, params: dict[str, dict]) -> None:
+    def __init__(self, params: dict[str, dict], with_detector: bool = True) -> None:
         from stvg_ros.grounding.backends import make_backend
         from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline
+        from stvg_ros.perception.pipeline import build_perception
 
         self.perception_config = perception_config(params.get("tracker_node", {}))
-        self._detector = None
         grounding = dict(params.get("grounding_node", {}))
         self.buffer_seconds = float(grounding.get("buffer_seconds", 30.0))
-        self.buffer_options = grounding
+        self.buffer_sample_fps = float(grounding.get("buffer_sample_fps", 2.0))
+        self.buffer_max_bytes = int(float(grounding.get("buffer_max_mb", 64.0)) * 2**20)
         self.reasoning = bool(grounding.get("reasoning", True))
         timeout_s = float(grounding.get("query_timeout_s", 120.0))
         backend_kwargs = {k: grounding[k] for k in ("model", "mmproj", "endpoint", "n_ctx", "n_threads", "n_gpu_layers")
                           if k in grounding}  # fmt: skip
         self.backend_name = str(grounding.get("backend", "llama_cpp"))
         self.model_name = str(grounding.get("model", ""))
+        # the detector first: it is the cheaper of the two to find missing
+        self.perception = build_perception(self.perception_config) if with_detector else None
         self.backend = make_backend(self.backend_name, timeout_s=timeout_s, **backend_kwargs)
         config = _dataclass_from(GroundingConfig, {**grounding, "timeout_s": timeout_s})
         self.grounding = GroundingPipeline(self.backend, config)
 
-    def new_perception(self):
-        """A perception pipeline with a fresh tracker (IDs start again for every video, as for a
-        new camera); the detector is loaded once and shared."""
-        from stvg_ros.perception.pipeline import PerceptionPipeline, build_detector
-        from stvg_ros.perception.tracker import Tracker
-
-        if self._detector is None:
-            self._detector = build_detector(self.perception_config)
-        return PerceptionPipeline(self._detector, Tracker(self.perception_config.tracker), self.perception_config)
+    def start_video(self):
+        """The perception pipeline with fresh tracks for a new video. Track IDs continue (never
+        reused), as they do in the tracker node when a replay moves on to the next bag."""
+        self.perception.reset()
+        return self.perception
 
     def new_buffer(self, min_seconds: float):
         """A ClipBuffer as the grounding node makes it, holding at least `min_seconds`."""
         from stvg_ros.perception.buffer import ClipBuffer
 
-        options = {k: self.buffer_options[k] for k in ("sample_fps", "frame_long_side", "max_bytes")
-                   if k in self.buffer_options}  # fmt: skip
-        return ClipBuffer(max_seconds=max(self.buffer_seconds, min_seconds), **options)
+        return ClipBuffer(max_seconds=max(self.buffer_seconds, min_seconds), sample_fps=self.buffer_sample_fps,
+                          max_bytes=self.buffer_max_bytes)  # fmt: skip
 
     def close(self) -> None:
         close = getattr(self.backend, "close", None)
@@ -208,17 +196,16 @@ def _build_pipeline(params: dict[str, dict], with_detector: bool = True) -> Offl
     from stvg_ros.perception.detector import DetectorError
 
     try:
-        pipeline = OfflinePipeline(params)
-        if with_detector:
-            pipeline.new_perception()  # loads the detector now, so a missing file fails before the run
-        return pipeline
+        return OfflinePipeline(params, with_detector)
     except (ModelLoadError, ModelRegistryError, DetectorError) as exc:
         raise EvalError(f"cannot load a model: {exc}") from None
 
 
 class GroundTruthPerception:
-    """Perfect tracks from a synthetic set's gt/<name>.json (objects with any visible pixel), with
-    the scene's object IDs as track IDs. Judges the model alone: `--perception gt`."""
+    """Perfect tracks from a synthetic set's gt/<name>.json: every object of the scene with its
+    exact box and its object ID as track ID, hidden ones included (as a tracker that never loses an
+    object reports them: `detected` False). The perception ceiling is then 1, so the scores judge
+    the model alone: `--perception gt`."""
 
     def __init__(self, gt_file: Path) -> None:
         import json
@@ -233,11 +220,12 @@ class GroundTruthPerception:
 
         if self._next >= len(self._frames):
             raise EvalError(f"the video has more frames than its ground truth ({len(self._frames)})")
-        objects = [o for o in self._frames[self._next]["objects"] if o["visible"] > 0]
+        objects = self._frames[self._next]["objects"]
         self._next += 1
         return Tracks(
             xyxy=np.array([o["xyxy"] for o in objects], np.float32).reshape(-1, 4),
             track_id=np.array([o["id"] for o in objects], np.int64),
+            detected=np.array([o["visible"] > 0 for o in objects], bool),
         )
 
 
@@ -311,6 +299,7 @@ def run_dataset(config: RunConfig) -> dict:
     from stvg_ros.core.prompt import QueryError, normalize_query
     from stvg_ros.evaluation.report import write_report
     from stvg_ros.evaluation.scoring import score
+    from stvg_ros.grounding.pipeline import GroundingRequest
 
     annotations = load_annotations(config.annotations, config.annotation_format, config.vidor_dir)
     by_video: dict[str, list[Query]] = {}
@@ -319,6 +308,7 @@ def run_dataset(config: RunConfig) -> dict:
     videos = sorted(by_video)[: config.limit] if config.limit else sorted(by_video)
     # check every input before the (slow) run starts
     sources = {v: _frame_source(config, by_video[v][0]) for v in videos}
+    total_frames = 0
     for video_id, (kind, path) in sources.items():
         frames = frame_count(kind, path)
         expected = by_video[video_id][0].num_frames
@@ -327,57 +317,68 @@ def run_dataset(config: RunConfig) -> dict:
                 f"frame-index mismatch: {path} has {frames} frames, the annotations say {expected} "
                 f"(--frame-tolerance {config.frame_tolerance})"
             )
+        total_frames += frames
+    if config.perception == "gt":
+        for video_id in videos:
+            if not _gt_file(config, video_id).is_file():
+                raise EvalError(f"--perception gt needs the synthetic ground truth {_gt_file(config, video_id)}")
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    from stvg_ros.grounding.pipeline import GroundingRequest
-
     params = node_parameters(config.params_file, config.overrides)
     pipeline = _build_pipeline(params, with_detector=config.perception == "tracker")
+    # only the frames inside GT spans are kept in memory (the perception ceiling needs no others);
+    # every frame's tracks go to tracks.jsonl as they come
+    gt_frames = {(q.video_id, f) for v in videos for q in by_video[v] for f in range(q.gt_start, q.gt_end)}
     tracks = TrackLog()
     predictions: dict[str, Prediction] = {}
     records: list[dict] = []
     started = time.monotonic()
     n_frames = 0
     perception_s = 0.0
+    progress = tqdm(total=total_frames, desc="eval run", unit="frame", disable=not config.progress, file=sys.stderr)
     try:
-        for video_id in tqdm(videos, desc="eval run", unit="video", disable=not config.progress, file=sys.stderr):
-            kind, path = sources[video_id]
-            first = by_video[video_id][0]
-            if config.perception == "gt":
-                perception = GroundTruthPerception(_gt_file(config, video_id))
-            else:
-                perception = pipeline.new_perception()
-            duration_s = first.num_frames / first.fps
-            buffer = pipeline.new_buffer(duration_s + BUFFER_MARGIN_S)
-            frame_of: dict[int, int] = {}
-            stamps: list[int] = []
-            video_start_ns = None
-            for index, stamp, rgb in iter_frames(kind, path, first.fps):
-                video_start_ns = stamp if video_start_ns is None else video_start_ns
-                tick = time.perf_counter()
-                frame_tracks = _tracks_of(perception.process(stamp, rgb))
-                perception_s += time.perf_counter() - tick
-                buffer.add_frame(stamp, rgb)
-                buffer.add_tracks(stamp, frame_tracks)
-                frame = first.to_annotation(index)
-                frame_of[stamp] = frame
-                stamps.append(stamp)
-                tracks.add(video_id, frame, frame_tracks.track_id, frame_tracks.xyxy, stamp)
-                n_frames += 1
-            for query in by_video[video_id]:
-                tick = time.monotonic()
-                outcome, error = None, ""
-                try:
-                    request = GroundingRequest(query=normalize_query(query.caption), window_s=0.0,
-                                               reasoning=pipeline.reasoning)  # fmt: skip
-                    outcome = pipeline.grounding.ground(buffer.snapshot(0.0), request)
-                    prediction = outcome_to_prediction(query, outcome, stamps, frame_of, video_start_ns)
-                except QueryError as exc:
-                    prediction, error = Prediction.failed(query.query_id), f"bad query: {exc}"
-                predictions[query.query_id] = prediction
-                records.append(_record(query, prediction, outcome, time.monotonic() - tick, error))
+        with TrackWriter(out / "tracks.jsonl") as track_file:
+            for video_id in videos:
+                kind, path = sources[video_id]
+                first = by_video[video_id][0]
+                progress.set_postfix_str(video_id[-24:], refresh=False)
+                if config.perception == "gt":
+                    perception = GroundTruthPerception(_gt_file(config, video_id))
+                else:
+                    perception = pipeline.start_video()
+                buffer = pipeline.new_buffer(first.num_frames / first.fps + BUFFER_MARGIN_S)
+                frame_of: dict[int, int] = {}
+                stamps: list[int] = []
+                video_start_ns = None
+                for index, stamp, frame_id, rgb in iter_frames(kind, path, first.fps):
+                    video_start_ns = stamp if video_start_ns is None else video_start_ns
+                    tick = time.perf_counter()
+                    frame_tracks = _tracks_of(perception.process(stamp, rgb))
+                    perception_s += time.perf_counter() - tick
+                    buffer.add_frame(stamp, rgb, frame_id=frame_id)
+                    buffer.add_tracks(stamp, frame_tracks, frame_id=frame_id)
+                    frame = first.to_annotation(index)
+                    frame_of[stamp] = frame
+                    stamps.append(stamp)
+                    track_file.write(video_id, frame, frame_tracks.track_id, frame_tracks.xyxy, stamp)
+                    if (video_id, frame) in gt_frames:
+                        tracks.add(video_id, frame, frame_tracks.track_id, frame_tracks.xyxy, stamp)
+                    n_frames += 1
+                    progress.update(1)
+                for query in by_video[video_id]:
+                    tick = time.monotonic()
+                    outcome, error = None, ""
+                    try:
+                        request = GroundingRequest(query=normalize_query(query.caption), window_s=0.0)
+                        outcome = pipeline.grounding.ground(buffer.snapshot(0.0), request)
+                        prediction = outcome_to_prediction(query, outcome, stamps, frame_of, video_start_ns)
+                    except QueryError as exc:
+                        prediction, error = Prediction.failed(query.query_id), f"bad query: {exc}"
+                    predictions[query.query_id] = prediction
+                    records.append(_record(query, prediction, outcome, time.monotonic() - tick, error))
     finally:
+        progress.close()
         pipeline.close()
 
     subset = AnnotationSet({q.query_id: q for v in videos for q in by_video[v]}, annotations.format,
@@ -393,6 +394,7 @@ def run_dataset(config: RunConfig) -> dict:
         "videos": len(videos),
         "frames": n_frames,
         "wall_s": round(wall_s, 2),
+        "perception": config.perception,
         "perception_fps": round(n_frames / perception_s, 2) if perception_s > 0 else None,
         "mean_query_latency_s": round(float(np.mean([r["latency_s"] for r in records])), 3) if records else None,
         "backend": pipeline.backend_name,
@@ -400,7 +402,6 @@ def run_dataset(config: RunConfig) -> dict:
     }
     save_predictions(out / "predictions.json", predictions)
     write_records(out / "records.jsonl", records)
-    tracks.save(out / "tracks.jsonl")
     write_report(out, summary, subset, predictions)
     return summary
 

@@ -16,6 +16,36 @@ from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.metrics import FrameTracks
 
 
+def track_record(video_id: str, frame: int, track_ids, boxes, stamp_ns: int | None = None) -> dict:
+    """One tracks.jsonl line (as a dict)."""
+    record = {"video_id": video_id, "frame": int(frame), "ids": [int(t) for t in np.asarray(track_ids).reshape(-1)],
+              "boxes": np.round(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), 3).tolist()}  # fmt: skip
+    if stamp_ns is not None:
+        record["stamp_ns"] = int(stamp_ns)
+    return record
+
+
+class TrackWriter:
+    """Streams tracks.jsonl one frame at a time (long runs keep nothing in memory)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self.path.open("w", encoding="utf-8")
+
+    def write(self, video_id: str, frame: int, track_ids, boxes, stamp_ns: int | None = None) -> None:
+        self._handle.write(json.dumps(track_record(video_id, frame, track_ids, boxes, stamp_ns)) + "\n")
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> TrackWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class TrackLog:
     """Track IDs and boxes of every frame of every video (annotation frame indexing)."""
 
@@ -43,16 +73,11 @@ class TrackLog:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as handle:
+        with TrackWriter(path) as writer:
             for video_id in sorted(self._videos):
                 stamps = self._stamps.get(video_id, {})
                 for frame, (ids, boxes) in sorted(self._videos[video_id].items()):
-                    line = {"video_id": video_id, "frame": frame, "ids": ids.tolist(),
-                            "boxes": np.round(boxes.astype(np.float64), 3).tolist()}  # fmt: skip
-                    if frame in stamps:
-                        line["stamp_ns"] = stamps[frame]
-                    handle.write(json.dumps(line) + "\n")
+                    writer.write(video_id, frame, ids, boxes, stamps.get(frame))
         return path
 
     @classmethod

@@ -130,6 +130,13 @@ def quantize_gguf(source: str | Path, target: str | Path, quant: str, threads: i
     return target
 
 
+def output_names(name: str, quant: str, mmproj_type: str | None = None) -> tuple[str, str]:
+    """File names `convert_to_gguf` writes: (`<name>-<quant>.gguf`, `mmproj-<name>-<type>.gguf`); the mmproj
+    type defaults to f32 for an f32 model, else f16. Manifests in models/ name the same files."""
+    mmproj_type = mmproj_type or ("f32" if quant == "f32" else "f16")
+    return f"{name}-{quant}.gguf", f"mmproj-{name}-{mmproj_type}.gguf"
+
+
 def convert_to_gguf(
     hf_dir: str | Path,
     out_dir: str | Path,
@@ -159,8 +166,8 @@ def convert_to_gguf(
     mmproj_type = mmproj_type or ("f32" if quant == "f32" else "f16")
     if mmproj_type not in ("f32", "f16"):
         raise GgufError(f"mmproj type must be f32 or f16, got {mmproj_type!r}")
-    model_path = out_dir / f"{name}-{quant}.gguf"
-    mmproj_path = out_dir / f"mmproj-{name}-{mmproj_type}.gguf"
+    model_name, mmproj_name = output_names(name, quant, mmproj_type)
+    model_path, mmproj_path = out_dir / model_name, out_dir / mmproj_name
     if quant in ("f32", "f16"):
         _run_converter(hf_dir, model_path, quant, mmproj=False, timeout_s=timeout_s)
     else:

@@ -43,8 +43,8 @@ def manifest_files(name: str, backend: str) -> dict[str, str] | None:
         try:
             paths[fmt] = registry.resolve(name, fmt)
         except registry.ModelFileMissing as exc:
-            hint = manifest.extra.get("how_to_get") or ""
-            raise ModelLoadError(f"{exc}{'; ' + hint if hint else ''}") from exc
+            hint = str(manifest.extra.get("how_to_get") or "")
+            raise ModelLoadError(f"{exc}; {hint}" if hint and hint not in str(exc) else str(exc)) from exc
         except registry.ModelRegistryError as exc:
             raise ModelLoadError(str(exc)) from exc
     files = {"backend": backend, "name": name}

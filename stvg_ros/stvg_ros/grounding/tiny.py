@@ -127,41 +127,51 @@ def build_tokenizer(vocab_size: int = 512):
 
 def tiny_config(tokenizer, text_hidden: int = 64, vision_depth: int = 4):
     """Qwen2_5_VLConfig of the tiny model. `text_hidden` also sets the projector's output size."""
-    from transformers import Qwen2_5_VLConfig
-
     if vision_depth < 3:
         raise ValueError("vision depth must be >= 3: llama.cpp's converter cannot map the merger otherwise")
     heads = 4
     head_dim = text_hidden // heads
     third = head_dim // 2 // 3
-    mrope = [head_dim // 2 - 2 * third, third, third]  # sums to head_dim / 2
+    text = {"hidden_size": text_hidden, "intermediate_size": 2 * text_hidden, "num_hidden_layers": 2,
+            "num_attention_heads": heads, "num_key_value_heads": 2, "vocab_size": len(tokenizer),
+            "mrope_section": [head_dim // 2 - 2 * third, third, third]}  # sums to head_dim / 2
+    vision = {"depth": vision_depth, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4,
+              "fullatt_block_indexes": list(range(1, vision_depth, 2))}
+    return qwen25vl_config(tokenizer, text, vision)
+
+
+def qwen25vl_config(tokenizer, text: dict, vision: dict):
+    """A Qwen2_5_VLConfig of the given shapes with `tokenizer`'s special-token ids."""
+    from transformers import Qwen2_5_VLConfig
+
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": text_hidden,
-            "intermediate_size": 2 * text_hidden,
-            "num_hidden_layers": 2,
-            "num_attention_heads": heads,
-            "num_key_value_heads": 2,
+            "vocab_size": text["vocab_size"],
+            "hidden_size": text["hidden_size"],
+            "intermediate_size": text["intermediate_size"],
+            "num_hidden_layers": text["num_hidden_layers"],
+            "num_attention_heads": text["num_attention_heads"],
+            "num_key_value_heads": text["num_key_value_heads"],
             "max_position_embeddings": 32768,
             "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                "mrope_section": list(text["mrope_section"])},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
         },
         vision_config={
-            "depth": vision_depth,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_heads": 4,
-            "out_hidden_size": text_hidden,
+            "depth": vision["depth"],
+            "hidden_size": vision["hidden_size"],
+            "intermediate_size": vision["intermediate_size"],
+            "num_heads": vision["num_heads"],
+            "out_hidden_size": text["hidden_size"],
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "window_size": 112,
-            "fullatt_block_indexes": list(range(1, vision_depth, 2)),
+            "fullatt_block_indexes": list(vision["fullatt_block_indexes"]),
             "tokens_per_second": 2,
         },
         image_token_id=ids["<|image_pad|>"],
@@ -255,3 +265,50 @@ def build_release(out_dir: str | Path, manifest=None) -> dict[str, Path]:
             else:
                 mmproj = built
     return {"hf": hf_dir, "gguf": model, "mmproj": mmproj}
+
+
+# ------------------------------------------------------------------------------------------------
+# A random-weight model with the 7B architecture: what a 7B-class query costs, without a download.
+
+#: Qwen2.5-VL-7B's shapes (the STVG-R1 7B checkpoint's config.json); the vocabulary keeps the
+#: checkpoint's size (152064) although the local tokenizer uses only its first entries.
+QWEN25VL_7B_SHAPES = {
+    "text": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+             "num_key_value_heads": 4, "vocab_size": 152064, "mrope_section": [16, 24, 24]},
+    "vision": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+               "fullatt_block_indexes": [7, 15, 23, 31]},
+}
+
+
+def qwen25vl_7b_config(tokenizer):
+    """Qwen2_5_VLConfig with the 7B architecture and this tokenizer's special-token ids."""
+    return qwen25vl_config(tokenizer, QWEN25VL_7B_SHAPES["text"], QWEN25VL_7B_SHAPES["vision"])
+
+
+def build_random_qwen25vl_7b(out_dir: str | Path, *, seed: int = 0):
+    """Write a Qwen2.5-VL with the 7B architecture and RANDOM weights (bf16, ~17 GB) to `out_dir`.
+
+    For benchmarks on a machine with an accelerator (`stvg-ros bench grounding --random-7b DIR`):
+    convert it with `gguf.convert_to_gguf(out_dir, ..., "q4_k_m")` like the real checkpoint. Needs
+    ~20 GB of RAM and disk; its answers are meaningless.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    config = qwen25vl_7b_config(tokenizer)
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    model.generation_config = GenerationConfig(eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>")],
+                                               pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    model.save_pretrained(out)
+    build_processor(tokenizer).save_pretrained(out)
+    (out / "stvg_tiny.json").write_text(json.dumps({"random_7b": True, "seed": seed, "note": TINY_DISCLAIMER}))
+    return out

@@ -253,6 +253,31 @@ class NoPublisherWatchdog:
             self._timer = None
 
 
+class KeyedThrottle:
+    """Log a warning at most once per `period_s` for each distinct key (e.g. the reason an image was
+    dropped), so a new kind of problem is always reported at once while a flood of one kind is not.
+    Remembers at most `max_keys` keys (oldest forgotten first)."""
+
+    def __init__(self, logger, period_s: float = 5.0, max_keys: int = 64) -> None:
+        self._logger, self.period_s, self.max_keys = logger, float(period_s), int(max_keys)
+        self._last: dict[str, float] = {}
+
+    def warning(self, key: str, text: str) -> bool:
+        """Log `text` unless `key` was logged less than period_s ago; True when logged."""
+        import time
+
+        now = time.monotonic()
+        last = self._last.pop(key, None)
+        if last is not None and now - last < self.period_s:
+            self._last[key] = last
+            return False
+        self._last[key] = now
+        while len(self._last) > self.max_keys:
+            del self._last[next(iter(self._last))]
+        self._logger.warning(text)
+        return True
+
+
 # --------------------------------------------------------------------------------------------
 # Images and stamps
 

@@ -1,9 +1,12 @@
 """The node graph that `ros2 launch stvg_ros grounding.launch.py` and `stvg-ros up` both start.
 
-`GRAPH_NODES` is the single list of nodes (name, executable, class); the launch file reads it, and
-`run_graph` starts the same nodes in one process with a MultiThreadedExecutor. Both apply one ROS
-parameters file (config/stvg_ros.yaml by default) and the same remaps, namespace and use_sim_time,
-through ordinary `--ros-args`, so a node behaves the same whichever way it was started.
+`GRAPH_NODES` is the single list of nodes (name, executable, class, parameters file); the launch
+file reads it, and `Graph` / `run_graph` start the same nodes in one process with a
+MultiThreadedExecutor. Both apply the same parameters, in the same order: each node's own file in
+the package's config/ (tracker.yaml, overlay.yaml, grounding.yaml; a missing file means the
+node's defaults), then the user's parameters file, then single overrides (backend, model, `-p`),
+and the same remaps, namespace and use_sim_time, so a node behaves the same whichever way it was
+started.
 
 This module imports rclpy only inside functions, so the launch file and tests can read the list
 without a ROS install.
@@ -28,27 +31,30 @@ log = logging.getLogger(__name__)
 DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
 #: The relative topic every node subscribes to for camera images; remapped to the camera topic.
 IMAGE_TOPIC = "image"
-#: The combined parameters file of the graph (config/ of the package).
-PARAMS_FILE_NAME = "stvg_ros.yaml"
 
 
 @dataclass(frozen=True)
 class GraphNode:
     """One node of the graph: how launch runs it and how `stvg-ros up` builds it in-process."""
 
-    name: str  # ROS node name, also its key in the parameters file
+    name: str  # ROS node name, also its key in parameters files
     executable: str  # `ros2 run stvg_ros <executable>` (setup.py console script)
     module: str  # Python module with the node class
     class_name: str
     #: launch argument / `up` switch that turns the node off ("" = always started)
     switch: str = ""
+    #: the node's parameters file in the package's config/ ("" = none)
+    params_file: str = ""
 
 
 GRAPH_NODES: tuple[GraphNode, ...] = (
-    GraphNode("tracker_node", "tracker_node", "stvg_ros.nodes.tracker_node", "TrackerNode"),
-    GraphNode("overlay_node", "overlay_node", "stvg_ros.nodes.overlay_node", "OverlayNode", switch="overlay"),
-    GraphNode("grounding_node", "grounding_node", "stvg_ros.nodes.grounding_node", "GroundingNode"),
-)
+    GraphNode("tracker_node", "tracker_node", "stvg_ros.nodes.tracker_node", "TrackerNode",
+              params_file="tracker.yaml"),
+    GraphNode("overlay_node", "overlay_node", "stvg_ros.nodes.overlay_node", "OverlayNode", switch="overlay",
+              params_file="overlay.yaml"),
+    GraphNode("grounding_node", "grounding_node", "stvg_ros.nodes.grounding_node", "GroundingNode",
+              params_file="grounding.yaml"),
+)  # fmt: skip
 
 #: The player node `stvg-ros demo` (and tests) add to play a bag into the graph.
 PLAYER_NODE = GraphNode("player_node", "player_node", "stvg_ros.nodes.player_node", "PlayerNode")
@@ -60,49 +66,93 @@ def graph_nodes(overlay: bool = True) -> list[GraphNode]:
     return [node for node in GRAPH_NODES if not node.switch or switches.get(node.switch, True)]
 
 
-def default_params_file() -> Path:
-    """config/stvg_ros.yaml of this checkout, else of the installed package share."""
-    here = Path(__file__).resolve().parents[2] / "config" / PARAMS_FILE_NAME  # <pkg>/config in a checkout
-    if here.is_file():
+def config_dir() -> Path:
+    """config/ of this checkout, else of the installed package share."""
+    here = Path(__file__).resolve().parents[2] / "config"  # <pkg>/config in a checkout
+    if here.is_dir():
         return here
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        shared = Path(get_package_share_directory("stvg_ros")) / "config" / PARAMS_FILE_NAME
-        if shared.is_file():
+        shared = Path(get_package_share_directory("stvg_ros")) / "config"
+        if shared.is_dir():
             return shared
     except Exception:
         pass
-    raise FileNotFoundError(f"cannot find {PARAMS_FILE_NAME} in {here.parent} or the stvg_ros package share")
+    raise FileNotFoundError(f"cannot find the parameters folder: neither {here} nor the stvg_ros package share")
+
+
+def node_params_file(spec: GraphNode) -> Path | None:
+    """The node's own parameters file in config/, or None when it has none (defaults apply)."""
+    if not spec.params_file:
+        return None
+    path = config_dir() / spec.params_file
+    return path if path.is_file() else None
+
+
+def _load_params(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read parameters file {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
+        raise ValueError(f"parameters file {path} must map node names to {{ros__parameters: ...}}")
+    return data
+
+
+def _section(data: dict, node_name: str) -> dict:
+    """The ros__parameters dict of `node_name` in `data` (matched on the last name component)."""
+    key = next((k for k in data if str(k).rstrip("/").split("/")[-1] == node_name), f"/**/{node_name}")
+    section = data.get(key) or {}
+    data[key] = section
+    params = section.get("ros__parameters") or {}
+    section["ros__parameters"] = params
+    return params
+
+
+def graph_parameters(
+    user_file: str | Path | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    nodes: Iterable[GraphNode] = GRAPH_NODES,
+) -> dict[str, dict[str, Any]]:
+    """{node name: {parameter: value}} as the graph applies them (no ROS needed).
+
+    The nodes' own config/ files, then `user_file` (a ROS parameters file for any of the nodes),
+    then `overrides` ({node name: {parameter: value}}; None values are skipped): the order of the
+    launch file's `parameters=[...]`. Raises ValueError when a file cannot be read.
+    """
+    merged: dict = {}
+    sources = [p for p in (node_params_file(spec) for spec in nodes) if p is not None]
+    if user_file:
+        sources.append(Path(user_file))
+    for source in sources:
+        for key, section in _load_params(source).items():
+            _section(merged, str(key).rstrip("/").split("/")[-1]).update((section or {}).get("ros__parameters") or {})
+    for node_name, params in (overrides or {}).items():
+        _section(merged, node_name).update({k: v for k, v in params.items() if v is not None})
+    return {str(k).rstrip("/").split("/")[-1]: v["ros__parameters"] for k, v in merged.items()}
 
 
 def merged_params_file(
-    base: str | Path | None,
+    user_file: str | Path | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     directory: str | Path | None = None,
+    nodes: Iterable[GraphNode] = GRAPH_NODES,
 ) -> Path:
-    """A parameters file: `base` (default: config/stvg_ros.yaml) with per-node `overrides` applied.
-
-    `overrides` maps node names to {parameter: value}. The result uses `/**/<node>` keys so it
-    applies in any namespace; it is written to `directory` (a temporary folder by default).
-    """
-    base_path = Path(base) if base else default_params_file()
-    try:
-        data = yaml.safe_load(base_path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read parameters file {base_path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"parameters file {base_path} must map node names to ros__parameters")
-    for node_name, params in (overrides or {}).items():
-        key = next((k for k in data if str(k).rstrip("/").split("/")[-1] == node_name), f"/**/{node_name}")
-        section = data.setdefault(key, {}) or {}
-        data[key] = section
-        section.setdefault("ros__parameters", {}).update({k: v for k, v in params.items() if v is not None})
+    """`graph_parameters(...)` as one ROS parameters file (keys `/**/<node>`, valid in any namespace),
+    written to `directory` (a temporary folder by default)."""
+    params = graph_parameters(user_file, overrides, nodes)
+    data = {("/**" if name == "**" else f"/**/{name}"): {"ros__parameters": values} for name, values in params.items()}
     out_dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="stvg-params-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "params.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def default_params_file() -> Path:
+    """The package defaults of every graph node as one file (a temporary copy; prefer graph_parameters)."""
+    return merged_params_file()
 
 
 def ros_arguments(
@@ -125,21 +175,6 @@ def ros_arguments(
     if use_sim_time:
         args += ["-p", "use_sim_time:=true"]
     return args
-
-
-def _autostart(node) -> bool:
-    """Configure and activate a lifecycle node (a plain node needs nothing); False when it fails."""
-    if not hasattr(node, "trigger_configure"):
-        return True
-    from rclpy.lifecycle import TransitionCallbackReturn
-
-    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-        node.get_logger().error("configure failed; the node stays unconfigured (see the error above)")
-        return False
-    if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-        node.get_logger().error("activate failed; the node stays inactive (see the error above)")
-        return False
-    return True
 
 
 class Graph:
@@ -165,8 +200,10 @@ class Graph:
             node = cls()
             self.nodes.append(node)
         if self.autostart:
+            from stvg_ros.nodes.common import autostart
+
             for spec, node in zip(self.specs, self.nodes, strict=True):
-                if not _autostart(node):
+                if hasattr(node, "trigger_configure") and not autostart(node):
                     self.failed.append(spec.name)
         # Each waiting query holds a thread (see GroundingNode.executor_threads); the rest is for
         # image/track callbacks, timers and lifecycle services.
@@ -234,6 +271,12 @@ def run_graph(
         graph.build()
         names = ", ".join(spec.name for spec in graph.specs)
         log.info("graph up: %s (camera %s, namespace %r)", names, camera_topic, namespace or "/")
+        if graph.failed:
+            log.error(
+                "not active: %s (see the errors above); fix the parameters and use the lifecycle services "
+                "(configure, activate), or restart",
+                ", ".join(graph.failed),
+            )
         graph.spin()
     finally:
         graph.stop()

@@ -16,14 +16,9 @@ The node configures and activates itself when `autostart` is true.
 from __future__ import annotations
 
 import logging
-import math
-import queue
 import sys
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import rclpy
@@ -38,7 +33,6 @@ from std_srvs.srv import Trigger
 
 from stvg_ros.core.image_codec import ImageDecodeError
 from stvg_ros.core.prompt import QueryError, normalize_query
-from stvg_ros.core.types import Tracks
 from stvg_ros.nodes.common import (
     RELIABILITIES,
     NoPublisherWatchdog,
@@ -50,6 +44,15 @@ from stvg_ros.nodes.common import (
     param,
     read_parameters,
     stamp_to_ns,
+    tracks_from_msg,
+)
+from stvg_ros.nodes.query_queue import (
+    QueryJob,
+    QueryQueue,
+    TargetFollower,
+    TargetUpdate,
+    check_window,
+    reasoning_for,
 )
 from stvg_ros_msgs.action import Ground as GroundAction
 from stvg_ros_msgs.msg import GroundingResult, Target, TrackedObjectArray, TubeBox
@@ -96,157 +99,6 @@ class GroundingParams:
         choices=RELIABILITIES,
     )
     no_image_warning_s: float = param(5.0, "warn when no image publisher has matched for this long (0: never)")
-
-
-# --------------------------------------------------------------------------------------------
-# ROS-free parts: the bounded query queue and the target follower
-
-
-@dataclass
-class QueryJob:
-    """One query on its way through the queue; the caller waits on `done`."""
-
-    request: Any  # grounding.pipeline.GroundingRequest
-    snapshot: Any  # perception.buffer.ClipSnapshot
-    cancel: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-    stage: str = "queued"
-    progress: float = 0.0
-    outcome: Any = None  # grounding.pipeline.GroundingOutcome once it ran
-    error: str = ""  # why it did not run or failed outside the pipeline
-
-    def report(self, stage: str, fraction: float) -> None:
-        """Progress callback of the pipeline."""
-        self.stage, self.progress = str(stage), float(min(max(fraction, 0.0), 1.0))
-
-    def finish(self, outcome: Any = None, error: str = "") -> None:
-        self.outcome, self.error = outcome, error
-        self.done.set()
-
-
-class QueryQueue:
-    """At most `waiting + 1` queries in flight (one running, the rest waiting), served in order by
-    one worker thread; `submit` never blocks and returns False when there is no room."""
-
-    def __init__(self, run: Callable[[QueryJob], Any], waiting: int) -> None:
-        if waiting < 0:
-            raise ValueError(f"queue_size must be >= 0, got {waiting}")
-        self._run = run
-        self._slots = threading.BoundedSemaphore(waiting + 1)
-        self._jobs: queue.Queue[QueryJob | None] = queue.Queue()  # bounded by the slots
-        self._running: QueryJob | None = None
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="grounding-worker", daemon=True)
-        self._thread.start()
-
-    def submit(self, job: QueryJob) -> bool:
-        if self._stopping.is_set() or not self._slots.acquire(blocking=False):
-            return False
-        self._jobs.put(job)
-        return True
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                if self._stopping.is_set():
-                    job.finish(error="the grounding node was deactivated before the query ran")
-                elif job.cancel.is_set():
-                    job.finish(error="cancelled while queued")
-                else:
-                    self._running = job
-                    job.finish(outcome=self._run(job))
-            except Exception as exc:
-                job.finish(error=f"grounding failed: {type(exc).__name__}: {exc}")
-            finally:
-                self._running = None
-                self._slots.release()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Cancel the running query, fail the waiting ones, and end the worker."""
-        self._stopping.set()
-        if (running := self._running) is not None:
-            running.cancel.set()
-        self._jobs.put(None)
-        self._thread.join(timeout=timeout_s)
-
-
-@dataclass
-class TargetUpdate:
-    """What to publish on `target` for one tracks message."""
-
-    status: str  # tracking | occluded | lost | stopped
-    target_id: int
-    query: str
-    seconds_since_seen: float
-    box: np.ndarray | None
-
-
-class TargetFollower:
-    """Follows one track ID over incoming tracks; thread-safe. Times are source stamps (ns)."""
-
-    def __init__(self, lost_timeout_s: float) -> None:
-        self.lost_timeout_ns = int(lost_timeout_s * 1e9)
-        self._lock = threading.Lock()
-        self._target: tuple[int, str] | None = None
-        self._last_seen_ns = 0
-        self._last_box: np.ndarray | None = None
-
-    @property
-    def target_id(self) -> int | None:
-        with self._lock:
-            return self._target[0] if self._target else None
-
-    def follow(self, target_id: int, query: str, last_seen_ns: int, box: np.ndarray | None) -> TargetUpdate | None:
-        """Start following `target_id`; returns a `stopped` update for the previous target, if any."""
-        with self._lock:
-            previous = self._stop_locked()
-            self._target = (int(target_id), query)
-            self._last_seen_ns, self._last_box = int(last_seen_ns), box
-            return previous
-
-    def stop(self) -> TargetUpdate | None:
-        with self._lock:
-            return self._stop_locked()
-
-    def _stop_locked(self) -> TargetUpdate | None:
-        if self._target is None:
-            return None
-        update = TargetUpdate("stopped", self._target[0], self._target[1], 0.0, self._last_box)
-        self._target = None
-        return update
-
-    def update(self, stamp_ns: int, tracks: Tracks) -> TargetUpdate | None:
-        """The target's state on a new frame, or None when nothing is being followed."""
-        with self._lock:
-            if self._target is None:
-                return None
-            target_id, query = self._target
-            rows = np.flatnonzero(tracks.track_id == target_id)
-            if len(rows):
-                self._last_box = tracks.xyxy[rows[0]].copy()
-                if bool(tracks.detected[rows[0]]):
-                    self._last_seen_ns = max(self._last_seen_ns, int(stamp_ns))
-            since_s = max(0, int(stamp_ns) - self._last_seen_ns) / 1e9
-            if since_s * 1e9 > self.lost_timeout_ns:
-                self._target = None
-                return TargetUpdate("lost", target_id, query, since_s, self._last_box)
-            status = "tracking" if len(rows) and bool(tracks.detected[rows[0]]) else "occluded"
-            return TargetUpdate(status, target_id, query, since_s, self._last_box)
-
-
-def reasoning_for(flag: int, default: bool) -> bool:
-    """REASONING_DEFAULT (0) -> the node's parameter; ON (1) -> True; OFF (2) -> False."""
-    return {1: True, 2: False}.get(int(flag), bool(default))
-
-
-def check_window(window_s: float) -> str:
-    """'' when `window_s` is a usable window (0 = whole buffer), else why not."""
-    if not math.isfinite(window_s) or window_s < 0:
-        return f"window_seconds must be a finite number >= 0 (0 = the whole buffer), got {window_s}"
-    return ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,6 +329,8 @@ class GroundingNode(LifecycleNode):
 
         if not self._active or self._queue is None:
             return None, "the grounding node is not active (lifecycle); activate it and ask again"
+        if "\ufffd" in query:  # rclpy decodes strings with errors="replace": the sender's bytes were not UTF-8
+            return None, "bad query: the query is not valid UTF-8 (undecodable bytes arrived as U+FFFD)"
         try:
             normalize_query(query)  # refuse bad input before it takes a queue slot
         except QueryError as exc:
@@ -533,17 +387,17 @@ class GroundingNode(LifecycleNode):
         goal = goal_handle.request
         deadline = time.monotonic() + self.params.query_timeout_s
         job, error = self._submit(goal.query, goal.window_seconds, goal.reasoning)
-        reported = None
-        while job is not None and not job.done.wait(timeout=0.05):
+        while job is not None:
+            finished = job.done.wait(timeout=0.05)
+            for stage, progress in job.take_updates():
+                goal_handle.publish_feedback(GroundAction.Feedback(stage=stage, progress=float(progress)))
+            if finished:
+                break
             if goal_handle.is_cancel_requested:
                 job.cancel.set()
             if time.monotonic() > deadline:
                 job.cancel.set()
                 job, error = None, f"timed out after {self.params.query_timeout_s:.0f} s (query_timeout_s); cancelled"
-                break
-            if (job.stage, round(job.progress, 2)) != reported:
-                reported = (job.stage, round(job.progress, 2))
-                goal_handle.publish_feedback(GroundAction.Feedback(stage=job.stage, progress=float(job.progress)))
         result = self._answer(goal.query, job, error)
         if goal_handle.is_cancel_requested:
             result.success, result.target_id = False, -1
@@ -585,18 +439,6 @@ def result_msg(outcome, query: str, frame_id: str, now) -> GroundingResult:
     ]
     msg.sampled_stamps = [ns_to_stamp(s) for s in (outcome.sampled_stamps_ns or [])]
     return msg
-
-
-def tracks_from_msg(msg) -> Tracks:
-    """TrackedObjectArray -> Tracks."""
-    objects = msg.objects
-    return Tracks(
-        xyxy=np.array([[o.x1, o.y1, o.x2, o.y2] for o in objects], np.float32).reshape(-1, 4),
-        track_id=np.array([o.track_id for o in objects], np.int64),
-        score=np.array([o.score for o in objects], np.float32),
-        class_id=np.array([o.class_id for o in objects], np.int32),
-        detected=np.array([o.detected for o in objects], bool),
-    )
 
 
 def last_sighting(snapshot, target_id: int, default_ns: int | None) -> tuple[int, np.ndarray | None]:

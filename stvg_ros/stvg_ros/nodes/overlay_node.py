@@ -27,6 +27,7 @@ from stvg_ros.core.render import IdStyle, render_ids
 from stvg_ros.core.types import Tracks
 from stvg_ros.nodes.common import (
     RELIABILITIES,
+    KeyedThrottle,
     NoPublisherWatchdog,
     declare_parameters,
     decode_ros_image,
@@ -118,6 +119,7 @@ class OverlayNode(LifecycleNode):
         self._subs: list = []
         self._pub = self._watchdog = None
         self.published = 0
+        self._drop_log = KeyedThrottle(self.get_logger())
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -184,7 +186,7 @@ class OverlayNode(LifecycleNode):
         try:
             rgb = decode_ros_image(image_msg)
         except ImageDecodeError as exc:
-            self.get_logger().warning(f"dropping image: {exc}", throttle_duration_sec=5.0)
+            self._drop_log.warning(str(exc).split(":")[0], f"dropping image: {exc}")
             return
         out = Image(header=image_msg.header, **encode_image(annotate(rgb, tracks, self.params.draw_boxes, self._style)))
         self._pub.publish(out)

@@ -29,6 +29,7 @@ from std_srvs.srv import SetBool
 from stvg_ros.core.image_codec import ImageDecodeError
 from stvg_ros.nodes.common import (
     RELIABILITIES,
+    KeyedThrottle,
     NoPublisherWatchdog,
     declare_parameters,
     decode_ros_image,
@@ -40,6 +41,7 @@ from stvg_ros.nodes.common import (
     stamp_to_ns,
     tracks_to_msg,
 )
+from stvg_ros.perception.detector import DetectorError
 from stvg_ros.perception.pipeline import BACKENDS, PRECISIONS, PerceptionConfig
 from stvg_ros.perception.stats import LatencyMeter, RateMeter
 from stvg_ros_msgs.msg import TrackedObjectArray
@@ -48,6 +50,10 @@ try:  # real ROS systems: also publish the standard detection message
     from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose  # type: ignore
 except ImportError:
     Detection2DArray = None
+
+
+#: Sequence-number gaps larger than this are not counted as drops (a publisher restart, a bag loop).
+MAX_COUNTED_GAP = 300
 
 
 @dataclass
@@ -59,7 +65,7 @@ class TrackerParams:
     backend: str = param("onnx", "detector runtime: ONNX Runtime or ultralytics (torch)", choices=BACKENDS)
     precision: str = param("int8", "ONNX file to load: static int8 (faster on CPU) or fp32", choices=PRECISIONS)
     conf: float = param(0.1, "detector confidence threshold (ByteTrack uses boxes down to track_low_thresh)")
-    iou: float = param(0.7, "NMS IoU threshold")
+    iou: float = param(0.5, "NMS IoU threshold (duplicate boxes would become competing tracks)")
     classes: list[str] = field(
         default_factory=list, metadata={"description": "class filter: names or ids (empty: all classes)"}
     )
@@ -74,7 +80,9 @@ class TrackerParams:
     new_track_thresh: float = param(0.25, "ByteTrack: score needed to start a track")
     match_thresh: float = param(0.8, "ByteTrack: association cost threshold")
     lost_buffer_s: float = param(1.0, "ByteTrack keeps a lost track this long for IoU re-matching")
-    reid_max_gap_s: float = param(2.0, "re-associate a new track with one lost at most this long ago (0: off)")
+    reid_max_gap_s: float = param(
+        3.0, "re-associate a new track with one lost at most this long ago, in seconds without detections (0: off)"
+    )
     reid_min_similarity: float = param(0.6, "re-association: minimum colour-histogram similarity (0..1)")
     reid_gate_sizes: float = param(2.5, "re-association: motion gate radius in object sizes")
     image_transport: str = param(
@@ -98,11 +106,7 @@ def parameters_table() -> str:
 
 
 def perception_config(p: TrackerParams) -> PerceptionConfig:
-    keys = PerceptionConfig.__dataclass_fields__.keys() | {"track_high_thresh", "track_low_thresh", "new_track_thresh",
-                                                          "match_thresh", "lost_buffer_s", "reid_max_gap_s",
-                                                          "reid_min_similarity", "reid_gate_sizes"}  # fmt: skip
-    values = {k: v for k, v in vars(p).items() if k in keys}
-    return PerceptionConfig.from_dict({**values, "model": p.detector})
+    return PerceptionConfig.from_node_parameters(vars(p))
 
 
 class TrackerNode(LifecycleNode):
@@ -118,19 +122,21 @@ class TrackerNode(LifecycleNode):
         self._latency, self._processing = LatencyMeter(), LatencyMeter()
         self.counts = {"dropped": 0, "decode_errors": 0, "processing_errors": 0}
         self._last_seq: int | None = None
+        self._last_gid: str | None = None
+        self._drop_log = KeyedThrottle(self.get_logger())
         self.create_service(SetBool, "~/enable", self._on_enable)
 
     # ---- lifecycle
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from stvg_ros.core import model_registry
-        from stvg_ros.perception.pipeline import _model_file
+        from stvg_ros.perception.pipeline import model_file
 
         try:
             self.params = p = read_parameters(self, TrackerParams)
             self.config = perception_config(p)
-            model = _model_file(self.config, model_registry)
-        except (ValueError, model_registry.ModelRegistryError) as exc:
+            model = model_file(self.config)
+        except (ValueError, model_registry.ModelRegistryError, DetectorError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info(f"detector file: {model}")
@@ -198,17 +204,18 @@ class TrackerNode(LifecycleNode):
         self.get_logger().info(response.message)
         return response
 
-    def _on_image(self, msg, info=None) -> None:
+    def _on_image(self, msg, info) -> None:
+        # Two parameters: rclpy then passes the MessageInfo (sequence numbers for drop counting).
         received = time.monotonic()
         self._input.tick(received)
-        self._count_drops(info)
+        skipped = self._count_drops(info)
         if not self.enabled:
             return
         try:
             rgb = decode_ros_image(msg)
         except ImageDecodeError as exc:
             self.counts["decode_errors"] += 1
-            self.get_logger().warning(f"dropping image: {exc}", throttle_duration_sec=5.0)
+            self._drop_log.warning(str(exc).split(":")[0], f"dropping image: {exc}")
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
         with self._lock:
@@ -216,7 +223,7 @@ class TrackerNode(LifecycleNode):
                 return
             runs_before = self.pipeline.stats.detector_runs
             try:
-                tracks = self.pipeline.process(stamp_ns, rgb)
+                tracks = self.pipeline.process(stamp_ns, rgb, skipped)
             except Exception as exc:  # never let one frame kill the node
                 self.counts["processing_errors"] += 1
                 self.get_logger().error(f"tracking failed on a frame: {exc}", throttle_duration_sec=5.0)
@@ -231,13 +238,18 @@ class TrackerNode(LifecycleNode):
         self._processing.add(time.monotonic() - received)
         self._latency.add(max(0.0, (self.get_clock().now().nanoseconds - stamp_ns) / 1e9))
 
-    def _count_drops(self, info) -> None:
-        """Frames the middleware dropped before us, from the publication sequence numbers."""
-        seq = (info or {}).get("publication_sequence_number") if isinstance(info, dict) else None
-        if seq:
-            if self._last_seq is not None and seq > self._last_seq + 1:
-                self.counts["dropped"] += seq - self._last_seq - 1
-            self._last_seq = seq
+    def _count_drops(self, info) -> int:
+        """Frames of this publisher lost before us (DDS or the depth-1 queue), from the publication
+        sequence numbers; counted in diagnostics and returned for the detector schedule."""
+        if not isinstance(info, dict) or not info.get("publication_sequence_number"):
+            return 0
+        seq, gid = int(info["publication_sequence_number"]), str(info.get("publisher_gid"))
+        last = self._last_seq if gid == self._last_gid else None
+        self._last_seq, self._last_gid = seq, gid
+        if last is None or not last < seq - 1 <= last + MAX_COUNTED_GAP:
+            return 0  # first message, another publisher, a restart or an implausible jump
+        self.counts["dropped"] += seq - last - 1
+        return seq - last - 1
 
     def _publish_diagnostics(self) -> None:
         stats = self.pipeline.stats if self.pipeline is not None else None

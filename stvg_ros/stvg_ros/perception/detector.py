@@ -131,6 +131,9 @@ class OnnxDetector:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Idle worker threads sleep instead of spinning: on a small CPU shared with the ROS
+        # executor and the VLM, spinning costs more than the few microseconds it saves.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:

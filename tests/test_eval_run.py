@@ -108,3 +108,30 @@ def test_run_reads_the_parameters_the_graph_applies(tmp_path):
         node_parameters(str(tmp_path / "none.yaml"), {})
     with pytest.raises(EvalError, match="bad tracker_node parameters"):
         perception_config({"backend": "tensorrt"})
+
+
+def test_run_reads_the_detector_of_a_parameters_file(tmp_path):
+    """A --params file's `detector:` is the tracker node's model, offline as in the graph."""
+    import yaml
+
+    from stvg_ros.evaluation.runner import node_parameters, perception_config
+
+    user = tmp_path / "params.yaml"
+    user.write_text(yaml.safe_dump({"/**/tracker_node": {"ros__parameters": {"detector": "yolo11n"}}}))
+    assert perception_config(node_parameters(str(user), {})["tracker_node"]).model == "yolo11n"
+
+
+def test_run_and_grounding_node_map_parameters_the_same_way(tmp_path):
+    """The runner and the grounding node share `grounding.settings`: the node's schema defaults and the
+    shipped config/grounding.yaml give the same backend, backend arguments and GroundingConfig."""
+    from stvg_ros.evaluation.runner import node_parameters
+    from stvg_ros.grounding.settings import grounding_settings
+    from stvg_ros.nodes.grounding_node import GroundingParams
+
+    shipped = node_parameters(None, {})["grounding_node"]
+    assert grounding_settings(shipped) == grounding_settings(vars(GroundingParams()))
+    overridden = node_parameters(None, {"grounding_node": {"flash_attn": False, "query_timeout_s": 9.0,
+                                                           "num_frames": 4}})["grounding_node"]  # fmt: skip
+    backend, kwargs, config = grounding_settings(overridden)
+    assert backend == "llama_cpp" and kwargs["flash_attn"] is False and kwargs["timeout_s"] == 9.0
+    assert (config.num_frames, config.timeout_s) == (4, 9.0)

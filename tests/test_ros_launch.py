@@ -133,6 +133,12 @@ class _OpaqueFunction(_Entity):
         self.function = function
 
 
+class _SetEnvironmentVariable(_Entity):
+    def __init__(self, name, value) -> None:
+        super().__init__(name, value)
+        self.name, self.value = name, value
+
+
 class _LaunchConfiguration:
     def __init__(self, variable_name, *, default=None) -> None:
         self.name = variable_name
@@ -156,6 +162,7 @@ def _stub_launch_modules(monkeypatch) -> None:
             "DeclareLaunchArgument": _DeclareLaunchArgument,
             "LogInfo": _Entity,
             "OpaqueFunction": _OpaqueFunction,
+            "SetEnvironmentVariable": _SetEnvironmentVariable,
         },
         "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
         "launch_ros": {},
@@ -167,10 +174,15 @@ def _stub_launch_modules(monkeypatch) -> None:
         monkeypatch.setitem(sys.modules, name, module)
 
 
+def _description(monkeypatch) -> list:
+    """The entities generate_launch_description() returns, against the stand-in launch API."""
+    _stub_launch_modules(monkeypatch)
+    return runpy.run_path(str(LAUNCH_FILE))["generate_launch_description"]()
+
+
 def _launch(monkeypatch, **arguments: str) -> list[_Node]:
     """Run generate_launch_description() and its OpaqueFunction with `arguments` given on the command line."""
-    _stub_launch_modules(monkeypatch)
-    description = runpy.run_path(str(LAUNCH_FILE))["generate_launch_description"]()
+    description = _description(monkeypatch)
     declared = [e for e in description if isinstance(e, _DeclareLaunchArgument)]
     unknown = set(arguments) - {d.name for d in declared}
     assert not unknown, f"undeclared launch arguments {unknown}"
@@ -215,6 +227,18 @@ def test_launch_arguments_reach_the_nodes(monkeypatch, tmp_path):
     assert grounding[-1] == {"backend": "http", "model": "stvg-r1-7b-q4_k_m"}  # last: wins over the files
     assert grounding.index(str(robot)) < len(grounding) - 1
     assert {"backend": "http", "model": "stvg-r1-7b-q4_k_m"} not in nodes[0].kwargs["parameters"]
+
+
+def test_launch_file_sets_fast_dds_large_data_transports_unless_the_environment_does(monkeypatch):
+    monkeypatch.delenv("FASTDDS_BUILTIN_TRANSPORTS", raising=False)
+    description = _description(monkeypatch)
+    (transports,) = [e for e in description if isinstance(e, _SetEnvironmentVariable)]
+    assert (transports.name, transports.value) == ("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    # set before the nodes start: launch applies actions in order
+    assert description.index(transports) < next(i for i, e in enumerate(description) if isinstance(e, _OpaqueFunction))
+    monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
+    (transports,) = [e for e in _description(monkeypatch) if isinstance(e, _SetEnvironmentVariable)]
+    assert transports.value == "UDPv4"
 
 
 def test_up_parses_parameter_overrides():

@@ -108,3 +108,28 @@ def test_export_needs_calibration_frames_for_the_detector(lora_adapter, tiny_det
     with pytest.raises(ValueError, match="calibration-data"):
         export(ExportOptions(model_dir=str(base), out_dir=str(tmp_path), quants=["Q8_0"],
                              detector=str(tiny_detector["pt"]), verify=False))
+
+
+def test_rewriting_an_existing_manifest_keeps_what_the_export_cannot_know(tmp_path):
+    """Exporting over models/stvg-r1-7b-q4_k_m.yaml replaces its files and sha256 but keeps the released
+    checkpoint, license and how-to-get fields; the converter field names the converter's version."""
+    import shutil
+
+    from stvg_ros.grounding.gguf import LLAMA_CPP_PYTHON_VERSION
+    from stvg_train.export import _manifest_file, _write_manifest
+
+    label = "stvg-r1-7b-q4_k_m"
+    shutil.copy(repo_root() / "models" / f"{label}.yaml", tmp_path / f"{label}.yaml")
+    model = tmp_path / label / f"{label}.gguf"
+    model.parent.mkdir()
+    model.write_bytes(b"GGUF model")
+    converter = f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} vendor/llama.cpp/convert_hf_to_gguf.py"
+    _write_manifest(tmp_path, {"name": label, "kind": "vlm", "quantization": "q4_k_m", "converter": converter,
+                               "files": [_manifest_file(model, "gguf", "stvg-train export --quant q4_k_m")]})  # fmt: skip
+    manifest = model_registry.load_manifests([tmp_path])[label]
+    assert manifest.extra["checkpoint"] == {"hf_repo": "XiaowenZhang/stvg-r1-model-7b"}
+    assert manifest.extra["converter"] == converter and manifest.license == "Apache-2.0"
+    assert [(f.name, f.sha256) for f in manifest.files] == [(model.name, sha256_of(model))]
+    (tmp_path / "other.yaml").write_text(": not yaml [")
+    _write_manifest(tmp_path, {"name": "other", "kind": "vlm", "files": []})  # unreadable: replaced
+    assert yaml.safe_load((tmp_path / "other.yaml").read_text()) == {"name": "other", "kind": "vlm", "files": []}

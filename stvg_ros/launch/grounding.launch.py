@@ -8,16 +8,25 @@ The node list comes from stvg_ros.nodes.graph.GRAPH_NODES, the same list `stvg-r
 one process. Each node gets, in this order: its own file in the package's config/, the
 `params_file` argument, use_sim_time, and for the grounding node the `backend`/`model` arguments.
 Every node self-activates (configure + activate) unless its `autostart` parameter is false.
+
+FASTDDS_BUILTIN_TRANSPORTS is set to LARGE_DATA for the nodes unless the environment already sets
+it: with Fast DDS's default transports most 640x480 images are dropped (scripts/env.sh does the
+same for `stvg-ros up`).
 """
 
+import os
+
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from stvg_ros.nodes.graph import DEFAULT_CAMERA_TOPIC, IMAGE_TOPIC, graph_nodes, node_params_file
 
 TRUE_VALUES = ("true", "1", "yes", "on")
+#: Fast DDS transports for large messages (shared memory + TCP), unless the environment chooses.
+DDS_TRANSPORTS_VARIABLE = "FASTDDS_BUILTIN_TRANSPORTS"
+DEFAULT_DDS_TRANSPORTS = "LARGE_DATA"
 
 #: (name, default, description, choices or None): declared in this order.
 ARGUMENTS = (
@@ -81,4 +90,7 @@ def generate_launch_description() -> LaunchDescription:
     for name, default, description, choices in ARGUMENTS:
         kwargs = {"choices": choices} if choices else {}
         declared.append(DeclareLaunchArgument(name, default_value=default, description=description, **kwargs))
-    return LaunchDescription([*declared, OpaqueFunction(function=_nodes)])
+    transports = os.environ.get(DDS_TRANSPORTS_VARIABLE) or DEFAULT_DDS_TRANSPORTS
+    return LaunchDescription(
+        [*declared, SetEnvironmentVariable(DDS_TRANSPORTS_VARIABLE, transports), OpaqueFunction(function=_nodes)]
+    )

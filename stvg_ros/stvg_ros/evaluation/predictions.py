@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stvg_ros.evaluation.errors import EvalError
-from stvg_ros.evaluation.loaders import AnnotationSet, Box
+from stvg_ros.evaluation.loaders import AnnotationSet, Box, Query
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,21 @@ def check_predictions(predictions: Mapping[str, Prediction], annotations: Annota
 
 # --------------------------------------------------------------------------------------------
 # per-query records (JSONL)
+
+
+def query_record(query: Query, prediction: Prediction, wall_s: float) -> dict:
+    """The fields every per-query record starts with (`eval run` and `eval replay` add their own)."""
+    return {
+        "query_id": query.query_id,
+        "video_id": query.video_id,
+        "query": query.caption,
+        "gt_sted": [query.gt_start, query.gt_end],
+        "sted": [prediction.start, prediction.end],
+        "target_id": prediction.target_id,
+        "span_s": [prediction.start_s, prediction.end_s],
+        "n_tube_boxes": len(prediction.boxes),
+        "latency_s": round(wall_s, 3),
+    }
 
 
 def write_records(path: str | Path, records: Iterable[Mapping]) -> Path:

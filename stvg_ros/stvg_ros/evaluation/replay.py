@@ -43,7 +43,13 @@ from pathlib import Path
 
 from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, load_annotations
-from stvg_ros.evaluation.predictions import Prediction, save_predictions, span_indices, write_records
+from stvg_ros.evaluation.predictions import (
+    Prediction,
+    query_record,
+    save_predictions,
+    span_indices,
+    write_records,
+)
 from stvg_ros.evaluation.tracks import TrackLog, TrackWriter
 
 log = logging.getLogger("stvg_ros.eval.replay")
@@ -584,15 +590,7 @@ def replay(config: ReplayConfig) -> dict:
 
 def _record(query: Query, prediction: Prediction, response, error: str, wall_s: float, problems, offset_ns) -> dict:
     record = {
-        "query_id": query.query_id,
-        "video_id": query.video_id,
-        "query": query.caption,
-        "gt_sted": [query.gt_start, query.gt_end],
-        "sted": [prediction.start, prediction.end],
-        "target_id": prediction.target_id,
-        "span_s": [prediction.start_s, prediction.end_s],
-        "n_tube_boxes": len(prediction.boxes),
-        "latency_s": round(wall_s, 3),
+        **query_record(query, prediction, wall_s),
         "problems": problems,
         "success": False,
         "failure": error,

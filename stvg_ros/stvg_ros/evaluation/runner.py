@@ -4,8 +4,9 @@ metrics and a report, offline, without ROS.
 It runs the robot's own parts in the robot's order, in one process: every frame goes through the
 perception pipeline (detector + tracker) and into a ClipBuffer; each query of the video is then
 grounded over the whole video (the buffer is sized to hold it) with the GroundingPipeline. Both are
-built the way the nodes build them (`build_perception`, `make_backend` + `GroundingPipeline`), from
-the graph's own parameters (`nodes.graph.graph_parameters`: the nodes' config files, `--params`,
+built by the code the nodes use (`PerceptionConfig.from_node_parameters` + `build_perception`;
+`grounding.settings.grounding_settings` + `make_backend` + `GroundingPipeline`), from the graph's own
+parameters (`nodes.graph.graph_parameters`: the nodes' config files, `--params`,
 `-p` overrides), so `eval run` and `eval replay` with the same arguments run the same configuration.
 
 Outputs in `--out`: predictions.json (annotation frame indexing), records.jsonl (one per query:
@@ -19,7 +20,6 @@ and the player node's convention), so bag and video runs of the same scene agree
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
@@ -31,7 +31,13 @@ import numpy as np
 
 from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, find_video, load_annotations
-from stvg_ros.evaluation.predictions import Prediction, save_predictions, span_indices, write_records
+from stvg_ros.evaluation.predictions import (
+    Prediction,
+    query_record,
+    save_predictions,
+    span_indices,
+    write_records,
+)
 from stvg_ros.evaluation.tracks import TrackLog, TrackWriter
 
 log = logging.getLogger("stvg_ros.eval.run")
@@ -74,24 +80,13 @@ def node_parameters(params_file: str | None, overrides: dict) -> dict[str, dict]
         raise EvalError(str(exc)) from None
 
 
-def _dataclass_from(cls, values: dict):
-    """`cls` with the fields that `values` names (others keep their defaults)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
-
-
 def perception_config(values: dict):
-    """PerceptionConfig from the tracker node's parameters, read as the tracker node reads them
-    (`detector` names the model); keys that only matter to ROS (QoS, diagnostics) are ignored."""
+    """PerceptionConfig from the tracker node's parameters, as the tracker node builds it
+    (`PerceptionConfig.from_node_parameters`: `detector` names the model; ROS-only keys ignored)."""
     from stvg_ros.perception.pipeline import PerceptionConfig
-    from stvg_ros.perception.tracker import TrackerConfig
 
-    values = dict(values)
-    if "detector" in values:
-        values["model"] = values.pop("detector")
-    known = {f.name for f in dataclasses.fields(PerceptionConfig)} | {f.name for f in dataclasses.fields(TrackerConfig)}
     try:
-        return PerceptionConfig.from_dict({k: v for k, v in values.items() if k in known})
+        return PerceptionConfig.from_node_parameters(values)
     except (TypeError, ValueError) as exc:
         raise EvalError(f"bad tracker_node parameters: {exc}") from None
 
@@ -146,11 +141,12 @@ def frame_count(kind: str, path: Path) -> int:
 
 class OfflinePipeline:
     """Perception + buffer + grounding, built from the graph's node parameters the way the tracker
-    and grounding nodes build them (`build_perception`, `make_backend`, `GroundingPipeline`)."""
+    and grounding nodes build them (`perception_config`, `grounding_settings`, `make_backend`)."""
 
     def __init__(self, params: dict[str, dict], with_detector: bool = True) -> None:
         from stvg_ros.grounding.backends import make_backend
-        from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline
+        from stvg_ros.grounding.pipeline import GroundingPipeline
+        from stvg_ros.grounding.settings import grounding_settings
         from stvg_ros.perception.pipeline import build_perception
 
         self.perception_config = perception_config(params.get("tracker_node", {}))
@@ -158,16 +154,12 @@ class OfflinePipeline:
         self.buffer_seconds = float(grounding.get("buffer_seconds", 30.0))
         self.buffer_sample_fps = float(grounding.get("buffer_sample_fps", 2.0))
         self.buffer_max_bytes = int(float(grounding.get("buffer_max_mb", 64.0)) * 2**20)
-        self.reasoning = bool(grounding.get("reasoning", True))
-        timeout_s = float(grounding.get("query_timeout_s", 120.0))
-        backend_kwargs = {k: grounding[k] for k in ("model", "mmproj", "endpoint", "n_ctx", "n_threads", "n_gpu_layers")
-                          if k in grounding}  # fmt: skip
-        self.backend_name = str(grounding.get("backend", "llama_cpp"))
+        self.backend_name, backend_kwargs, config = grounding_settings(grounding)
+        self.reasoning = config.reasoning
         self.model_name = str(grounding.get("model", ""))
         # the detector first: it is the cheaper of the two to find missing
         self.perception = build_perception(self.perception_config) if with_detector else None
-        self.backend = make_backend(self.backend_name, timeout_s=timeout_s, **backend_kwargs)
-        config = _dataclass_from(GroundingConfig, {**grounding, "timeout_s": timeout_s})
+        self.backend = make_backend(self.backend_name, **backend_kwargs)
         self.grounding = GroundingPipeline(self.backend, config)
 
     def start_video(self):
@@ -266,15 +258,7 @@ def outcome_to_prediction(query: Query, outcome, stamps: list[int], frame_of: di
 
 def _record(query: Query, prediction: Prediction, outcome, wall_s: float, error: str = "") -> dict:
     record = {
-        "query_id": query.query_id,
-        "video_id": query.video_id,
-        "query": query.caption,
-        "gt_sted": [query.gt_start, query.gt_end],
-        "sted": [prediction.start, prediction.end],
-        "target_id": prediction.target_id,
-        "span_s": [prediction.start_s, prediction.end_s],
-        "n_tube_boxes": len(prediction.boxes),
-        "latency_s": round(wall_s, 3),
+        **query_record(query, prediction, wall_s),
         "success": bool(outcome is not None and outcome.success),
         "failure": error,
     }
@@ -414,7 +398,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", choices=("auto", "video", "bag"), default="auto",
                         help="read <videos>/<video_id>/ rosbag2 folders or video files (default: what exists)")  # fmt: skip
     parser.add_argument("--params", default=None, metavar="FILE",
-                        help="ROS parameters file of the graph (default: config/stvg_ros.yaml)")  # fmt: skip
+                        help="ROS parameters file for the graph's nodes, applied over their config/*.yaml "
+                        "(as `stvg-ros up --params`)")  # fmt: skip
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NODE:NAME=VALUE",
                         help="override one parameter, e.g. grounding_node:num_frames=8 (repeatable)")  # fmt: skip
     parser.add_argument("--backend", default=None, help="grounding backend (llama_cpp, transformers, http)")

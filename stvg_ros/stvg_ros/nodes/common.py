@@ -180,6 +180,15 @@ def parameters_markdown(schema_cls: type) -> str:
 RELIABILITIES = ("best_effort", "reliable", "system_default")
 
 
+def image_subscription(node, callback: Callable, transport: str, depth: int, reliability: str, **kwargs: Any):
+    """Subscribe the camera: `image` (sensor_msgs/Image) or, with transport "compressed",
+    `image/compressed` (sensor_msgs/CompressedImage), with `image_qos(depth, reliability)`."""
+    from sensor_msgs.msg import CompressedImage, Image
+
+    msg_type, topic = (CompressedImage, "image/compressed") if transport == "compressed" else (Image, "image")
+    return node.create_subscription(msg_type, topic, callback, image_qos(depth, reliability), **kwargs)
+
+
 def image_qos(depth: int = 1, reliability: str = "best_effort"):
     """QoS for image subscriptions: KEEP_LAST `depth`, VOLATILE, the given reliability.
 
@@ -381,7 +390,8 @@ def autostart(node) -> bool:
 
 def run_lifecycle_node(make_node: Callable[[], Any], args: list[str] | None = None) -> int:
     """`main()` of a node module: init rclpy, build the node, self-activate when its `autostart`
-    parameter is true, spin until shutdown. Returns the process exit code (1 when autostart failed
+    parameter is true (a failure is logged; the node stays up for a lifecycle manager), spin until
+    SIGINT/SIGTERM. Returns the process exit code (1 when autostart failed
     and `exit_on_failure` is set on the node)."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -395,7 +405,8 @@ def run_lifecycle_node(make_node: Callable[[], Any], args: list[str] | None = No
         wants_autostart = node.has_parameter("autostart") and bool(node.get_parameter("autostart").value)
         if wants_autostart and not autostart(node) and getattr(node, "exit_on_failure", False):
             return 1
-        executor = MultiThreadedExecutor(num_threads=2)
+        # each of the node's own workers (e.g. the grounding node's waiting queries) holds a thread
+        executor = MultiThreadedExecutor(num_threads=int(getattr(node, "executor_threads", 1)) + 1)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -150,11 +150,6 @@ def merged_params_file(
     return path
 
 
-def default_params_file() -> Path:
-    """The package defaults of every graph node as one file (a temporary copy; prefer graph_parameters)."""
-    return merged_params_file()
-
-
 def ros_arguments(
     params_file: str | Path,
     camera_topic: str | None = None,

@@ -15,19 +15,14 @@ The node configures and activates itself when `autostart` is true.
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
@@ -36,13 +31,13 @@ from stvg_ros.core.prompt import QueryError, normalize_query
 from stvg_ros.nodes.common import (
     RELIABILITIES,
     NoPublisherWatchdog,
-    autostart,
     declare_parameters,
     decode_ros_image,
-    image_qos,
+    image_subscription,
     ns_to_stamp,
     param,
     read_parameters,
+    run_lifecycle_node,
     stamp_to_ns,
     tracks_from_msg,
 )
@@ -79,6 +74,7 @@ class GroundingParams:
     n_ctx: int = param(8192, "llama.cpp context length in tokens (frames + prompt + answer must fit)")
     n_threads: int = param(0, "llama.cpp CPU threads (0: all cores but one)")
     n_gpu_layers: int = param(-1, "llama.cpp layers offloaded to the GPU (-1: all, 0: CPU only)")
+    flash_attn: bool = param(True, "llama.cpp flash attention (less memory and faster on GPU; false if a build lacks it)")
     num_frames: int = param(16, "frames sampled from the query window and shown to the model")
     reasoning: bool = param(True, "queries with REASONING_DEFAULT get a `<think>` block first (false: answer only)")
     max_new_tokens: int = param(512, "longest model answer in tokens (reasoning included)")
@@ -147,13 +143,14 @@ class GroundingNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from stvg_ros.grounding.backends import resolve_model_files
+        from stvg_ros.grounding.settings import backend_kwargs
         from stvg_ros.perception.buffer import ClipBuffer
 
         try:
             self.params = p = read_parameters(self, GroundingParams)
             if problems := _check_params(p):
                 raise ValueError("; ".join(problems))
-            self._model_files = resolve_model_files(backend=p.backend, **_backend_kwargs(p))
+            self._model_files = resolve_model_files(backend=p.backend, **backend_kwargs(vars(p)))
         except Exception as exc:  # a missing model file, a bad parameter: fail the transition, say why
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -163,15 +160,8 @@ class GroundingNode(LifecycleNode):
         self._follower = TargetFollower(p.target_lost_timeout_s)
         self._result_pub = self.create_lifecycle_publisher(GroundingResult, "grounding_result", RESULTS_QOS)
         self._target_pub = self.create_lifecycle_publisher(Target, "target", 10)
-        image_type, image_topic = (
-            (CompressedImage, "image/compressed") if p.image_transport == "compressed" else (Image, "image")
-        )
-        image_sub = self.create_subscription(
-            image_type,
-            image_topic,
-            self._on_image,
-            image_qos(1, p.image_reliability),
-            callback_group=self._stream_group,
+        image_sub = image_subscription(
+            self, self._on_image, p.image_transport, 1, p.image_reliability, callback_group=self._stream_group
         )
         tracks_sub = self.create_subscription(
             TrackedObjectArray, "tracks", self._on_tracks, 30, callback_group=self._stream_group
@@ -199,11 +189,13 @@ class GroundingNode(LifecycleNode):
         from stvg_ros.grounding.backends import make_backend
         from stvg_ros.grounding.models import manifest_note
         from stvg_ros.grounding.pipeline import GroundingPipeline
+        from stvg_ros.grounding.settings import grounding_settings
 
         started = time.monotonic()
         try:
-            self._backend = make_backend(self.params.backend, **_backend_kwargs(self.params))
-            self._pipeline = GroundingPipeline(self._backend, _grounding_config(self.params))
+            backend, kwargs, config = grounding_settings(vars(self.params))
+            self._backend = make_backend(backend, **kwargs)
+            self._pipeline = GroundingPipeline(self._backend, config)
         except Exception as exc:  # ModelLoadError (mismatched mmproj, ...) and anything the loader raises
             self.get_logger().error(f"activate failed: could not load the model: {exc}")
             self._backend = self._pipeline = None
@@ -466,47 +458,9 @@ def _check_params(p: GroundingParams) -> list[str]:
     return problems
 
 
-def _backend_kwargs(p: GroundingParams) -> dict:
-    """Keyword arguments of make_backend / resolve_model_files for the node's parameters."""
-    return {
-        "model": p.model,
-        "mmproj": p.mmproj,
-        "endpoint": p.endpoint,
-        "n_ctx": p.n_ctx,
-        "n_threads": p.n_threads,
-        "n_gpu_layers": p.n_gpu_layers,
-        "timeout_s": p.query_timeout_s,
-    }
-
-
-def _grounding_config(p: GroundingParams):
-    from stvg_ros.grounding.pipeline import GroundingConfig
-
-    return GroundingConfig(
-        num_frames=p.num_frames, max_new_tokens=p.max_new_tokens, reasoning=p.reasoning, timeout_s=p.query_timeout_s
-    )
-
-
 def main(args: list[str] | None = None) -> int:
     """`ros2 run stvg_ros grounding_node`: one node, self-activating, spun until SIGINT/SIGTERM."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = GroundingNode()
-        if node.params.autostart:
-            autostart(node)  # a failure is logged; the node stays up for a lifecycle manager
-        executor = MultiThreadedExecutor(num_threads=node.executor_threads + 1)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
-    return 0
+    return run_lifecycle_node(GroundingNode, args)
 
 
 if __name__ == "__main__":

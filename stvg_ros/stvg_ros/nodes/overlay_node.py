@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import Image
 
 from stvg_ros.core.image_codec import ImageDecodeError, encode_image
 from stvg_ros.core.render import IdStyle, render_ids
@@ -31,7 +31,7 @@ from stvg_ros.nodes.common import (
     NoPublisherWatchdog,
     declare_parameters,
     decode_ros_image,
-    image_qos,
+    image_subscription,
     param,
     parameters_markdown,
     read_parameters,
@@ -134,8 +134,7 @@ class OverlayNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self.params
-        msg_type, topic = (Image, "image") if p.image_transport == "raw" else (CompressedImage, "image/compressed")
-        image_sub = self.create_subscription(msg_type, topic, self._on_image, image_qos(2, p.image_reliability))
+        image_sub = image_subscription(self, self._on_image, p.image_transport, 2, p.image_reliability)
         tracks_sub = self.create_subscription(TrackedObjectArray, "tracks", self._on_tracks, 10)
         self._subs = [image_sub, tracks_sub]
         self._watchdog = NoPublisherWatchdog(self, [image_sub], after_s=p.no_image_warning_s)

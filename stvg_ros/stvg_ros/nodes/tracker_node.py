@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool
 
 from stvg_ros.core.image_codec import ImageDecodeError
@@ -33,7 +32,7 @@ from stvg_ros.nodes.common import (
     NoPublisherWatchdog,
     declare_parameters,
     decode_ros_image,
-    image_qos,
+    image_subscription,
     param,
     parameters_markdown,
     read_parameters,
@@ -155,11 +154,8 @@ class TrackerNode(LifecycleNode):
             self.get_logger().error(f"activate failed: cannot load the detector: {exc}")
             return TransitionCallbackReturn.FAILURE
         p = self.params
-        msg_type, topic = (Image, "image") if p.image_transport == "raw" else (CompressedImage, "image/compressed")
-        self._sub = self.create_subscription(
-            msg_type, topic, self._on_image, image_qos(p.image_depth, p.image_reliability),
-            callback_group=MutuallyExclusiveCallbackGroup(),
-        )  # fmt: skip
+        self._sub = image_subscription(self, self._on_image, p.image_transport, p.image_depth, p.image_reliability,
+                                       callback_group=MutuallyExclusiveCallbackGroup())  # fmt: skip
         self._watchdog = NoPublisherWatchdog(self, [self._sub], after_s=p.no_image_warning_s)
         if p.diagnostics_period_s > 0:
             self._diag_timer = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)

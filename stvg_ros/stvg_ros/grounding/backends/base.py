@@ -50,6 +50,21 @@ class GenerationResult:
     finish_reason: str = "stop"
 
 
+@dataclass(frozen=True)
+class GenerationRequest:
+    """The arguments of one `VlmBackend.generate` call, as a backend's `_generate_locked` gets them."""
+
+    frames: Sequence[np.ndarray]
+    timestamps_s: Sequence[float]
+    question: str
+    reasoning: bool = True
+    max_new_tokens: int = 512
+    cancel: CancelToken | None = None
+    on_token: Callable[[str], None] | None = None
+    track_ids: Sequence[int] | None = None
+    duration_s: float | None = None
+
+
 @runtime_checkable
 class VlmBackend(Protocol):
     """A vision-language model that answers a question about N frames with timestamps."""
@@ -78,8 +93,22 @@ class VlmBackend(Protocol):
         `track_ids` are the IDs drawn on the frames and `duration_s` the clip length: a constrained
         backend only allows those IDs and times within the clip.
         Stops early, with finish_reason "cancelled", once `cancel.is_set()`.
+
+        The backends here subclass VlmBackend and share this implementation: check the frames,
+        load the model, wait for `self._lock` (a SerialLock: one request at a time; None: no
+        limit) unless cancelled, then `self._generate_locked(GenerationRequest(...))`.
         """
-        ...
+        check_frames(frames, timestamps_s)
+        self.load()
+        lock: SerialLock | None = self._lock
+        if lock is not None and not lock.acquire(cancel):
+            return GenerationResult("", finish_reason="cancelled")
+        try:
+            return self._generate_locked(GenerationRequest(frames, timestamps_s, question, reasoning, max_new_tokens,
+                                                           cancel, on_token, track_ids, duration_s))  # fmt: skip
+        finally:
+            if lock is not None:
+                lock.release()
 
     def close(self) -> None:
         """Free the model (idempotent)."""

@@ -17,21 +17,18 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
-
-import numpy as np
 
 from stvg_ros.core.answer import answer_grammar, answer_regex, think_budget_chars
 from stvg_ros.core.prompt import clip_user_content
 from stvg_ros.grounding.backends.base import (
-    CancelToken,
     GenerationError,
+    GenerationRequest,
     GenerationResult,
     ModelLoadError,
     SerialLock,
     Stopwatch,
-    check_frames,
+    VlmBackend,
     image_data_uri,
     is_cancelled,
 )
@@ -41,7 +38,7 @@ log = logging.getLogger(__name__)
 CONSTRAINTS = ("grammar", "structured_outputs", "guided_regex", "none")
 
 
-class HttpBackend:
+class HttpBackend(VlmBackend):
     """Client of `<endpoint>/chat/completions`, e.g. endpoint `http://gpu-server:8000/v1`."""
 
     name = "http"
@@ -143,36 +140,14 @@ class HttpBackend:
             body["guided_regex"] = answer_regex(**spec)
         return body
 
-    def generate(
-        self,
-        frames: Sequence[np.ndarray],
-        timestamps_s: Sequence[float],
-        question: str,
-        *,
-        reasoning: bool = True,
-        max_new_tokens: int = 512,
-        cancel: CancelToken | None = None,
-        on_token: Callable[[str], None] | None = None,
-        track_ids: Sequence[int] | None = None,
-        duration_s: float | None = None,
-    ) -> GenerationResult:
-        check_frames(frames, timestamps_s)
-        if not self._loaded:
-            try:
-                self.load()
-            except ModelLoadError as exc:
-                raise GenerationError(str(exc)) from exc
-        if self._lock is not None and not self._lock.acquire(cancel):
-            return GenerationResult("", finish_reason="cancelled")
-        try:
-            watch = Stopwatch()
-            body = self._body(frames, timestamps_s, question, reasoning, max_new_tokens, track_ids, duration_s)
-            payload = json.dumps(body).encode("utf-8")
-            result = GenerationResult("", preprocess_ms=watch.lap())
-            return self._stream(payload, result, watch, cancel, on_token)
-        finally:
-            if self._lock is not None:
-                self._lock.release()
+    def _generate_locked(self, r: GenerationRequest) -> GenerationResult:
+        """`generate` (VlmBackend's) once the server is checked and this request may run."""
+        watch = Stopwatch()
+        body = self._body(r.frames, r.timestamps_s, r.question, r.reasoning, r.max_new_tokens, r.track_ids,
+                          r.duration_s)  # fmt: skip
+        payload = json.dumps(body).encode("utf-8")
+        result = GenerationResult("", preprocess_ms=watch.lap())
+        return self._stream(payload, result, watch, r.cancel, r.on_token)
 
     def _stream(self, payload: bytes, result: GenerationResult, watch: Stopwatch, cancel, on_token):
         deadline = time.monotonic() + self.timeout_s

@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +20,13 @@ import numpy as np
 from stvg_ros.core.answer import answer_grammar, think_budget_chars
 from stvg_ros.core.prompt import clip_user_content
 from stvg_ros.grounding.backends.base import (
-    CancelToken,
     GenerationError,
+    GenerationRequest,
     GenerationResult,
     ModelLoadError,
     SerialLock,
     Stopwatch,
-    check_frames,
+    VlmBackend,
     image_data_uri,
     is_cancelled,
 )
@@ -93,7 +93,7 @@ def quiet_llama_logs(verbose: bool = False) -> None:
     mtmd.mtmd_helper_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(VlmBackend):
     """Qwen2.5-VL GGUF + mmproj in-process with llama-cpp-python (CPU, or GPU with a CUDA build)."""
 
     name = "llama_cpp"
@@ -186,29 +186,11 @@ class LlamaCppBackend:
             self._grammars[key] = LlamaGrammar.from_string(text, verbose=False)
         return self._grammars[key]
 
-    def generate(
-        self,
-        frames: Sequence[np.ndarray],
-        timestamps_s: Sequence[float],
-        question: str,
-        *,
-        reasoning: bool = True,
-        max_new_tokens: int = 512,
-        cancel: CancelToken | None = None,
-        on_token: Callable[[str], None] | None = None,
-        track_ids: Sequence[int] | None = None,
-        duration_s: float | None = None,
-    ) -> GenerationResult:
-        check_frames(frames, timestamps_s)
-        self.load()
-        if not self._lock.acquire(cancel):
-            return GenerationResult("", finish_reason="cancelled")
-        try:
-            grammar = (self._grammar(reasoning, track_ids, think_budget_chars(max_new_tokens), duration_s)
-                       if self.constrained else None)
-            return self._generate(frames, timestamps_s, question, max_new_tokens, cancel, on_token, grammar)
-        finally:
-            self._lock.release()
+    def _generate_locked(self, r: GenerationRequest) -> GenerationResult:
+        """`generate` (VlmBackend's) once the model is loaded and this request holds the lock."""
+        grammar = (self._grammar(r.reasoning, r.track_ids, think_budget_chars(r.max_new_tokens), r.duration_s)
+                   if self.constrained else None)  # fmt: skip
+        return self._generate(r.frames, r.timestamps_s, r.question, r.max_new_tokens, r.cancel, r.on_token, grammar)
 
     def _prompt_tokens(self, messages: list[dict], frames: Sequence[np.ndarray]) -> int:
         """Text tokens + visual tokens (one per 28x28 pixels) of a request."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +19,13 @@ import numpy as np
 from stvg_ros.core.answer import answer_regex, think_budget_chars
 from stvg_ros.core.prompt import clip_user_content
 from stvg_ros.grounding.backends.base import (
-    CancelToken,
     GenerationError,
+    GenerationRequest,
     GenerationResult,
     ModelLoadError,
     SerialLock,
     Stopwatch,
-    check_frames,
+    VlmBackend,
     is_cancelled,
 )
 
@@ -40,7 +40,7 @@ def clip_fps(timestamps_s: Sequence[float]) -> float:
     return (len(timestamps_s) - 1) / span if span > 0 else 1.0
 
 
-class TransformersBackend:
+class TransformersBackend(VlmBackend):
     """Qwen2.5-VL through transformers' AutoModelForImageTextToText."""
 
     name = "transformers"
@@ -116,32 +116,15 @@ class TransformersBackend:
                                                      add_generation_prompt=True, tokenize=False)
         return self._processor(text=[prompt], images=list(frames), size=size, return_tensors="pt")
 
-    def generate(
-        self,
-        frames: Sequence[np.ndarray],
-        timestamps_s: Sequence[float],
-        question: str,
-        *,
-        reasoning: bool = True,
-        max_new_tokens: int = 512,
-        cancel: CancelToken | None = None,
-        on_token: Callable[[str], None] | None = None,
-        track_ids: Sequence[int] | None = None,
-        duration_s: float | None = None,
-    ) -> GenerationResult:
-        check_frames(frames, timestamps_s)
-        self.load()
-        if not self._lock.acquire(cancel):
-            return GenerationResult("", finish_reason="cancelled")
+    def _generate_locked(self, r: GenerationRequest) -> GenerationResult:
+        """`generate` (VlmBackend's) once the model is loaded and this request holds the lock."""
         try:
-            return self._generate(frames, timestamps_s, question, reasoning, max_new_tokens, cancel, on_token,
-                                  track_ids, duration_s)
+            return self._generate(r.frames, r.timestamps_s, r.question, r.reasoning, r.max_new_tokens, r.cancel,
+                                  r.on_token, r.track_ids, r.duration_s)  # fmt: skip
         except (GenerationError, ValueError):
             raise
         except Exception as exc:  # surface model failures as generation errors
             raise GenerationError(f"transformers generation failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self._lock.release()
 
     def _generate(self, frames, timestamps_s, question, reasoning, max_new_tokens, cancel, on_token, track_ids,
                   duration_s):

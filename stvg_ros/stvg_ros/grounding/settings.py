@@ -1,0 +1,47 @@
+"""The grounding node's parameters -> what the grounding core needs, without ROS.
+
+One home for the mapping, used by the grounding node (nodes/grounding_node.py) and by the offline
+evaluation runner (evaluation/runner.py), so both load the same backend with the same settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from stvg_ros.grounding.pipeline import GroundingConfig
+
+#: Node parameters handed to `make_backend` / `resolve_model_files` under the same name.
+BACKEND_PARAMETERS = ("model", "mmproj", "endpoint", "n_ctx", "n_threads", "n_gpu_layers", "flash_attn")
+DEFAULT_BACKEND = "llama_cpp"
+DEFAULT_QUERY_TIMEOUT_S = 120.0
+
+
+def query_timeout_s(values: Mapping[str, Any]) -> float:
+    """The node's `query_timeout_s` (the per-query deadline of the backend and the pipeline)."""
+    return float(values.get("query_timeout_s", DEFAULT_QUERY_TIMEOUT_S))
+
+
+def backend_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of `make_backend` / `resolve_model_files` for the node's parameters
+    (parameters not given keep the backend's defaults)."""
+    kwargs = {key: values[key] for key in BACKEND_PARAMETERS if key in values}
+    kwargs["timeout_s"] = query_timeout_s(values)
+    return kwargs
+
+
+def grounding_config(values: Mapping[str, Any]) -> GroundingConfig:
+    """GroundingConfig for the node's parameters (others keep GroundingConfig's defaults)."""
+    defaults = GroundingConfig()
+    return GroundingConfig(
+        num_frames=int(values.get("num_frames", defaults.num_frames)),
+        max_new_tokens=int(values.get("max_new_tokens", defaults.max_new_tokens)),
+        reasoning=bool(values.get("reasoning", defaults.reasoning)),
+        timeout_s=query_timeout_s(values),
+    )
+
+
+def grounding_settings(values: Mapping[str, Any]) -> tuple[str, dict[str, Any], GroundingConfig]:
+    """(backend name, make_backend keyword arguments, GroundingConfig) from the grounding node's
+    parameters ({name: value}, as `nodes.graph.graph_parameters` or the node's schema gives them)."""
+    return str(values.get("backend", DEFAULT_BACKEND)), backend_kwargs(values), grounding_config(values)

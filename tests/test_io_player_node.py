@@ -80,8 +80,10 @@ def test_player_publishes_every_frame_of_a_bag_with_its_stamps(synth_dataset):
         node.create_subscription(Image, "/player_test/bag/image", images.append, _qos())
         node.create_subscription(Bool, "/player_node/finished", finished.append, _qos(1, latched=True))
         player = _start_player(
+            # depth >= the bag's 80 frames: a reliable KEEP_LAST writer overwrites samples a slow reader has
+            # not acknowledged yet, so only a history that holds the whole bag makes "every frame" a guarantee.
             f"bag:={bag}", "rate:=5.0", "start_delay_s:=0.0", "wait_for_subscribers:=1", "wait_timeout_s:=20.0",
-            remap="image:=/player_test/bag/image",
+            "depth:=100", remap="image:=/player_test/bag/image",
         )  # fmt: skip
         try:
             spin_until(lambda: finished and len(images) >= len(expected), 60.0)

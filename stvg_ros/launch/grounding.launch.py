@@ -9,24 +9,21 @@ one process. Each node gets, in this order: its own file in the package's config
 `params_file` argument, use_sim_time, and for the grounding node the `backend`/`model` arguments.
 Every node self-activates (configure + activate) unless its `autostart` parameter is false.
 
-FASTDDS_BUILTIN_TRANSPORTS is set to LARGE_DATA for the nodes unless the environment already sets
-it: with Fast DDS's default transports most 640x480 images are dropped (scripts/env.sh does the
-same for `stvg-ros up`).
+FASTDDS_DEFAULT_PROFILES_FILE points the nodes at config/fastdds_large_images.xml (a shared-memory
+segment that holds camera images; with Fast DDS's default transports most 640x480 images are
+dropped between processes) unless the environment already chooses the Fast DDS transports
+(FASTDDS_DEFAULT_PROFILES_FILE, FASTRTPS_DEFAULT_PROFILES_FILE or FASTDDS_BUILTIN_TRANSPORTS).
 """
-
-import os
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from stvg_ros.nodes.common import large_image_dds_settings
 from stvg_ros.nodes.graph import DEFAULT_CAMERA_TOPIC, IMAGE_TOPIC, graph_nodes, node_params_file
 
 TRUE_VALUES = ("true", "1", "yes", "on")
-#: Fast DDS transports for large messages (shared memory + TCP), unless the environment chooses.
-DDS_TRANSPORTS_VARIABLE = "FASTDDS_BUILTIN_TRANSPORTS"
-DEFAULT_DDS_TRANSPORTS = "LARGE_DATA"
 
 #: (name, default, description, choices or None): declared in this order.
 ARGUMENTS = (
@@ -90,7 +87,5 @@ def generate_launch_description() -> LaunchDescription:
     for name, default, description, choices in ARGUMENTS:
         kwargs = {"choices": choices} if choices else {}
         declared.append(DeclareLaunchArgument(name, default_value=default, description=description, **kwargs))
-    transports = os.environ.get(DDS_TRANSPORTS_VARIABLE) or DEFAULT_DDS_TRANSPORTS
-    return LaunchDescription(
-        [*declared, SetEnvironmentVariable(DDS_TRANSPORTS_VARIABLE, transports), OpaqueFunction(function=_nodes)]
-    )
+    dds = [SetEnvironmentVariable(name, value) for name, value in large_image_dds_settings().items()]
+    return LaunchDescription([*declared, *dds, OpaqueFunction(function=_nodes)])

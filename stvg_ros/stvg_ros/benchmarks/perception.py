@@ -15,10 +15,11 @@ Three measurements on the same synthetic scene, same model, same run:
    over DDS / in the core run.
 
 The process is pinned to `--cores` CPUs (default 2) where the machine has more. Camera frames
-(900 KB each at 640x480) are larger than Fast DDS's default shared-memory segment, and over its
-default UDP transport a best-effort subscriber loses most of them; the benchmark therefore uses
-`FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA` (shared memory + TCP, the ROS 2 recommendation for large
-messages) unless the variable is already set, and reports the value it ran with.
+(900 KB each at 640x480) are larger than Fast DDS's default shared-memory segment (512 KB), and
+over its UDP fallback (64 KB fragments) a best-effort subscriber loses most of them; the benchmark
+therefore runs both processes with the package's Fast DDS profile (config/fastdds_large_images.xml:
+a 16 MB shared-memory segment) unless the environment already chooses the Fast DDS transports, and
+reports what it ran with (`dds_profiles_file`, `dds_builtin_transports`).
 """
 
 from __future__ import annotations
@@ -413,7 +414,9 @@ def run(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    from stvg_ros.nodes.common import use_large_image_dds
+
+    use_large_image_dds()  # before rclpy.init here and in the tracker node's process
     cpus = pin_cores(args.cores)
     scene = make_scene(args)
     model, naive_pt = model_files(args)
@@ -441,7 +444,13 @@ def run(args: argparse.Namespace) -> dict:
         figures.update(naive_ratio=None, naive_error="skipped (--no-naive)")
     else:
         figures.update(run_throughput(scene, args, naive_pt))
-    figures.update(ros_ratio=None, dds_builtin_transports=os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "DEFAULT"))
+    profiles = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")
+    figures.update(
+        ros_ratio=None,
+        dds_profiles_file=profiles,
+        dds_builtin_transports=os.environ.get("FASTDDS_BUILTIN_TRANSPORTS") or "DEFAULT",
+        ros_discovery_range=os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") or "SYSTEM_DEFAULT",
+    )
     if args.no_ros:
         figures["ros_error"] = "skipped (--no-ros)"
     else:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -368,6 +369,37 @@ def tracks_from_msg(msg):
 
 
 # --------------------------------------------------------------------------------------------
+# DDS transport for camera images
+
+#: Fast DDS profile in config/: a shared-memory segment that holds camera images (the default
+#: 512 KB segment cannot hold a 900 KB 640x480 frame, which then goes over UDP and is mostly lost).
+DDS_PROFILE_FILE = "fastdds_large_images.xml"
+DDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+#: Any of these set by the user: their Fast DDS transport choice stands.
+DDS_USER_VARIABLES = (DDS_PROFILE_VARIABLE, "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS")
+
+
+def large_image_dds_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment variables that make Fast DDS carry camera images between processes on one
+    machine: {FASTDDS_DEFAULT_PROFILES_FILE: config/fastdds_large_images.xml}, or {} when the
+    environment already chooses the transports (see DDS_USER_VARIABLES)."""
+    environ = os.environ if environ is None else environ
+    if any(environ.get(name) for name in DDS_USER_VARIABLES):
+        return {}
+    from stvg_ros.nodes.graph import config_dir
+
+    return {DDS_PROFILE_VARIABLE: str(config_dir() / DDS_PROFILE_FILE)}
+
+
+def use_large_image_dds() -> dict[str, str]:
+    """Apply `large_image_dds_settings()` to this process (and the processes it starts); call it
+    before `rclpy.init`. Returns what it set."""
+    settings = large_image_dds_settings()
+    os.environ.update(settings)
+    return settings
+
+
+# --------------------------------------------------------------------------------------------
 # Lifecycle startup
 
 
@@ -391,12 +423,13 @@ def autostart(node) -> bool:
 def run_lifecycle_node(make_node: Callable[[], Any], args: list[str] | None = None) -> int:
     """`main()` of a node module: init rclpy, build the node, self-activate when its `autostart`
     parameter is true (a failure is logged; the node stays up for a lifecycle manager), spin until
-    SIGINT/SIGTERM. Returns the process exit code (1 when autostart failed
+    SIGINT/SIGTERM. Fast DDS gets the large-image profile unless the environment chooses. Returns the process exit code (1 when autostart failed
     and `exit_on_failure` is set on the node)."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    use_large_image_dds()
     rclpy.init(args=args)
     node = None
     code = 0

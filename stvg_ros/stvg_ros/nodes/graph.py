@@ -259,7 +259,10 @@ def run_graph(
     """
     import rclpy
 
+    from stvg_ros.nodes.common import use_large_image_dds
+
     merged = merged_params_file(params_file, overrides)
+    use_large_image_dds()
     rclpy.init(args=ros_arguments(merged, camera_topic, namespace, use_sim_time, remaps))
     graph = Graph(graph_nodes(overlay))
     try:

@@ -59,8 +59,9 @@ req_hash=$(hash_files "$ROOT"/requirements/*.txt)
 if [ "$(cat "$REQ_STAMP" 2>/dev/null)" != "$req_hash" ]; then
   log "installing pinned dependencies (requirements/*.txt); about 2-6 min the first time"
   pip_quiet install -q "pip==26.3" "setuptools==79.0.1" "wheel==0.48.0"
-  pip_quiet install -q -r "$ROOT/requirements/base.txt"
-  "$VENV/bin/python" -c "import torch, torchvision, ultralytics, transformers, trl, rclpy, rosbags" \
+  # sam2 is an sdist: build it without its optional CUDA extension (same result on every machine)
+  SAM2_BUILD_CUDA=0 pip_quiet install -q -r "$ROOT/requirements/base.txt"
+  "$VENV/bin/python" -c "import torch, torchvision, ultralytics, transformers, trl, rclpy, rosbags, sam2" \
     || die "the pinned dependencies did not install (see the pip output above)"
   echo "$req_hash" > "$REQ_STAMP"
 else

@@ -229,17 +229,20 @@ def test_launch_arguments_reach_the_nodes(monkeypatch, tmp_path):
     assert {"backend": "http", "model": "stvg-r1-7b-q4_k_m"} not in nodes[0].kwargs["parameters"]
 
 
-def test_launch_file_sets_fast_dds_large_data_transports_unless_the_environment_does(monkeypatch):
-    monkeypatch.delenv("FASTDDS_BUILTIN_TRANSPORTS", raising=False)
-    description = _description(monkeypatch)
-    (transports,) = [e for e in description if isinstance(e, _SetEnvironmentVariable)]
-    assert (transports.name, transports.value) == ("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
-    # set before the nodes start: launch applies actions in order
-    assert description.index(transports) < next(i for i, e in enumerate(description) if isinstance(e, _OpaqueFunction))
-    monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
-    (transports,) = [e for e in _description(monkeypatch) if isinstance(e, _SetEnvironmentVariable)]
-    assert transports.value == "UDPv4"
+def test_launch_file_points_fast_dds_at_the_large_image_profile_unless_the_environment_chooses(monkeypatch):
+    from stvg_ros.nodes.common import DDS_USER_VARIABLES
+    from stvg_ros.nodes.graph import config_dir
 
+    for name in DDS_USER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    description = _description(monkeypatch)
+    (profile,) = [e for e in description if isinstance(e, _SetEnvironmentVariable)]
+    assert profile.name == "FASTDDS_DEFAULT_PROFILES_FILE"
+    assert profile.value == str(config_dir() / "fastdds_large_images.xml") and Path(profile.value).is_file()
+    # set before the nodes start: launch applies actions in order
+    assert description.index(profile) < next(i for i, e in enumerate(description) if isinstance(e, _OpaqueFunction))
+    monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")  # the user's choice stands
+    assert not [e for e in _description(monkeypatch) if isinstance(e, _SetEnvironmentVariable)]
 
 def test_up_parses_parameter_overrides():
     assert parse_overrides(["grounding_node:num_frames=8", "tracker_node:model=yolo-synth-tiny"]) == {

@@ -21,11 +21,13 @@ from stvg_ros.grounding.sampling import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     DEFAULT_NUM_FRAMES,
+    AnchorProvider,
     SampledClip,
     SamplingError,
     sample_clip,
 )
 from stvg_ros.grounding.tube import TubeEntry, build_tube
+from stvg_ros.perception.sam2_refine import Sam2Config, build_mask_anchors
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class GroundingConfig:
     strict: bool = False  # True: the official parser only; False: lenient (brackets, units, swapped bounds)
     timeout_s: float = 120.0  # per query; generation is cancelled at the deadline
     hold_tube_ends: bool = False  # repeat the nearest box before/after the track's life (official behaviour)
+    sam2: Sam2Config = field(default_factory=Sam2Config)  # IDs at SAM2 mask centres on the sampled frames (off)
+    anchors: AnchorProvider | None = None  # a ready ID-placement provider; used instead of `sam2` when set
 
 
 @dataclass
@@ -128,6 +132,8 @@ class GroundingPipeline:
         self.backend = backend
         self.config = config or GroundingConfig()
         self._lock = threading.Lock()
+        # Raises Sam2Unavailable when SAM2 refinement is enabled but cannot run (package or checkpoint).
+        self.anchors: AnchorProvider | None = self.config.anchors or build_mask_anchors(self.config.sam2)
 
     @property
     def model_name(self) -> str:
@@ -200,12 +206,33 @@ class GroundingPipeline:
             self._fail(outcome, "no camera frames in the buffer yet; nothing to ground (is the camera publishing?)",
                        "error")
             return
+        anchor_failures: list[str] = []
+        anchor_ms = [0.0]
+
+        def placed_anchors(rgb, tracks) -> dict[int, tuple[int, int]]:
+            # A refinement failure costs the mask centres of that frame, not the query: box centres.
+            began = time.perf_counter()
+            try:
+                return dict(self.anchors(rgb, tracks))
+            except Exception as exc:
+                log.warning("ID placement (SAM2) failed on a frame; using box centres", exc_info=True)
+                anchor_failures.append(f"{type(exc).__name__}: {exc}")
+                return {}
+            finally:
+                anchor_ms[0] += (time.perf_counter() - began) * 1000.0
+
         try:
             clip: SampledClip = sample_clip(snapshot, window_s, config.num_frames, max_pixels=config.max_pixels,
-                                            min_pixels=config.min_pixels)
+                                            min_pixels=config.min_pixels,
+                                            anchors=placed_anchors if self.anchors is not None else None)
         except (SamplingError, ValueError) as exc:
             self._fail(outcome, str(exc), "error")
             return
+        if self.anchors is not None:
+            outcome.timings["anchors_ms"] = anchor_ms[0]
+        if anchor_failures:
+            notes.append(f"ID placement failed on {len(anchor_failures)} of {len(clip.stamps_ns)} frames "
+                         f"({anchor_failures[0]}); their IDs are at box centres")
         outcome.clip_start_ns, outcome.window_s, outcome.duration_s = clip.clip_start_ns, clip.window_s, clip.duration_s
         outcome.sampled_stamps_ns, outcome.track_ids = list(clip.stamps_ns), list(clip.track_ids)
         if clip.clamped:

@@ -8,6 +8,7 @@ seconds from the clip start (`clip_start_ns`); results convert back with `stamp_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import cv2
@@ -24,6 +25,10 @@ DEFAULT_MAX_PIXELS = 128 * PATCH_FACTOR * PATCH_FACTOR
 DEFAULT_MIN_PIXELS = 16 * PATCH_FACTOR * PATCH_FACTOR
 DEFAULT_NUM_FRAMES = 16
 NS = 1_000_000_000
+
+#: (rgb frame, its tracked objects in that frame's pixels) -> {track_id: (x, y) text origin in those
+#: pixels}; e.g. `perception.sam2_refine.MaskAnchors` (SAM2 mask centres). IDs left out: box centre.
+AnchorProvider = Callable[[np.ndarray, Tracks], Mapping[int, tuple[int, int]]]
 
 
 class SamplingError(ValueError):
@@ -109,6 +114,15 @@ def scale_tracks(tracks: Tracks, sx: float, sy: float) -> Tracks:
     return scaled
 
 
+def _scaled_anchors(provider: AnchorProvider, small: np.ndarray, tracked: Tracks, src_w: float, src_h: float,
+                    size: tuple[int, int]) -> dict[int, tuple[int, int]]:
+    """Text origins from `provider` on the buffered frame, scaled to the resized frame (width, height)."""
+    small_h, small_w = small.shape[:2]
+    found = provider(np.array(small), scale_tracks(tracked, small_w / src_w, small_h / src_h))
+    sx, sy = size[0] / small_w, size[1] / small_h
+    return {int(tid): (round(x * sx), round(y * sy)) for tid, (x, y) in found.items()}
+
+
 def window_bounds(snapshot, window_s: float) -> tuple[int, int, float]:
     """(start_ns, end_ns, used_window_s) of the last `window_s` seconds of the snapshot (0: all)."""
     stamps = [f.stamp_ns for f in snapshot.track_frames] + [f.stamp_ns for f in snapshot.frames]
@@ -127,6 +141,7 @@ def sample_clip(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_pixels: int = DEFAULT_MIN_PIXELS,
     style: IdStyle = IdStyle(),
+    anchors: AnchorProvider | None = None,
 ) -> SampledClip:
     """Sample `num_frames` frames of the last `window_s` seconds of a ClipSnapshot (0: all of it).
 
@@ -134,6 +149,9 @@ def sample_clip(
     window, resized to the pixel budget with Qwen's rule; each frame gets the tracks of its camera
     frame (`snapshot.track_frames`), scaled to the resized frame, drawn by `render_ids`.
     A window longer than the buffer is clamped (`SampledClip.clamped` says so).
+    `anchors` (optional, e.g. SAM2 refinement) is called once per sampled frame with the buffered
+    frame and its tracks in that frame's pixels; its text origins are scaled to the resized frame.
+    Without it (the default) IDs are drawn at their box centres.
     Raises SamplingError when there is no frame to sample.
     """
     if num_frames < 1:
@@ -162,7 +180,11 @@ def sample_clip(
             src_w, src_h = small.shape[1] / scale, small.shape[0] / scale
         tracked = tracks[tracks.track_id >= 0]
         drawn = scale_tracks(tracked, width / src_w, height / src_h)
-        frames.append(render_ids(resized, drawn, style))
+        if anchors is not None and len(tracked):
+            origins = _scaled_anchors(anchors, small, tracked, src_w, src_h, (width, height))
+            frames.append(render_ids(resized, drawn, style, anchors=origins))
+        else:
+            frames.append(render_ids(resized, drawn, style))
         stamps.append(int(sampled.stamp_ns))
         sides = np.minimum(drawn.xyxy[:, 2] - drawn.xyxy[:, 0], drawn.xyxy[:, 3] - drawn.xyxy[:, 1])
         per_frame_ids.append(sorted(int(t) for t, s in zip(drawn.track_id, sides, strict=True)

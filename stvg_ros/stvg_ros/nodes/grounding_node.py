@@ -8,8 +8,9 @@ at once. Publishes every answer on `grounding_result`, then the target's live bo
 every new tracks message until `~/stop_target`, a new answer, or the track is lost for longer than
 `target_lost_timeout_s` (one STATUS_LOST message says so).
 
-Lifecycle: configure reads the parameters and checks that the model files exist (a missing file
-fails the transition with a message that names it); activate loads the model; deactivate frees it.
+Lifecycle: configure reads the parameters and checks that the model files (and, with `sam2_refine`,
+the `sam2` package and checkpoint) exist (a missing one fails the transition with a message that
+names it); activate loads the model (and SAM2); deactivate frees it.
 The node configures and activates itself when `autostart` is true.
 """
 
@@ -95,6 +96,9 @@ class GroundingParams:
         choices=RELIABILITIES,
     )
     no_image_warning_s: float = param(5.0, "warn when no image publisher has matched for this long (0: never)")
+    sam2_refine: bool = param(False, "draw IDs at SAM2 mask centres on the sampled frames (needs `sam2` + a checkpoint)")
+    sam2_checkpoint: str = param("", "SAM2.1 tiny checkpoint (.pt) for sam2_refine (required when it is on)")
+    sam2_image_size: int = param(512, "SAM2 image encoder input size (1024: SAM2's own; 512: ~7x faster on CPU)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,7 +147,7 @@ class GroundingNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from stvg_ros.grounding.backends import resolve_model_files
-        from stvg_ros.grounding.settings import backend_kwargs
+        from stvg_ros.grounding.settings import backend_kwargs, grounding_config
         from stvg_ros.perception.buffer import ClipBuffer
 
         try:
@@ -151,6 +155,7 @@ class GroundingNode(LifecycleNode):
             if problems := _check_params(p):
                 raise ValueError("; ".join(problems))
             self._model_files = resolve_model_files(backend=p.backend, **backend_kwargs(vars(p)))
+            grounding_config(vars(p))  # Sam2Unavailable when sam2_refine is on without sam2 or a checkpoint
         except Exception as exc:  # a missing model file, a bad parameter: fail the transition, say why
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE

@@ -137,7 +137,10 @@ def test_diagnostics_report_rates_and_latency(graph):
     assert wait_until(lambda: tracker_status() is not None, 30)
     status, values = tracker_status()
     assert status.level == status.OK and status.message == "tracking"
-    assert {"output_hz", "latency_ms_p50", "latency_ms_p95", "dropped", "decode_errors", "detect_every"} <= set(values)
+    keys = {"output_hz", "latency_ms_p50", "latency_ms_p95", "dropped", "dropped_transport", "dropped_stale",
+            "decode_errors", "detect_every"}  # fmt: skip
+    assert keys <= set(values)
+    assert int(values["dropped"]) == int(values["dropped_transport"]) + int(values["dropped_stale"])
     assert float(values["input_hz"]) <= 15 and float(values["processing_ms_p95"]) < 1000
     assert float(values["latency_ms_p95"]) >= float(values["latency_ms_p50"]) > 0  # bag stamps: now - stamp is old
 

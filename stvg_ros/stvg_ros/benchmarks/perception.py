@@ -387,7 +387,9 @@ def run_ros(scene, args: argparse.Namespace) -> tuple[RealtimeResult, dict]:
         time.sleep(1.0)  # let the last tracks arrive
         result.seconds = time.monotonic() - started - 1.0
         extra["ros_node_rss_mb_end"] = rss_mb(process.pid)
-        for key in ("input_hz", "output_hz", "detector_hz", "processing_ms_p95", "dropped", "detect_every"):
+        keys = ("input_hz", "output_hz", "detector_hz", "processing_ms_p95", "dropped", "dropped_transport",
+                "dropped_stale", "detect_every")  # fmt: skip
+        for key in keys:
             extra[f"ros_node_{key}"] = diagnostics.get(key)
         executor.shutdown(timeout_sec=5)
     finally:

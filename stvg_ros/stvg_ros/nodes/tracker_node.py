@@ -6,6 +6,13 @@ source image's header unchanged, `detections` (vision_msgs/Detection2DArray, tra
 `Detection2D.id`) where vision_msgs is installed, and `/diagnostics` (rates, latency, drops).
 `~/enable` (std_srvs/SetBool) pauses and resumes processing without unloading the model.
 
+Threads: the image callback only queues the message (at most `image_depth` frames; a full queue
+drops its oldest) and returns, so the DDS reader's queue is drained as frames arrive; a processing
+thread takes the queued frames in order (with depth 1: always the newest) and runs the detector and
+tracker. Without this, a frame that arrived while the previous one was being processed waited in
+the depth-1 DDS queue and was overwritten whenever the next one came before the executor ran the
+callback again (bursty arrival, a busy CPU), though the node itself kept up.
+
 Lifecycle: configure reads the parameters and checks that the model file exists (a missing file
 fails the transition with a message that names it and how to get it); activate loads the model
 and subscribes; deactivate unsubscribes and frees the model. With `autostart` (default) the node
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -92,7 +100,9 @@ class TrackerParams:
         "QoS reliability of the image subscription (best_effort also receives from reliable publishers)",
         choices=RELIABILITIES,
     )
-    image_depth: int = param(1, "QoS depth of the image subscription (1: always the newest frame)")
+    image_depth: int = param(
+        1, "QoS depth of the image subscription and frames queued for processing (1: always the newest frame)"
+    )
     no_image_warning_s: float = param(5.0, "warn when no image publisher has matched for this long (0: never)")
     diagnostics_period_s: float = param(1.0, "period of /diagnostics messages (0: none)")
     publish_detection2d: bool = param(
@@ -119,7 +129,14 @@ class TrackerNode(LifecycleNode):
         self._tracks_pub = self._det_pub = self._diag_pub = None
         self._input, self._output, self._detector = RateMeter(), RateMeter(), RateMeter()
         self._latency, self._processing = LatencyMeter(), LatencyMeter()
-        self.counts = {"dropped": 0, "decode_errors": 0, "processing_errors": 0}
+        # dropped frames: lost before the callback (sequence-number gaps) or queued, then replaced by a
+        # newer frame before the processing thread took them; diagnostics report their sum as `dropped`
+        self.counts = {"dropped_transport": 0, "dropped_stale": 0, "decode_errors": 0, "processing_errors": 0}
+        self._queue: deque = deque(maxlen=1)
+        self._queue_cond = threading.Condition()
+        self._skipped_since_taken = 0  # frames dropped since the processing thread took one
+        self._worker: threading.Thread | None = None
+        self._stop_worker = threading.Event()
         self._last_seq: int | None = None
         self._last_gid: str | None = None
         self._drop_log = KeyedThrottle(self.get_logger())
@@ -154,6 +171,12 @@ class TrackerNode(LifecycleNode):
             self.get_logger().error(f"activate failed: cannot load the detector: {exc}")
             return TransitionCallbackReturn.FAILURE
         p = self.params
+        with self._queue_cond:
+            self._queue = deque(maxlen=p.image_depth)
+            self._skipped_since_taken = 0
+        self._stop_worker.clear()
+        self._worker = threading.Thread(target=self._process_frames, name="tracker-frames", daemon=True)
+        self._worker.start()
         self._sub = image_subscription(self, self._on_image, p.image_transport, p.image_depth, p.image_reliability,
                                        callback_group=MutuallyExclusiveCallbackGroup())  # fmt: skip
         self._watchdog = NoPublisherWatchdog(self, [self._sub], after_s=p.no_image_warning_s)
@@ -189,6 +212,13 @@ class TrackerNode(LifecycleNode):
         if self._sub is not None:
             self.destroy_subscription(self._sub)
         self._sub = self._watchdog = self._diag_timer = None
+        self._stop_worker.set()
+        with self._queue_cond:
+            self._queue.clear()
+            self._queue_cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+            self._worker = None
         with self._lock:
             self.pipeline = None
 
@@ -196,15 +226,46 @@ class TrackerNode(LifecycleNode):
 
     def _on_enable(self, request, response):
         self.enabled = bool(request.data)
+        if not self.enabled:
+            with self._queue_cond:
+                self._queue.clear()  # frames received before the pause are not processed after it
         response.success, response.message = True, "processing " + ("enabled" if self.enabled else "paused")
         self.get_logger().info(response.message)
         return response
 
     def _on_image(self, msg, info) -> None:
+        """Queue the frame for the processing thread (a full queue drops its oldest frame)."""
         # Two parameters: rclpy then passes the MessageInfo (sequence numbers for drop counting).
-        received = time.monotonic()
-        self._input.tick(received)
-        skipped = self._count_drops(info)
+        self._input.tick()
+        lost = self._count_drops(info)
+        with self._queue_cond:
+            self._skipped_since_taken += lost
+            if not self.enabled:
+                return
+            if len(self._queue) == self._queue.maxlen:
+                self.counts["dropped_stale"] += 1
+                self._skipped_since_taken += 1
+            self._queue.append(msg)
+            self._queue_cond.notify()
+
+    def _process_frames(self) -> None:
+        """Processing thread: take queued frames in order until the node deactivates."""
+        while not self._stop_worker.is_set():
+            with self._queue_cond:
+                self._queue_cond.wait_for(lambda: self._queue or self._stop_worker.is_set(), timeout=1.0)
+                if self._stop_worker.is_set() or not self._queue:
+                    continue
+                msg = self._queue.popleft()
+                skipped, self._skipped_since_taken = self._skipped_since_taken, 0
+            try:
+                self._process(msg, skipped)
+            except Exception as exc:  # never let one frame end the thread
+                self.counts["processing_errors"] += 1
+                self.get_logger().error(f"processing a frame failed: {exc}", throttle_duration_sec=5.0)
+
+    def _process(self, msg, skipped: int) -> None:
+        """Decode, detect/track and publish one frame; `skipped`: frames dropped since the last one."""
+        started = time.monotonic()
         if not self.enabled:
             return
         try:
@@ -231,12 +292,12 @@ class TrackerNode(LifecycleNode):
         if self._det_pub is not None:
             self._det_pub.publish(_detection2d_array(tracks, msg.header, names))
         self._output.tick()
-        self._processing.add(time.monotonic() - received)
+        self._processing.add(time.monotonic() - started)
         self._latency.add(max(0.0, (self.get_clock().now().nanoseconds - stamp_ns) / 1e9))
 
     def _count_drops(self, info) -> int:
-        """Frames of this publisher lost before us (DDS or the depth-1 queue), from the publication
-        sequence numbers; counted in diagnostics and returned for the detector schedule."""
+        """Frames of this publisher lost before the callback (in DDS or the subscription's queue),
+        from the publication sequence numbers; counted in diagnostics and returned."""
         if not isinstance(info, dict) or not info.get("publication_sequence_number"):
             return 0
         seq, gid = int(info["publication_sequence_number"]), str(info.get("publisher_gid"))
@@ -244,11 +305,13 @@ class TrackerNode(LifecycleNode):
         self._last_seq, self._last_gid = seq, gid
         if last is None or not last < seq - 1 <= last + MAX_COUNTED_GAP:
             return 0  # first message, another publisher, a restart or an implausible jump
-        self.counts["dropped"] += seq - last - 1
+        self.counts["dropped_transport"] += seq - last - 1
         return seq - last - 1
 
     def _publish_diagnostics(self) -> None:
         stats = self.pipeline.stats if self.pipeline is not None else None
+        counts = dict(self.counts)
+        counts["dropped"] = counts["dropped_transport"] + counts["dropped_stale"]
         values = {
             "input_hz": f"{self._input.rate():.1f}",
             "output_hz": f"{self._output.rate():.1f}",
@@ -258,7 +321,7 @@ class TrackerNode(LifecycleNode):
             "processing_ms_p95": f"{self._processing.percentile_ms(95):.1f}",
             "detect_every": str(stats.detect_every if stats else 0),
             "enabled": str(self.enabled),
-            **{k: str(v) for k, v in self.counts.items()},
+            **{k: str(v) for k, v in counts.items()},
         }
         level, message = DiagnosticStatus.OK, "tracking"
         if not self.enabled:

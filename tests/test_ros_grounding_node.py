@@ -103,6 +103,10 @@ def published(client):
     image_pub = client.node.create_publisher(Image, "image", 10)
     tracks_pub = client.node.create_publisher(TrackedObjectArray, "tracks", 100)
     assert wait_until(lambda: image_pub.get_subscription_count() and tracks_pub.get_subscription_count(), 20)
+    # Discovery is asymmetric: the writers see the node's readers before the best-effort image reader
+    # has matched this writer, and samples sent in between are dropped (seen under CI load: no frame
+    # arrived). Give the reader side time to match before the burst.
+    time.sleep(2.0)
     sent = {}
     for i in range(30):
         stamp_ns = T0 + i * 1_000_000_000 // FPS

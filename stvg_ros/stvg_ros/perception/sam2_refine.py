@@ -47,15 +47,10 @@ class MaskAnchors:
     """SAM2 image predictor prompted with track boxes -> mask-centre text origins."""
 
     def __init__(self, config: Sam2Config) -> None:
-        try:
-            from sam2.build_sam import build_sam2
-            from sam2.sam2_image_predictor import SAM2ImagePredictor
-        except ImportError as exc:
-            raise Sam2Unavailable(
-                f"SAM2 refinement is enabled but the `sam2` package is not importable ({exc}); "
-                f"{INSTALL_HINT}, or turn refinement off (sam2_refine: false)"
-            ) from exc
-        checkpoint = check_available(config)
+        checkpoint = check_available(config)  # package importable, size valid, checkpoint present
+        from sam2.build_sam import build_sam2
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
         size = int(config.image_size)
         try:
             model = build_sam2(

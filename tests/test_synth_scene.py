@@ -18,6 +18,7 @@ from stvg_ros.core.synth import (
     SceneSpec,
     frame_time,
     generate_scene,
+    mostly_visible,
     stamp_ns,
 )
 from stvg_ros.core.types import Tracks
@@ -176,6 +177,22 @@ def test_occlusion_fully_hides_the_target_for_the_gap(occlusion_scenes):
         mid = (gap.start_frame + gap.end_frame) // 2
         image = scene.render_frame(mid)
         assert np.array_equal(image[:, x0:x1], scene.render_frame(0)[:, x0:x1])
+
+
+def test_queries_are_about_targets_a_camera_can_follow(scenes, occlusion_scenes):
+    """Every query's target is at least half visible on at least half of its span, the occlusion
+    target too (fully hidden for the gap, visible around it); only clips too short for visible
+    leads around the gap may have an occlusion query about a mostly hidden target."""
+    assert mostly_visible([1.0, 0.5, 0.0, 0.0]) and not mostly_visible([1.0, 0.49, 0.0, 0.0])
+    assert not mostly_visible([])
+    for scene in scenes + occlusion_scenes:
+        for query in scene.queries:
+            shares = scene.gt.visible[query.start_frame : query.end_frame + 1, scene.gt._column(query.target_id)]
+            assert mostly_visible(shares), (scene.name, query)
+    short = generate_scene(2, SceneSpec(seconds=4.0, fps=5.0, difficulty="occlusion"))
+    query = short.queries[0]
+    assert short.occlusion.target_id == query.target_id
+    assert not mostly_visible(short.gt.visible[query.start_frame : query.end_frame + 1, short.gt._column(query.target_id)])
 
 
 def test_occlusion_gap_is_configurable():

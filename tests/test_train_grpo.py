@@ -61,6 +61,7 @@ def scene_samples(tmp_path_factory) -> Path:
                 )
             )
     rows.append({**rows[0], "sample_id": "unmatched", "gt_target_id": -1})  # must be left out of training
+    rows.append({**rows[0], "sample_id": "not drawn", "gt_target_id": 99})  # an ID on no frame: left out too
     out = tmp_path_factory.mktemp("prepared") / "dataset"
     datasets.Dataset.from_list(rows, features=SAMPLE_FEATURES).save_to_disk(str(out))
     return out.parent
@@ -85,7 +86,7 @@ def noisy_reward(completions, **_):
 
 def test_training_rows_are_the_llama_cpp_representation(scene_samples):
     ds = training_dataset(load_prepared([scene_samples]))
-    assert len(ds) == 6  # the unmatched sample is left out
+    assert len(ds) == 6  # the unmatched sample and the one whose GT ID is on no frame are left out
     row = ds[0]
     content = row["prompt"][0]["content"]
     assert content[0]["type"] == "text" and content[0]["text"].startswith("Each object in the video is marked")

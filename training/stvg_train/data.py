@@ -122,17 +122,28 @@ def load_prepared(paths: Sequence[str | Path]) -> datasets.Dataset:
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
+def gt_id_drawn(gt_target_id: int, frame_track_ids: Sequence[Sequence[int]]) -> bool:
+    """Whether a sample has a GT ID and it is drawn on at least one of its frames: the model cannot
+    answer with an ID it never sees (a short-lived track that the sampled frames miss)."""
+    return gt_target_id >= 0 and any(gt_target_id in ids for ids in frame_track_ids)
+
+
 def training_dataset(
     prepared: datasets.Dataset, *, min_vote_share: float = 0.0, max_samples: int | None = None
 ) -> datasets.Dataset:
     """TRL rows: `prompt` (conversation with image placeholders), `images`, and the reward columns.
 
-    Samples without a GT ID (no track matched) and those whose vote share is below
-    `min_vote_share` are left out; `stvg-train prep` reports how many there are.
+    Samples without a GT ID (no track matched), those whose GT ID is drawn on none of their frames
+    (nothing to answer with) and those whose vote share is below `min_vote_share` are left out;
+    `stvg-train prep` reports them (`unmatched_samples`, `gt_not_drawn_samples`, `low_confidence`).
     """
+
+    def usable(gt_id: int, share: float, frame_ids: list[list[int]]) -> bool:
+        return share >= min_vote_share and gt_id_drawn(gt_id, frame_ids)
+
     kept = prepared.filter(
-        lambda ids, shares: [i >= 0 and s >= min_vote_share for i, s in zip(ids, shares, strict=True)],
-        input_columns=["gt_target_id", "gt_vote_share"],
+        lambda ids, shares, frames: [usable(*row) for row in zip(ids, shares, frames, strict=True)],
+        input_columns=["gt_target_id", "gt_vote_share", "frame_track_ids"],
         batched=True,
     )
     if max_samples is not None:

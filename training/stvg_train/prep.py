@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from stvg_ros.core.synth import mostly_visible
 from stvg_ros.core.types import Tracks
 from stvg_ros.evaluation.metrics import box_iou
 from stvg_ros.grounding.sampling import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_NUM_FRAMES
@@ -37,7 +38,7 @@ log = logging.getLogger("stvg_train.prep")
 #: low-confidence in the report (METHOD_DETAILS §3 recommends 0.5 as a production floor).
 LOW_CONFIDENCE_SHARE = 0.5
 #: Version of the prepared-sample format; shards of another version are redone.
-PREP_VERSION = "2"
+PREP_VERSION = "3"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,8 +287,7 @@ class SceneTruth:
     def target_visible(self, target_id: int, frames: Iterable[int]) -> bool:
         """Whether a camera could see the target during the event: at least half visible on at least
         half of `frames` (a query about an object hidden the whole time has no trackable target)."""
-        shares = [self.visible.get(f, {}).get(target_id, 0.0) for f in frames]
-        return bool(shares) and sum(v >= 0.5 for v in shares) >= 0.5 * len(shares)
+        return mostly_visible([self.visible.get(f, {}).get(target_id, 0.0) for f in frames])
 
 
 def prepare_video(job: VideoJob) -> list[dict[str, Any]]:
@@ -375,7 +375,7 @@ def settings_key(opts: PrepOptions) -> str:
 def _write_shard(out: Path, job: VideoJob, samples: list[dict[str, Any]], key: str) -> dict[str, Any]:
     import datasets
 
-    from stvg_train.data import SAMPLE_FEATURES
+    from stvg_train.data import SAMPLE_FEATURES, gt_id_drawn
 
     shard = _shard_dir(out, job.video_id)
     tmp = shard.with_name(shard.name + ".tmp")
@@ -397,6 +397,10 @@ def _write_shard(out: Path, job: VideoJob, samples: list[dict[str, Any]], key: s
                 "annotated_target_id": s["annotated_target_id"],
                 "annotated_match": s["_annotated_match"],
                 "target_visible": s["_target_visible"],
+                # the model cannot answer with an ID drawn on none of the frames (-1: no GT ID)
+                "gt_target_drawn": int(gt_id_drawn(s["gt_target_id"], s["frame_track_ids"]))
+                if s["gt_target_id"] >= 0
+                else -1,
             }
             for s in samples
         ],
@@ -453,6 +457,8 @@ def _report(summaries: list[dict], failed: list[dict], skipped: int, opts: PrepO
         "matched": len(matched),
         "unmatched": len(rows) - len(matched),
         "unmatched_samples": [r["sample_id"] for r in rows if r["gt_target_id"] < 0],
+        # matched, but the GT ID is on none of the sampled frames: left out of training too
+        "gt_not_drawn_samples": [r["sample_id"] for r in rows if r.get("gt_target_drawn", -1) == 0],
         "matched_share": len(matched) / len(rows) if rows else 0.0,
         "vote_share_mean": float(np.mean(shares)) if shares else 0.0,
         "vote_share_min": float(np.min(shares)) if shares else 0.0,

@@ -8,6 +8,9 @@ Everything is derived from one seed: same seed and spec -> identical frames and 
 Motion is piecewise linear with segment boundaries on frames, so every event (a stop, a turn, a
 pass) has an exact frame span. Captions name one target and one event; the span is when the
 described event or state holds, and the caption is checked to pick out exactly one object.
+Queries are only written about events a camera could follow: the target is at least half
+visible on at least half of the span's frames (`mostly_visible`; in the occlusion preset this
+holds for clips of at least 2 * occlusion_s + 4 s, which have room for visible leads around the gap).
 
 Difficulty presets:
 - easy: distinct colours and shapes, one thin pillar that never hides an object fully;
@@ -31,7 +34,7 @@ import numpy as np
 from stvg_ros.core.types import Tracks
 
 #: Bump when generated content changes, so cached datasets (tests, benchmarks) are rebuilt.
-SYNTH_VERSION = "1"
+SYNTH_VERSION = "2"
 #: Header stamp of frame 0: 1_700_000_000 s after the Unix epoch. Frame i is EPOCH_NS + i / fps.
 EPOCH_NS = 1_700_000_000 * 1_000_000_000
 
@@ -234,6 +237,14 @@ def frame_time(frame: int, fps: float) -> float:
     while math.floor(t * fps) < frame:
         t = math.nextafter(t, math.inf)
     return t
+
+
+def mostly_visible(shares: np.ndarray | list[float]) -> bool:
+    """Whether an object is at least half visible on at least half of the frames (`shares`: its
+    visible share per frame): what a camera needs to follow it through an event. Generated queries
+    are only about events that pass this; training prep uses it to tell hidden targets apart."""
+    shares = np.asarray(shares, np.float64)
+    return shares.size > 0 and int((shares >= 0.5).sum()) >= 0.5 * shares.size
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,6 +461,7 @@ class _Build:
     target_id: int
     core_event: tuple  # (kind, direction, a frame inside it, other_id) of the target's scripted event
     difficulty: str
+    primary_visible: bool  # whether the scripted event's query must pass `mostly_visible`
 
 
 @dataclass
@@ -811,6 +823,7 @@ def _build(rng, spec: SceneSpec, difficulty: str) -> tuple[_Build, list, list]:
     occluders: list[tuple[int, int]] = []
     lookalike_rules = _Rules()
     min_side = min(m.shape[1] for m in masks)
+    primary_visible = True
 
     if difficulty == "occlusion":
         gap_s = spec.occlusion_s
@@ -818,7 +831,10 @@ def _build(rng, spec: SceneSpec, difficulty: str) -> tuple[_Build, list, list]:
         # The target crosses a full-height pillar at constant speed, fully visible for `lead_s`
         # before and after. Fast enough for the crossing to fit the clip, slow enough that the
         # pillar (as wide as the object plus the distance covered during the gap) stays narrow.
-        lead_s = 1.0 if spec.seconds >= gap_s + 6.0 else 0.5
+        # With leads of gap/2 + 0.5 s the target is visible for most of the caption's span (a
+        # camera can follow it); clips too short for that get shorter leads.
+        lead_s = min(gap_s / 2 + 0.5, max(0.5, (spec.seconds - gap_s - 3.0) / 2))
+        primary_visible = lead_s >= gap_s / 2 + 0.5
         time_left = (spec.num_frames - 2) / fps - gap_s - 2 * lead_s
         fastest = (0.3 * spec.width - w - 2) / gap_s
         slowest = (2 * w + 2) / time_left if time_left > 0 else math.inf
@@ -896,7 +912,7 @@ def _build(rng, spec: SceneSpec, difficulty: str) -> tuple[_Build, list, list]:
         rules_o = lookalike_rules if _same_look(o, target, False) else _Rules()
         starts[o.id] = m.pos
         steps[o.id] = _walk(rng, m, None, last, fps, rules_o, may_start_still=True)
-    build = _Build(objects, starts, steps, occluders, target.id, core_event, difficulty)
+    build = _Build(objects, starts, steps, occluders, target.id, core_event, difficulty, primary_visible)
     return build, masks, [_shape_patch(o.rgb, m) for o, m in zip(objects, masks, strict=True)]
 
 
@@ -969,6 +985,30 @@ def _scene_from_build(seed: int, spec: SceneSpec, name: str, build: _Build, mask
         others = {i: c for i, c in by_id.items() if i != o.id}
         events.extend(_extract_events(o.id, build.steps[o.id], by_id[o.id], others, sizes, spec.fps))
 
+    pillars = [_pillar_strip(spec.height, x1 - x0) for x0, x1 in build.occluders]
+    scene = Scene(
+        seed=seed,
+        spec=spec,
+        name=name,
+        difficulty=build.difficulty,
+        objects=objects,
+        occluders=list(build.occluders),
+        centres=centres,
+        events=events,
+        queries=[],
+        gt=None,
+        target_id=build.target_id,
+        occlusion=None,
+        _background=_background(rng, spec.width, spec.height),
+        _masks=masks,
+        _patches=patches,
+        _pillars=pillars,
+    )
+    scene.gt = scene._compute_gt()
+
+    def visible(e: Event) -> bool:  # a camera can follow the object through the event
+        return mostly_visible(scene.gt.visible[e.start_frame : e.end_frame + 1, scene.gt._column(e.object_id)])
+
     kind, direction, frame, other_id = build.core_event
     core = [
         e
@@ -979,13 +1019,15 @@ def _scene_from_build(seed: int, spec: SceneSpec, name: str, build: _Build, mask
     ]
     if not core:
         raise _Retry("scripted event not found")
+    if build.primary_visible and not visible(core[0]):
+        raise _Retry("target hidden for most of its event")
     primary_text = _caption(core[0], objects, events, spec.fps, rng)
     if primary_text is None:
         raise _Retry("target's event is not unique")
     queries = [_query(core[0], primary_text, spec.fps)]
     extra = []
     for e in events:
-        if e is core[0] or e.kind == "start":
+        if e is core[0] or e.kind == "start" or not visible(e):
             continue
         text = _caption(e, objects, events, spec.fps, rng)
         if text is not None:
@@ -998,27 +1040,7 @@ def _scene_from_build(seed: int, spec: SceneSpec, name: str, build: _Build, mask
         if extra[i].target_id not in picked_targets:
             queries.append(extra[i])
             picked_targets.add(extra[i].target_id)
-
-    pillars = [_pillar_strip(spec.height, x1 - x0) for x0, x1 in build.occluders]
-    scene = Scene(
-        seed=seed,
-        spec=spec,
-        name=name,
-        difficulty=build.difficulty,
-        objects=objects,
-        occluders=list(build.occluders),
-        centres=centres,
-        events=events,
-        queries=queries,
-        gt=None,
-        target_id=build.target_id,
-        occlusion=None,
-        _background=_background(rng, spec.width, spec.height),
-        _masks=masks,
-        _patches=patches,
-        _pillars=pillars,
-    )
-    scene.gt = scene._compute_gt()
+    scene.queries = queries
     if build.difficulty == "occlusion":
         scene.occlusion = _check_occlusion(scene, queries[0])
     return scene

@@ -22,12 +22,13 @@ import cv2
 import numpy as np
 import yaml
 
-from stvg_ros.core.synth import SceneSpec, generate_scene
+from stvg_ros.core.synth import SYNTH_VERSION, SceneSpec, generate_scene
 
 log = logging.getLogger(__name__)
 
-#: Bump when the recipe changes, so cached builds (tests, models cache) are rebuilt.
-BUILD_VERSION = "2"
+#: Bump when the recipe changes, so cached builds (tests, models cache) are rebuilt; the scenes
+#: it is trained on change with SYNTH_VERSION, which is part of it.
+BUILD_VERSION = f"2.synth{SYNTH_VERSION}"
 NAME = "yolo-synth-tiny"
 CLASS_NAMES = ("shape",)
 #: Objects at least this visible (share of their pixels) and this wide are labelled, with the box

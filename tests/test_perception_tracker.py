@@ -184,6 +184,47 @@ def test_non_finite_boxes_are_dropped():
     assert len(out) == 1 and np.isfinite(out.xyxy).all()
 
 
+def _painted(boxes_rgb: list[tuple[np.ndarray, tuple[int, int, int]]]) -> np.ndarray:
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    for box, rgb in boxes_rgb:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        frame[y0:y1, x0:x1] = rgb
+    return frame
+
+
+@pytest.mark.parametrize("revive", [True, False])
+def test_weak_detections_where_a_lost_object_reappears_revive_its_id(revive):
+    """A red box tracked for 2 s, hidden for 2.5 s, then back with low scores (0.15, as a detector
+    gives a half-hidden object) for 1 s before confident ones. The weak detections on its path take
+    its ID back; a weak blue box beside it (wrong appearance) gets nothing. Without the revival the
+    weak boxes start no track and the confident ones come too late (> reid_max_gap_s): a new ID."""
+    red, blue = (220, 30, 30), (30, 30, 220)
+    tracker = Tracker(TrackerConfig(reid_low_score=revive))
+    outputs = {}
+    for f in range(70):
+        box = moving_box(f)
+        decoy = box + np.array([[0, 45, 0, 45]], np.float32)
+        if f < 20:
+            detections, painted = dets(box), [(box[0], red)]
+        elif f < 45:
+            detections, painted = Tracks.empty(), []
+        else:
+            weak = f < 55
+            both = np.concatenate([box, decoy]) if weak else box
+            detections = Tracks(xyxy=both, score=np.full(len(both), 0.15 if weak else 0.9, np.float32))
+            painted = [(box[0], red)] + ([(decoy[0], blue)] if weak else [])
+        outputs[f] = tracker.update(stamp(f, fps=10.0), detections, _painted(painted))
+    first_id = int(outputs[19].track_id[0])
+    if revive:
+        assert tracker.stats["low_score_revivals"] == 1
+        assert all(outputs[f].track_id.tolist() == [first_id] for f in range(46, 70)), "kept through weak boxes"
+        assert outputs[45].track_id.tolist() == [first_id]  # the decoy below it never got an ID
+    else:
+        assert tracker.stats["low_score_revivals"] == 0
+        assert all(len(outputs[f]) == 0 for f in range(45, 55))
+        assert int(outputs[69].track_id[0]) != first_id
+
+
 def test_prediction_frames_move_boxes_with_the_object():
     tracker = Tracker()
     for f in range(10):

@@ -92,6 +92,9 @@ class TrackerParams:
     )
     reid_min_similarity: float = param(0.6, "re-association: minimum colour-histogram similarity (0..1)")
     reid_gate_sizes: float = param(2.5, "re-association: motion gate radius in object sizes")
+    reid_low_score: bool = param(
+        True, "re-association: low-score detections (track_low_thresh..new_track_thresh) may revive a lost ID"
+    )
     image_transport: str = param(
         "raw", "camera input: Image on `image` or CompressedImage on `image/compressed`", choices=("raw", "compressed")
     )

@@ -10,6 +10,11 @@ On top of it this module adds what a grounding model needs from IDs:
   near the segment from where the object was last seen to where its velocity would have taken it)
   and an appearance cue (HSV colour histogram inside the box, Bhattacharyya coefficient). The best
   match (Hungarian assignment) takes the old ID back.
+- **Revival from weak detections**: an object coming out from behind an occluder is detected with
+  low confidence at first, too low for ByteTrack to start a track, so its old ID could expire
+  before a confident detection arrives. A low-score detection (between `track_low_thresh` and
+  `new_track_thresh`) that no track took and that passes the same gates for a lost public track
+  starts a confirmed track with that ID; ByteTrack's low-score association keeps it from then on.
 - **Prediction frames**: `predict(stamp)` advances the Kalman filters without a detection, so a
   pipeline that runs the detector on every k-th frame still has tracks on every frame.
 
@@ -56,6 +61,8 @@ class TrackerConfig:
     reid_gate_sizes: float = 2.5
     #: allowed ratio between the longer sides of the lost box and the new one
     reid_max_size_ratio: float = 2.0
+    #: let low-score detections (track_low_thresh..new_track_thresh) revive lost IDs (same gates)
+    reid_low_score: bool = True
     reid_same_class: bool = True
     #: most boxes per frame the tracker accepts (highest scores kept); bounds work on bad input
     max_objects: int = 300
@@ -215,7 +222,14 @@ class Tracker:
     def __init__(self, config: TrackerConfig | None = None) -> None:
         self.config = config or TrackerConfig()
         self._next_public_id = 1
-        self.stats = {"reid_matches": 0, "tracks_created": 0, "out_of_order": 0, "resets": 0, "capped_frames": 0}
+        self.stats = {
+            "reid_matches": 0,
+            "low_score_revivals": 0,
+            "tracks_created": 0,
+            "out_of_order": 0,
+            "resets": 0,
+            "capped_frames": 0,
+        }
         self._reset_state()
 
     # ---- state
@@ -338,6 +352,7 @@ class Tracker:
         detections = self._sanitize(detections)
         rows = self._byte.update(_Detections(detections.xyxy, detections.score, detections.class_id))
         rows = np.asarray(rows, np.float32).reshape(-1, 8)
+        rows = self._revive_from_low_scores(stamp_ns, rows, detections, rgb)
         image_size = (rgb.shape[1], rgb.shape[0]) if rgb is not None else None
         out = self._publish(stamp_ns, rows, detections, rgb)
         self._last_output = _clip(out, image_size)
@@ -385,6 +400,70 @@ class Tracker:
             detected=updated_now,
         )
 
+    def _lost_memories(self, stamp_ns: int, live_public: set[int]) -> list[_PublicTrack]:
+        """Public tracks not live now and lost at most reid_max_gap_s ago."""
+        window = self.config.reid_max_gap_s
+        return [
+            m
+            for pid, m in self._tracks.items()
+            if pid not in live_public and 0 < (stamp_ns - m.last_seen_ns) / NS <= window
+        ]
+
+    def _revive_from_low_scores(
+        self, stamp_ns: int, rows: np.ndarray, detections: Tracks, rgb: np.ndarray | None
+    ) -> np.ndarray:
+        """Rows plus tracks started from low-score detections that re-associate with a lost ID."""
+        c = self.config
+        if not c.reid_low_score or c.reid_max_gap_s <= 0 or rgb is None or not len(detections):
+            return rows
+        weak = (detections.score > c.track_low_thresh) & (detections.score < c.new_track_thresh)
+        weak[rows[:, 7].astype(np.int64)] = False  # taken by a track this frame
+        candidates = np.flatnonzero(weak)
+        if not len(candidates):
+            return rows
+        if len(rows):  # a weak box on top of a track is that object, not another one
+            candidates = candidates[_iou_matrix(detections.xyxy[candidates], rows[:, :4]).max(axis=1) < 0.3]
+        live_public = {self._public_of[int(t)] for t in rows[:, 4] if int(t) in self._public_of}
+        lost = self._lost_memories(stamp_ns, live_public)
+        if not len(candidates) or not lost:
+            return rows
+        hists = colour_histograms(rgb, detections.xyxy[candidates])
+        cost = np.asarray(
+            [
+                [self._reid_cost(stamp_ns, detections.xyxy[d], int(detections.class_id[d]), hists[a], m) for m in lost]
+                for a, d in enumerate(candidates)
+            ]
+        )
+        if not np.isfinite(cost).any():
+            return rows
+        from ultralytics.trackers.byte_tracker import STrack
+
+        revived = []
+        for a, b in zip(*linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e6)), strict=True):
+            if not np.isfinite(cost[a, b]):
+                continue
+            d = int(candidates[a])
+            x0, y0, x1, y1 = (float(v) for v in detections.xyxy[d])
+            track = STrack(
+                np.array([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, d]),
+                float(detections.score[d]),
+                float(detections.class_id[d]),
+            )
+            if hasattr(self._byte, "_ids"):  # internal IDs are per tracker in this ultralytics version
+                track.next_id = self._byte._ids.__next__
+            track.activate(self._byte.kalman_filter, self._byte.frame_id)
+            track.is_activated = True  # confirmed: low-score detections keep it (ByteTrack's 2nd stage)
+            self._byte.tracked_stracks.append(track)
+            pid = lost[b].public_id
+            self._drop_internal_of(pid)
+            self._public_of[track.track_id] = pid
+            self.stats["reid_matches"] += 1
+            self.stats["low_score_revivals"] += 1
+            revived.append(track.result)
+        if not revived:
+            return rows
+        return np.concatenate([rows, np.asarray(revived, np.float32).reshape(-1, 8)])
+
     def _assign_public_ids(
         self,
         stamp_ns: int,
@@ -396,11 +475,7 @@ class Tracker:
     ) -> None:
         c = self.config
         live_public = {self._public_of[int(t)] for t in internal if int(t) in self._public_of}
-        lost = [
-            m
-            for pid, m in self._tracks.items()
-            if pid not in live_public and 0 < (stamp_ns - m.last_seen_ns) / NS <= c.reid_max_gap_s
-        ]
+        lost = self._lost_memories(stamp_ns, live_public)
         matches: dict[int, int] = {}
         if lost and c.reid_max_gap_s > 0 and hists is not None:
             cost = np.full((len(new_rows), len(lost)), np.inf)

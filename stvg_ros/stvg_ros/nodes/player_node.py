@@ -50,7 +50,9 @@ class PlayerParams:
     decompress: bool = param(False, "publish a bag's CompressedImage frames decoded, as Image on `image`")
     reliability: str = param("reliable", "QoS reliability of the image publisher", choices=("reliable", "best_effort"))
     depth: int = param(10, "QoS depth (KEEP_LAST) of the image publisher")
-    start_delay_s: float = param(1.0, "seconds to wait before the first frame, so subscribers can match")
+    start_delay_s: float = param(
+        1.0, "seconds to wait before the first frame (after wait_for_subscribers), so subscribers finish matching"
+    )
     wait_for_subscribers: int = param(0, "before playing, wait until this many subscriptions match")
     wait_timeout_s: float = param(10.0, "longest wait for `wait_for_subscribers` (then play anyway)")
     exit_on_end: bool = param(True, "standalone: exit the process when playback ends")
@@ -165,9 +167,11 @@ class PlayerNode(Node):
         p = self.params
         source = p.bag or p.video
         try:
+            # Writers see a new subscription before its reader has matched them, and a best-effort
+            # reader drops samples from writers it has not matched yet: wait, then give it time.
+            self._wait_for_subscribers()
             if self._stop.wait(max(0.0, p.start_delay_s)):
                 return
-            self._wait_for_subscribers()
             offset_ns = 0
             while not self._stop.is_set():
                 first = last = None

@@ -21,6 +21,7 @@ from tests.ros_support import NodeProcess, RosClient, image_msg, tracks_msg, wai
 pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run scripts/setup.sh)")
 from action_msgs.msg import GoalStatus  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
@@ -63,6 +64,7 @@ def node(tiny_vlm, tmp_path_factory):
         "target_lost_timeout_s": LOST_TIMEOUT_S,
         "buffer_sample_fps": float(FPS),
         "query_timeout_s": ANSWER_TIMEOUT_S,
+        "diagnostics_period_s": 0.25,
     }
     args = ["-m", "stvg_ros.nodes.grounding_node", "--ros-args", "-r", f"__ns:={NAMESPACE}"]
     for key, value in params.items():
@@ -82,6 +84,7 @@ def client(node):
         ros.ground = ros.service(Ground, "ground", timeout_s=10)
         ros.results = ros.collect(GroundingResult, "grounding_result")
         ros.targets = ros.collect(Target, "target")
+        ros.diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
         yield ros
     finally:
         ros.close()
@@ -104,14 +107,17 @@ def published(client):
     tracks_pub = client.node.create_publisher(TrackedObjectArray, "tracks", 100)
     assert wait_until(lambda: image_pub.get_subscription_count() and tracks_pub.get_subscription_count(), 20)
     # Discovery is asymmetric: the writers see the node's readers before the best-effort image reader
-    # has matched this writer, and samples sent in between are dropped (seen under CI load: no frame
-    # arrived). Give the reader side time to match before the burst.
-    time.sleep(2.0)
+    # has matched this writer, and samples sent in between are dropped (seen under CI load: the first
+    # frames or all of them). So the first frame is sent until the node's /diagnostics count it
+    # (repeats of a stamp are ignored by the buffer), then the rest follow.
+    first = image_msg(_frame(_boxes(0)), T0)
+    assert wait_until(lambda: image_pub.publish(first) or _images_received(client) >= 1, 30, interval_s=0.25)
     sent = {}
     for i in range(30):
         stamp_ns = T0 + i * 1_000_000_000 // FPS
         boxes = _boxes(i)
-        image_pub.publish(image_msg(_frame(boxes), stamp_ns))
+        if i > 0:
+            image_pub.publish(image_msg(_frame(boxes), stamp_ns))
         tracks_pub.publish(tracks_msg(boxes, stamp_ns))
         sent[stamp_ns] = boxes
         time.sleep(0.02)
@@ -121,6 +127,20 @@ def published(client):
     time.sleep(0.5)
     client.tracks_pub = tracks_pub
     return sent
+
+
+def _grounding_status(client):
+    """The grounding node's newest /diagnostics status (None before the first)."""
+    for array in reversed(client.diagnostics):
+        for status in array.status:
+            if status.name.endswith(": grounding"):
+                return status
+    return None
+
+
+def _images_received(client) -> int:
+    status = _grounding_status(client)
+    return int(next((kv.value for kv in status.values if kv.key == "images"), 0)) if status else 0
 
 
 def test_query_before_any_frame_fails_clearly(client, node):
@@ -133,6 +153,17 @@ def test_query_before_any_frame_fails_clearly(client, node):
     assert response.status == GoalStatus.STATUS_ABORTED
     assert "no camera frames" in response.result.result.message
     assert node.alive()
+
+
+def test_diagnostics_count_what_arrived(client, published):
+    def values():
+        status = _grounding_status(client)
+        return {kv.key: kv.value for kv in status.values} if status else {}
+
+    assert wait_until(lambda: values().get("tracks") == str(len(published)), 10), values()
+    got = values()
+    assert int(got["images"]) >= 1 and int(got["buffer_frames"]) >= 1 and got["images_undecodable"] == "0"
+    assert float(got["buffer_mb"]) > 0 and got["model"] and got["following"].lstrip("-").isdigit()
 
 
 def _non_utf8_request() -> Ground.Request:

@@ -317,6 +317,25 @@ def decode_ros_image(msg) -> np.ndarray:
     return decode_compressed(msg) if compressed else decode_image(msg)
 
 
+def now_header(node, frame_id: str = ""):
+    """A std_msgs/Header stamped with the node's clock now (for messages not tied to a camera frame)."""
+    from std_msgs.msg import Header
+
+    return Header(stamp=node.get_clock().now().to_msg(), frame_id=frame_id)
+
+
+def diagnostic_array(node, component: str, level: int, message: str, values: Mapping[str, Any]):
+    """A /diagnostics message with one status, named "<node's full name>: <component>" (hardware: the
+    camera), its values as strings."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus(
+        level=level, name=f"{node.get_fully_qualified_name()}: {component}", message=message, hardware_id="camera",
+        values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+    )  # fmt: skip
+    return DiagnosticArray(header=now_header(node), status=[status])
+
+
 def stamp_to_ns(stamp) -> int:
     """builtin_interfaces/Time (or anything with sec/nanosec) -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)

@@ -6,7 +6,8 @@ Subscribes `image` (sensor_msgs/Image, or `image/compressed` with image_transpor
 progress, cancel) through one bounded queue; a query that finds the queue full is answered "busy"
 at once. Publishes every answer on `grounding_result`, then the target's live box on `target` for
 every new tracks message until `~/stop_target`, a new answer, or the track is lost for longer than
-`target_lost_timeout_s` (one STATUS_LOST message says so).
+`target_lost_timeout_s` (one STATUS_LOST message says so). Publishes `/diagnostics` (images and
+tracks received, buffer contents, queries) every `diagnostics_period_s`.
 
 Lifecycle: configure reads the parameters and checks that the model files (and, with `sam2_refine`,
 the `sam2` package and checkpoint) exist (a missing one fails the transition with a message that
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -34,7 +36,9 @@ from stvg_ros.nodes.common import (
     NoPublisherWatchdog,
     declare_parameters,
     decode_ros_image,
+    diagnostic_array,
     image_subscription,
+    now_header,
     ns_to_stamp,
     param,
     read_parameters,
@@ -96,6 +100,7 @@ class GroundingParams:
         choices=RELIABILITIES,
     )
     no_image_warning_s: float = param(5.0, "warn when no image publisher has matched for this long (0: never)")
+    diagnostics_period_s: float = param(1.0, "period of /diagnostics messages (0: none)")
     sam2_refine: bool = param(False, "draw IDs at SAM2 mask centres on the sampled frames (needs `sam2` + a checkpoint)")
     sam2_checkpoint: str = param("", "SAM2.1 tiny checkpoint (.pt) for sam2_refine (required when it is on)")
     sam2_image_size: int = param(512, "SAM2 image encoder input size (1024: SAM2's own; 512: ~7x faster on CPU)")
@@ -136,6 +141,9 @@ class GroundingNode(LifecycleNode):
         self._result_pub = self._target_pub = None
         self._frame_id = ""
         self._decode_warned = 0.0
+        self._diag_pub = self._diag_timer = None
+        self._last_image = 0.0  # time.monotonic() of the last decoded image
+        self.counts = {"images": 0, "images_undecodable": 0, "tracks": 0, "queries": 0, "queries_refused": 0}
 
     @property
     def executor_threads(self) -> int:
@@ -186,6 +194,9 @@ class GroundingNode(LifecycleNode):
             callback_group=self._query_group,
         )
         self._watchdog = NoPublisherWatchdog(self, [image_sub], after_s=p.no_image_warning_s)
+        if p.diagnostics_period_s > 0:
+            self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self._diag_timer = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
         files = ", ".join(f"{k}={v}" for k, v in self._model_files.items() if k != "backend")
         self.get_logger().info(f"configured: backend {p.backend}, {files}")
         return TransitionCallbackReturn.SUCCESS
@@ -247,6 +258,11 @@ class GroundingNode(LifecycleNode):
     def _destroy_entities(self) -> None:
         if self._watchdog is not None:
             self._watchdog.destroy()
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+        if self._diag_pub is not None:
+            self.destroy_publisher(self._diag_pub)
+        self._diag_pub = self._diag_timer = None
         if self._action_server is not None:
             self._action_server.destroy()
         for sub in self._subscriptions_made:
@@ -267,6 +283,7 @@ class GroundingNode(LifecycleNode):
         try:
             rgb = decode_ros_image(msg)
         except ImageDecodeError as exc:
+            self.counts["images_undecodable"] += 1
             now = time.monotonic()
             if now - self._decode_warned > 5.0:  # a broken camera must not flood the log
                 self._decode_warned = now
@@ -274,19 +291,42 @@ class GroundingNode(LifecycleNode):
             return
         self._frame_id = msg.header.frame_id
         self._buffer.add_frame(stamp_to_ns(msg.header.stamp), rgb, frame_id=msg.header.frame_id)
+        self.counts["images"] += 1
+        self._last_image = time.monotonic()
 
     def _on_tracks(self, msg) -> None:
         if not self._active:
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
         tracks = tracks_from_msg(msg)
+        self.counts["tracks"] += 1
         self._buffer.add_tracks(stamp_ns, tracks, frame_id=msg.header.frame_id)
         if (update := self._follower.update(stamp_ns, tracks)) is not None:
             self._publish_target(update, msg.header)
 
+    def _publish_diagnostics(self) -> None:
+        buffer = self._buffer.stats() if self._buffer is not None else {}
+        since_image = time.monotonic() - self._last_image if self._last_image else None
+        values = {
+            **{k: str(v) for k, v in self.counts.items()},
+            "buffer_frames": str(buffer.get("frames", 0)),
+            "buffer_track_frames": str(buffer.get("track_frames", 0)),
+            "buffer_mb": f"{buffer.get('nbytes', 0) / 2**20:.1f}",
+            "seconds_since_image": f"{since_image:.1f}" if since_image is not None else "never",
+            "following": str(self._follower.target_id if self._follower.target_id is not None else -1),
+            "model": str(self.params.model),
+        }
+        if not self._active:
+            level, message = DiagnosticStatus.OK, "inactive (lifecycle)"
+        elif since_image is None or since_image > max(5.0, 3 * self.params.diagnostics_period_s):
+            level, message = DiagnosticStatus.WARN, "no images"
+        else:
+            level, message = DiagnosticStatus.OK, "ready"
+        self._diag_pub.publish(diagnostic_array(self, "grounding", level, message, values))
+
     def _publish_target(self, update: TargetUpdate, header=None) -> None:
         if header is None:  # not tied to a camera frame (stop request, new answer)
-            header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_id)
+            header = now_header(self, self._frame_id)
         box = update.box if update.box is not None else np.zeros(4, np.float32)
         self._target_pub.publish(
             Target(
@@ -322,6 +362,13 @@ class GroundingNode(LifecycleNode):
 
     def _submit(self, query: str, window_s: float, reasoning_flag: int) -> tuple[QueryJob | None, str]:
         """Queue a query: (job, "") or (None, why it cannot run). Never blocks."""
+        self.counts["queries"] += 1
+        job, error = self._queue_query(query, window_s, reasoning_flag)
+        if job is None:
+            self.counts["queries_refused"] += 1
+        return job, error
+
+    def _queue_query(self, query: str, window_s: float, reasoning_flag: int) -> tuple[QueryJob | None, str]:
         from stvg_ros.grounding.pipeline import GroundingRequest
 
         if not self._active or self._queue is None:

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_srvs.srv import SetBool
@@ -40,6 +40,7 @@ from stvg_ros.nodes.common import (
     NoPublisherWatchdog,
     declare_parameters,
     decode_ros_image,
+    diagnostic_array,
     image_subscription,
     param,
     parameters_markdown,
@@ -333,17 +334,7 @@ class TrackerNode(LifecycleNode):
             level, message = DiagnosticStatus.WARN, "no images"
         elif self.counts["processing_errors"]:
             level, message = DiagnosticStatus.WARN, "some frames failed (see the log)"
-        status = DiagnosticStatus(
-            level=level, name=f"{self.get_fully_qualified_name()}: tracker", message=message, hardware_id="camera",
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
-        )  # fmt: skip
-        self._diag_pub.publish(DiagnosticArray(header=_now_header(self), status=[status]))
-
-
-def _now_header(node):
-    from std_msgs.msg import Header
-
-    return Header(stamp=node.get_clock().now().to_msg())
+        self._diag_pub.publish(diagnostic_array(self, "tracker", level, message, values))
 
 
 def _detection2d_array(tracks, header, class_names):

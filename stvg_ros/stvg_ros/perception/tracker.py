@@ -428,20 +428,15 @@ class Tracker:
         if not len(candidates) or not lost:
             return rows
         hists = colour_histograms(rgb, detections.xyxy[candidates])
-        cost = np.asarray(
-            [
-                [self._reid_cost(stamp_ns, detections.xyxy[d], int(detections.class_id[d]), hists[a], m) for m in lost]
-                for a, d in enumerate(candidates)
-            ]
+        matches = self._match_lost(
+            stamp_ns, detections.xyxy[candidates], detections.class_id[candidates], hists, lost
         )
-        if not np.isfinite(cost).any():
+        if not matches:
             return rows
         from ultralytics.trackers.byte_tracker import STrack
 
         revived = []
-        for a, b in zip(*linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e6)), strict=True):
-            if not np.isfinite(cost[a, b]):
-                continue
+        for a, memory in matches.items():
             d = int(candidates[a])
             x0, y0, x1, y1 = (float(v) for v in detections.xyxy[d])
             track = STrack(
@@ -454,14 +449,9 @@ class Tracker:
             track.activate(self._byte.kalman_filter, self._byte.frame_id)
             track.is_activated = True  # confirmed: low-score detections keep it (ByteTrack's 2nd stage)
             self._byte.tracked_stracks.append(track)
-            pid = lost[b].public_id
-            self._drop_internal_of(pid)
-            self._public_of[track.track_id] = pid
-            self.stats["reid_matches"] += 1
+            self._take_over(track.track_id, memory.public_id)
             self.stats["low_score_revivals"] += 1
             revived.append(track.result)
-        if not revived:
-            return rows
         return np.concatenate([rows, np.asarray(revived, np.float32).reshape(-1, 8)])
 
     def _assign_public_ids(
@@ -473,33 +463,45 @@ class Tracker:
         class_ids: np.ndarray,
         hists: np.ndarray | None,
     ) -> None:
-        c = self.config
         live_public = {self._public_of[int(t)] for t in internal if int(t) in self._public_of}
         lost = self._lost_memories(stamp_ns, live_public)
-        matches: dict[int, int] = {}
-        if lost and c.reid_max_gap_s > 0 and hists is not None:
-            cost = np.full((len(new_rows), len(lost)), np.inf)
-            for a, row in enumerate(new_rows):
-                for b, memory in enumerate(lost):
-                    cost[a, b] = self._reid_cost(stamp_ns, xyxy[row], int(class_ids[row]), hists[row], memory)
-            if np.isfinite(cost).any():
-                finite_cost = np.where(np.isfinite(cost), cost, 1e6)
-                for a, b in zip(*linear_sum_assignment(finite_cost), strict=True):
-                    if np.isfinite(cost[a, b]):
-                        matches[new_rows[a]] = lost[b].public_id
-        for row in new_rows:
+        matches: dict[int, _PublicTrack] = {}
+        if lost and self.config.reid_max_gap_s > 0 and hists is not None:
+            matches = self._match_lost(stamp_ns, xyxy[new_rows], class_ids[new_rows], hists[new_rows], lost)
+        for a, row in enumerate(new_rows):
             ident = int(internal[row])
-            if row in matches:
-                pid = matches[row]
-                self._drop_internal_of(pid)
-                self.stats["reid_matches"] += 1
-            else:
-                pid = self._next_public_id
-                self._next_public_id += 1
-                self.stats["tracks_created"] += 1
-                box = xyxy[row].astype(np.float64)
-                self._tracks[pid] = _PublicTrack(pid, int(class_ids[row]), stamp_ns, box, stamp_ns)
+            if a in matches:
+                self._take_over(ident, matches[a].public_id)
+                continue
+            pid = self._next_public_id
+            self._next_public_id += 1
+            self.stats["tracks_created"] += 1
+            box = xyxy[row].astype(np.float64)
+            self._tracks[pid] = _PublicTrack(pid, int(class_ids[row]), stamp_ns, box, stamp_ns)
             self._public_of[ident] = pid
+
+    def _match_lost(
+        self, stamp_ns: int, xyxy: np.ndarray, class_ids: np.ndarray, hists: np.ndarray, lost: list[_PublicTrack]
+    ) -> dict[int, _PublicTrack]:
+        """Row of `xyxy` -> the lost track whose ID it takes (Hungarian assignment on `_reid_cost`;
+        pairs that fail a gate are never matched)."""
+        cost = np.asarray(
+            [
+                [self._reid_cost(stamp_ns, xyxy[a], int(class_ids[a]), hists[a], memory) for memory in lost]
+                for a in range(len(xyxy))
+            ],
+            np.float64,
+        ).reshape(len(xyxy), len(lost))
+        if not np.isfinite(cost).any():
+            return {}
+        rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e6))
+        return {int(a): lost[b] for a, b in zip(rows, cols, strict=True) if np.isfinite(cost[a, b])}
+
+    def _take_over(self, internal_id: int, public_id: int) -> None:
+        """Give ByteTrack track `internal_id` the lost `public_id` (re-association)."""
+        self._drop_internal_of(public_id)
+        self._public_of[int(internal_id)] = public_id
+        self.stats["reid_matches"] += 1
 
     def _reid_cost(
         self, stamp_ns: int, box: np.ndarray, class_id: int, hist: np.ndarray, memory: _PublicTrack

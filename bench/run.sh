@@ -12,7 +12,8 @@ start=$(date +%s.%N)
 "$ROOT/scripts/setup.sh" 2>"$OUT/setup_rerun.log"
 python3 -c "import sys; print('{\"setup_rerun_s\": %.1f}' % (float(sys.argv[2]) - float(sys.argv[1])))" "$start" "$(date +%s.%N)" | tee "$OUT/setup.json"
 
-echo "== perception (640x480 @ 30 FPS, ${SECONDS_PER_BENCH} s)"
+echo "== perception (640x480 @ 30 FPS, ${SECONDS_PER_BENCH} s per run; tracker alone, graph in one process and"
+echo "   one process per node, each graph also while grounding queries run on the tiny VLM)"
 "$ROOT/scripts/run" stvg-ros bench perception --seconds "$SECONDS_PER_BENCH" --json | tee "$OUT/perception.json"
 
 echo "== grounding (tiny models: llama.cpp and transformers)"

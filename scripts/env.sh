@@ -9,12 +9,9 @@ export AMENT_PREFIX_PATH="$_stvg_root/install/stvg_ros:$_stvg_root/install/stvg_
 export CMAKE_PREFIX_PATH="$_stvg_root/install/stvg_ros_msgs:$VIRTUAL_ENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 export PYTHONPATH="$_stvg_root/install/stvg_ros_msgs/lib/python3.11/site-packages${PYTHONPATH:+:$PYTHONPATH}"
 export LD_LIBRARY_PATH="$_stvg_root/install/stvg_ros_msgs/lib:$VIRTUAL_ENV/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# Fast DDS: camera images (~900 kB at 640x480) exceed the default 512 kB shared-memory segment and are
-# mostly lost over the UDP fallback; this profile gives each participant a 16 MB segment (also with
-# ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, where FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA has no effect).
-if [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}${FASTRTPS_DEFAULT_PROFILES_FILE:-}${FASTDDS_BUILTIN_TRANSPORTS:-}" ]; then
-  export FASTDDS_DEFAULT_PROFILES_FILE="$_stvg_root/stvg_ros/config/fastdds_large_images.xml"
-fi
+# Fast DDS transports are left as they are: stvg-ros demo and the benchmark, which start their own
+# camera publisher, apply the package's large-image profile themselves; elsewhere it is a choice
+# (`stvg-ros up --large-image-dds`, launch argument large_image_dds:=true; README: Camera images).
 # Ultralytics: no telemetry, no run-time pip installs, settings inside the checkout.
 export YOLO_OFFLINE="${YOLO_OFFLINE:-1}" YOLO_AUTOINSTALL="${YOLO_AUTOINSTALL:-0}"
 export YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$_stvg_root/.cache/ultralytics}"

@@ -65,3 +65,37 @@ def _no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+
+
+# --------------------------------------------------------------------------------------------
+# --stress N: the whole session runs beside N busy-loop processes (a robot's CPU is never idle).
+# CI runs the ROS tests once this way (.ci/run); timing-dependent code must pass on a loaded machine.
+
+BUSY_LOOP = "import time\nwhile True:\n    time.perf_counter()\n"
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--stress", type=int, default=0, metavar="N", help="run the session beside N busy-loop processes"
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stress(request):
+    """Start `--stress` busy-loop processes for the session; stop them at its end."""
+    import subprocess
+    import sys
+
+    count = int(request.config.getoption("--stress") or 0)
+    loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(count)]
+    try:
+        yield len(loops)
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait(timeout=10)
+
+
+def pytest_report_header(config) -> str | None:
+    count = int(config.getoption("--stress") or 0)
+    return f"stress: {count} busy-loop process(es) beside the tests" if count else None

@@ -95,11 +95,39 @@ def test_the_profile_gives_shared_memory_room_for_several_vga_frames_and_keeps_u
 
 
 def test_settings_point_at_the_profile_unless_the_environment_chooses_the_transports():
-    expected = {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
+    expected = {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}  # the Kilted wheels here: Fast DDS 3
     assert large_image_dds_settings({}) == expected
     assert large_image_dds_settings({"FASTDDS_BUILTIN_TRANSPORTS": ""}) == expected  # empty: not chosen
     for name in DDS_USER_VARIABLES:
         assert large_image_dds_settings({name: "chosen"}) == {}, name
+
+
+def test_a_ros_install_without_the_wheels_gets_the_variable_its_fast_dds_reads(monkeypatch):
+    import importlib.metadata
+
+    def no_wheel(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", no_wheel)  # an apt ROS install: ROS_DISTRO says
+    assert set(large_image_dds_settings({"ROS_DISTRO": "jazzy"})) == {"FASTRTPS_DEFAULT_PROFILES_FILE"}  # 2.14
+    assert set(large_image_dds_settings({"ROS_DISTRO": "humble"})) == {"FASTRTPS_DEFAULT_PROFILES_FILE"}
+    assert set(large_image_dds_settings({"ROS_DISTRO": "kilted"})) == {"FASTDDS_DEFAULT_PROFILES_FILE"}  # 3.x
+    assert set(large_image_dds_settings({})) == {"FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"}
+
+
+def test_nodes_leave_the_process_transports_alone(monkeypatch):
+    """Only the user (launch argument, `up --large-image-dds`) or a tool that publishes the camera
+    itself applies the profile: a node's main() does not."""
+    from stvg_ros.nodes.common import run_lifecycle_node
+
+    for name in DDS_USER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+    def interrupted():
+        raise KeyboardInterrupt  # as Ctrl-C right after start-up
+
+    assert run_lifecycle_node(interrupted, []) == 0
+    assert not [name for name in DDS_USER_VARIABLES if name in os.environ]
 
 
 @pytest.mark.ros

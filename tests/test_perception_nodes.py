@@ -137,10 +137,11 @@ def test_diagnostics_report_rates_and_latency(graph):
     assert wait_until(lambda: tracker_status() is not None, 30)
     status, values = tracker_status()
     assert status.level == status.OK and status.message == "tracking"
-    keys = {"output_hz", "latency_ms_p50", "latency_ms_p95", "dropped", "dropped_transport", "dropped_stale",
-            "decode_errors", "detect_every"}  # fmt: skip
+    lost = ("lost_in_transport", "lost_in_reader_queue", "dropped_backlog", "decode_errors")
+    keys = {"output_hz", "latency_ms_p50", "latency_ms_p95", "frames_received", "frames_lost", "caught_up",
+            "detect_every", *lost}  # fmt: skip
     assert keys <= set(values)
-    assert int(values["dropped"]) == int(values["dropped_transport"]) + int(values["dropped_stale"])
+    assert int(values["frames_lost"]) == sum(int(values[key]) for key in lost)
     assert float(values["input_hz"]) <= 15 and float(values["processing_ms_p95"]) < 1000
     assert float(values["latency_ms_p95"]) >= float(values["latency_ms_p50"]) > 0  # bag stamps: now - stamp is old
 

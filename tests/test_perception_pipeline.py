@@ -276,6 +276,20 @@ def test_clip_buffer_drops_late_messages_and_clears_on_a_loop():
         buffer.add_frame(60 * NS, np.zeros((0, 64, 3), np.uint8))
 
 
+def test_clip_buffer_keeps_frames_that_lag_the_tracks_and_counts_missed_samples():
+    """A busy input thread may deliver frames seconds after their tracks: that is no new timeline."""
+    buffer = ClipBuffer(max_seconds=30.0, sample_fps=2.0)
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    for f in range(60):  # 6 s of tracks at 10 fps first, then the frames of the same 6 s
+        buffer.add_tracks(100 * NS + f * NS // 10, tracks_of(2, f))
+    kept = [f for f in range(60) if buffer.wants_frame(100 * NS + f * NS // 10)
+            and buffer.add_frame(100 * NS + f * NS // 10, rgb)]  # fmt: skip
+    assert kept == list(range(0, 60, 5)) and buffer.resets == 0 and buffer.missed_samples == 0
+    assert not buffer.wants_frame(100 * NS + 56 * NS // 10)  # within the sampling period of the last kept
+    buffer.add_frame(100 * NS + 80 * NS // 10, rgb)  # 2.5 s after the last kept frame: 4 slots were empty
+    assert buffer.missed_samples == 4 and buffer.stats()["missed_samples"] == 4
+
+
 # --------------------------------------------------------------------------------------------
 # SAM2 refinement hook
 

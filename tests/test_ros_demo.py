@@ -37,6 +37,14 @@ def test_demo_runs_the_graph_answers_over_the_service_and_writes_the_video(tiny_
     assert summary["model"] and summary["backend"] == "llama_cpp"
     assert summary["meaningful"] is False and "not meaningful" in summary["disclaimer"]
     assert summary["frames_played"] == 60 and summary["tracks_received"] > 0
+    # every frame reached the graph, and the grounding buffer holds every frame its 2 fps asks for
+    frames = summary["frames"]
+    assert frames["played"] == 60 and set(frames) >= {"tracker_node", "grounding_node", "frames_lost"}
+    for node in ("tracker_node", "grounding_node"):
+        lost = ("lost_in_transport", "lost_in_reader_queue", "dropped_backlog", "decode_errors")
+        assert frames[node]["frames_lost"] == sum(frames[node][key] for key in lost)
+        assert frames[node]["frames_received"] + frames[node]["frames_lost"] - frames[node]["decode_errors"] <= 60
+    assert frames["buffer_frames"] >= 11 and frames["buffer_missed_samples"] <= 1
     assert isinstance(summary["target_id"], int) and 0.0 <= summary["start"] <= summary["end"] <= 6.0
     # The random model may pick a span in which its target has no box: then the tube is empty and
     # the message says so; otherwise every box lies in the span.
@@ -57,6 +65,39 @@ def test_demo_runs_the_graph_answers_over_the_service_and_writes_the_video(tiny_
     assert f"target ID {summary['target_id']}" in report and "tube:" in report
     assert summary["model"] in report and "NOTE:" in report and "not meaningful" in report
     assert "[demo]" in done.stderr and "Traceback" not in done.stderr
+
+
+def _demo(out, seconds: int, detector) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "stvg_ros.cli.main", "demo", "--out", str(out), "--json", "--seconds", str(seconds),
+         "--detector", str(detector), "--timeout", "240"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+
+
+def test_two_demos_at_once_each_answer_from_their_own_frames(tiny_detector, tmp_path):
+    """Each demo's graph has a namespace of its own: neither hears the other's camera or queries."""
+    runs = {seconds: _demo(tmp_path / f"demo{seconds}", seconds, tiny_detector["onnx-int8"]) for seconds in (4, 6)}
+    summaries = {}
+    try:
+        for seconds, run in runs.items():
+            out, err = run.communicate(timeout=400)
+            assert run.returncode == 0, err[-4000:]
+            summaries[seconds] = json.loads(out)
+    finally:
+        for run in runs.values():
+            if run.poll() is None:
+                run.kill()
+    assert summaries[4]["namespace"] != summaries[6]["namespace"]
+    for seconds, summary in summaries.items():
+        assert summary["success"], summary["message"]
+        played = seconds * 10
+        assert summary["frames_played"] == played
+        # a demo that heard the other one's camera would count more frames than it played
+        for node in ("tracker_node", "grounding_node"):
+            assert 0 < summary["frames"][node]["frames_received"] <= played, summary["frames"]
+        assert 0 < summary["tracks_received"] <= played
+        assert all(s["stamp"] <= 1_700_000_000 + seconds for s in summary["tube"])
 
 
 def test_demo_with_a_missing_model_fails_clearly(tmp_path):

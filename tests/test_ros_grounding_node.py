@@ -140,7 +140,7 @@ def _grounding_status(client):
 
 def _images_received(client) -> int:
     status = _grounding_status(client)
-    return int(next((kv.value for kv in status.values if kv.key == "images"), 0)) if status else 0
+    return int(next((kv.value for kv in status.values if kv.key == "frames_received"), 0)) if status else 0
 
 
 def test_query_before_any_frame_fails_clearly(client, node):
@@ -162,7 +162,10 @@ def test_diagnostics_count_what_arrived(client, published):
 
     assert wait_until(lambda: values().get("tracks") == str(len(published)), 10), values()
     got = values()
-    assert int(got["images"]) >= 1 and int(got["buffer_frames"]) >= 1 and got["images_undecodable"] == "0"
+    assert int(got["frames_received"]) >= 1 and int(got["buffer_frames"]) >= 1 and got["decode_errors"] == "0"
+    lost = ("lost_in_transport", "lost_in_reader_queue", "dropped_backlog", "decode_errors")
+    assert int(got["frames_lost"]) == sum(int(got[key]) for key in lost)
+    assert got["buffer_missed_samples"].isdigit()
     assert float(got["buffer_mb"]) > 0 and got["model"] and got["following"].lstrip("-").isdigit()
 
 

@@ -134,9 +134,19 @@ class _OpaqueFunction(_Entity):
 
 
 class _SetEnvironmentVariable(_Entity):
-    def __init__(self, name, value) -> None:
-        super().__init__(name, value)
-        self.name, self.value = name, value
+    def __init__(self, name, value, *, condition=None) -> None:
+        super().__init__(name, value, condition=condition)
+        self.name, self.value, self.condition = name, value, condition
+
+
+class _IfCondition:
+    def __init__(self, predicate_expression) -> None:
+        self.predicate = predicate_expression
+
+    def evaluate(self, context) -> bool:
+        value = self.predicate.perform(context).strip().lower()
+        assert value in ("true", "false", "1", "0"), value  # launch's IfCondition accepts these only
+        return value in ("true", "1")
 
 
 class _LaunchConfiguration:
@@ -164,6 +174,7 @@ def _stub_launch_modules(monkeypatch) -> None:
             "OpaqueFunction": _OpaqueFunction,
             "SetEnvironmentVariable": _SetEnvironmentVariable,
         },
+        "launch.conditions": {"IfCondition": _IfCondition},
         "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
         "launch_ros": {},
         "launch_ros.actions": {"Node": _Node},
@@ -229,20 +240,31 @@ def test_launch_arguments_reach_the_nodes(monkeypatch, tmp_path):
     assert {"backend": "http", "model": "stvg-r1-7b-q4_k_m"} not in nodes[0].kwargs["parameters"]
 
 
-def test_launch_file_points_fast_dds_at_the_large_image_profile_unless_the_environment_chooses(monkeypatch):
-    from stvg_ros.nodes.common import DDS_USER_VARIABLES
+def test_launch_file_uses_the_large_image_profile_only_when_asked_and_the_environment_does_not_choose(monkeypatch):
+    from stvg_ros.nodes.common import DDS_USER_VARIABLES, large_image_dds_settings
     from stvg_ros.nodes.graph import config_dir
 
     for name in DDS_USER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     description = _description(monkeypatch)
-    (profile,) = [e for e in description if isinstance(e, _SetEnvironmentVariable)]
-    assert profile.name == "FASTDDS_DEFAULT_PROFILES_FILE"
-    assert profile.value == str(config_dir() / "fastdds_large_images.xml") and Path(profile.value).is_file()
-    # set before the nodes start: launch applies actions in order
-    assert description.index(profile) < next(i for i, e in enumerate(description) if isinstance(e, _OpaqueFunction))
+    profiles = [e for e in description if isinstance(e, _SetEnvironmentVariable)]
+    # the variable this machine's Fast DDS reads (FASTDDS_* on Kilted, FASTRTPS_* on Jazzy)
+    assert {p.name for p in profiles} == set(large_image_dds_settings()) and profiles
+    for profile in profiles:
+        assert profile.value == str(config_dir() / "fastdds_large_images.xml") and Path(profile.value).is_file()
+        # set before the nodes start: launch applies actions in order
+        opaque = next(i for i, e in enumerate(description) if isinstance(e, _OpaqueFunction))
+        assert description.index(profile) < opaque
+        # only with large_image_dds:=true (default false: the nodes keep the environment's transports)
+        declared = {d.name: d.default_value for d in description if isinstance(d, _DeclareLaunchArgument)}
+        assert declared["large_image_dds"] == "false"
+        context = types.SimpleNamespace(launch_configurations=declared)
+        assert profile.condition.evaluate(context) is False
+        context.launch_configurations = {**declared, "large_image_dds": "true"}
+        assert profile.condition.evaluate(context) is True
     monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")  # the user's choice stands
     assert not [e for e in _description(monkeypatch) if isinstance(e, _SetEnvironmentVariable)]
+
 
 def test_up_parses_parameter_overrides():
     assert parse_overrides(["grounding_node:num_frames=8", "tracker_node:model=yolo-synth-tiny"]) == {

@@ -9,14 +9,17 @@ one process. Each node gets, in this order: its own file in the package's config
 `params_file` argument, use_sim_time, and for the grounding node the `backend`/`model` arguments.
 Every node self-activates (configure + activate) unless its `autostart` parameter is false.
 
-FASTDDS_DEFAULT_PROFILES_FILE points the nodes at config/fastdds_large_images.xml (a shared-memory
-segment that holds camera images; with Fast DDS's default transports most 640x480 images are
-dropped between processes) unless the environment already chooses the Fast DDS transports
-(FASTDDS_DEFAULT_PROFILES_FILE, FASTRTPS_DEFAULT_PROFILES_FILE or FASTDDS_BUILTIN_TRANSPORTS).
+`large_image_dds:=true` points the nodes at config/fastdds_large_images.xml (a shared-memory segment
+that holds camera images; with Fast DDS's default 512 KB segment, raw 640x480 images go over UDP
+fragments and many are dropped between processes) through FASTDDS_DEFAULT_PROFILES_FILE (Fast DDS 3,
+Kilted) or FASTRTPS_DEFAULT_PROFILES_FILE (Fast DDS 2, Jazzy; by ROS_DISTRO), unless the environment already
+chooses the Fast DDS transports. It is off by default: it replaces the nodes' transports, and the
+camera driver's process needs the same profile (README: Camera images between processes).
 """
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -40,6 +43,13 @@ ARGUMENTS = (
     ("use_sim_time", "false", "use /clock (rosbag replay with --clock)", ["true", "false"]),
     ("overlay", "true", "start the overlay node (annotated image with the IDs the model sees)", ["true", "false"]),
     ("log_level", "info", "log level of all nodes", ["debug", "info", "warn", "error"]),
+    (
+        "large_image_dds",
+        "false",
+        "use the package's Fast DDS profile (16 MB shared memory) for raw camera images between processes; "
+        "give the camera driver's process the same profile",
+        ["true", "false"],
+    ),
 )
 
 
@@ -87,5 +97,8 @@ def generate_launch_description() -> LaunchDescription:
     for name, default, description, choices in ARGUMENTS:
         kwargs = {"choices": choices} if choices else {}
         declared.append(DeclareLaunchArgument(name, default_value=default, description=description, **kwargs))
-    dds = [SetEnvironmentVariable(name, value) for name, value in large_image_dds_settings().items()]
+    wanted = IfCondition(LaunchConfiguration("large_image_dds"))
+    dds = [
+        SetEnvironmentVariable(name, value, condition=wanted) for name, value in large_image_dds_settings().items()
+    ]
     return LaunchDescription([*declared, *dds, OpaqueFunction(function=_nodes)])

@@ -10,14 +10,21 @@ Three measurements on the same synthetic scene, same model, same run:
 2. **naive**: a loop that calls ultralytics `model.track()` on every frame (the usual recipe),
    against our pipeline on the same pre-rendered frames, both as fast as they can:
    `naive_ratio` = our frames per second / the naive loop's.
-3. **ros**: the tracker node in its own process; this process publishes the camera frames as
-   sensor_msgs/Image over DDS and receives the tracks: `ros_ratio` = frames with tracks per second
-   over DDS / in the core run.
+3. **deployments** over DDS, each in its own namespace: the nodes started the ways users start
+   them (`tracker_process`: the tracker node alone, its figures are also the top-level `ros_*`,
+   `ros_ratio` = its frames with tracks per second / the core run's;
+   `graph_one_process`: `stvg-ros up`; `graph_processes`: one process per node, as the launch file;
+   `*_query`: the same while a client here calls `ground` back to back, so llama.cpp computes the
+   whole time). This process is the camera (sensor_msgs/Image, best effort, real time) and receives
+   `tracks`: per deployment `frames_with_tracks_fraction`, latency p50/p95 (capture -> tracks
+   received), `goal_met`, the nodes' /diagnostics values (`tracker_*`, `grounding_*`, ...), their
+   integer values' change over the measured window (`diagnostics_delta`), queries answered and their
+   median latency, and whether the grounding buffer holds every frame its sampling rate asks for.
 
 The process is pinned to `--cores` CPUs (default 2) where the machine has more. Camera frames
 (900 KB each at 640x480) are larger than Fast DDS's default shared-memory segment (512 KB), and
 over its UDP fallback (64 KB fragments) a best-effort subscriber loses most of them; the benchmark
-therefore runs both processes with the package's Fast DDS profile (config/fastdds_large_images.xml:
+therefore runs every process with the package's Fast DDS profile (config/fastdds_large_images.xml:
 a 16 MB shared-memory segment) unless the environment already chooses the Fast DDS transports, and
 reports what it ran with (`dds_profiles_file`, `dds_builtin_transports`).
 """
@@ -25,6 +32,7 @@ reports what it ran with (`dds_profiles_file`, `dds_builtin_transports`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import subprocess
@@ -60,7 +68,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cores", type=int, default=2, help="pin the benchmark to this many CPUs (0: all)")
     parser.add_argument("--naive-frames", type=int, default=90, help="frames for the throughput comparison")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive ultralytics loop")
-    parser.add_argument("--no-ros", action="store_true", help="skip the run over DDS")
+    parser.add_argument("--no-ros", action="store_true", help="skip every deployment over DDS")
+    parser.add_argument(
+        "--deployments",
+        type=deployment_list,
+        default="all",
+        help=f"comma list of node deployments to measure over DDS (default all: {', '.join(DEPLOYMENTS)})",
+    )
+    parser.add_argument(
+        "--vlm", default="qwen25vl-tiny-random", help="grounding model (llama.cpp, CPU) of the graph deployments"
+    )
+    parser.add_argument("--vlm-mmproj", default="", help="its vision projector GGUF (default: the manifest's)")
+    parser.add_argument("--query-reasoning", choices=("off", "on"), default="off", help="reasoning of the queries")
     parser.add_argument("--seed", type=int, default=3)
 
 
@@ -284,24 +303,124 @@ def run_throughput(scene, args: argparse.Namespace, naive_pt: Path | None) -> di
 
 
 # --------------------------------------------------------------------------------------------
-# 3. the tracker node over DDS
+# 3. deployments: the nodes over DDS, started the ways users start them
+
+#: What the `ground` client asks, back to back, in the query deployments.
+QUERY = "the red circle"
+#: Grounding buffer for the run: long and large enough that nothing is evicted during a run.
+BUFFER = {"buffer_seconds": 3600.0, "buffer_max_mb": 2048.0, "buffer_sample_fps": 2.0}
+#: Goal of every deployment at 640x480, 30 FPS.
+GOAL_FRACTION, GOAL_P95_MS = 0.95, 100.0
+#: The tracker_process diagnostics that keep today's `ros_node_*` names at the top level.
+ROS_NODE_KEYS = ("input_hz", "output_hz", "detector_hz", "processing_ms_p95", "frames_received", "frames_lost",
+                 "lost_in_transport", "lost_in_reader_queue", "dropped_backlog", "caught_up", "detect_every")  # fmt: skip
 
 
-def _start_tracker_node(args: argparse.Namespace, namespace: str, log_path: Path) -> subprocess.Popen:
-    params = [
-        f"detector:={args.model}",
-        f"backend:={args.backend}",
-        f"precision:={args.precision}",
-        f"threads:={args.threads}",
-        "diagnostics_period_s:=1.0",
-        "publish_detection2d:=false",
-    ]
-    command = [sys.executable, "-m", "stvg_ros.nodes.tracker_node", "--ros-args", "-r", f"__ns:=/{namespace}"]
-    for p in params:
-        command += ["-p", p]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, args.threads))}
+@dataclass(frozen=True)
+class Deployment:
+    """One way of running the nodes: which of them (empty: the whole graph), all in one process
+    (`stvg-ros up`) or one process each (as the launch file), and with grounding queries or not."""
+
+    nodes: tuple[str, ...] = ()
+    one_process: bool = False
+    queries: bool = False
+
+
+DEPLOYMENTS: dict[str, Deployment] = {
+    "tracker_process": Deployment(nodes=("tracker_node",)),
+    "graph_one_process": Deployment(one_process=True),
+    "graph_processes": Deployment(),
+    "graph_one_process_query": Deployment(one_process=True, queries=True),
+    "graph_processes_query": Deployment(queries=True),
+}
+
+
+def deployment_list(text: str) -> list[str]:
+    """`--deployments` value: a comma list of DEPLOYMENTS names ("all": every one)."""
+    names = list(DEPLOYMENTS) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    if unknown := [n for n in names if n not in DEPLOYMENTS]:
+        raise argparse.ArgumentTypeError(f"unknown deployment(s) {unknown}; choose from {', '.join(DEPLOYMENTS)}")
+    return names
+
+
+def large_image_dds() -> dict[str, str]:
+    """Point Fast DDS at the package's large-image profile in this process's environment (call it
+    before rclpy.init) unless the user chose the transports: this benchmark publishes the camera
+    itself. Returns the transport variables for every child process."""
+    from stvg_ros.nodes.common import DDS_USER_VARIABLES, use_large_image_dds
+
+    use_large_image_dds()
+    return {name: os.environ[name] for name in DDS_USER_VARIABLES if os.environ.get(name)}
+
+
+def node_overrides(args: argparse.Namespace) -> dict[str, dict]:
+    """{node: {parameter: value}} of every deployment (None: the node's own default)."""
+    return {
+        "tracker_node": {
+            "detector": args.model,
+            "backend": args.backend,
+            "precision": args.precision,
+            "threads": args.threads,
+            "diagnostics_period_s": 1.0,
+            "publish_detection2d": False,
+        },
+        "grounding_node": {
+            "backend": "llama_cpp",
+            "model": args.vlm,
+            "mmproj": args.vlm_mmproj or None,
+            "n_gpu_layers": 0,
+            "diagnostics_period_s": 1.0,
+            **BUFFER,
+        },
+    }
+
+
+def prepare_vlm(args: argparse.Namespace) -> None:
+    """Build the grounding model's files where its manifest builds them (the tiny test VLM) and check
+    that llama.cpp would find them; RuntimeError saying what is missing otherwise."""
+    from stvg_ros.core import model_registry
+    from stvg_ros.grounding.backends import resolve_model_files
+
+    try:
+        if not Path(args.vlm).exists() and args.vlm in model_registry.load_manifests():
+            model_registry.resolve_all(args.vlm, build=True)
+        resolve_model_files(model=args.vlm, mmproj=args.vlm_mmproj, backend="llama_cpp")
+    except Exception as exc:  # ModelLoadError, ModelRegistryError, a failed build
+        raise RuntimeError(f"grounding model {args.vlm!r}: {exc}") from exc
+
+
+def _commands(
+    deployment: Deployment, namespace: str, camera_topic: str, overrides: dict, log_dir: Path
+) -> tuple[dict[str, list[str]], list[str]]:
+    """(command per process name, names of the nodes started) for `deployment`."""
+    from stvg_ros.nodes.graph import graph_nodes, merged_params_file, ros_arguments
+
+    specs = [s for s in graph_nodes() if not deployment.nodes or s.name in deployment.nodes]
+    nodes = [s.name for s in specs]
+    if deployment.one_process:
+        params = [f"{node}:{k}={v}" for node, values in overrides.items() for k, v in values.items() if v is not None]
+        up = [sys.executable, "-m", "stvg_ros.cli.main", "up", "--namespace", namespace, "--camera-topic", camera_topic]
+        return {"graph": up + [a for p in params for a in ("-p", p)]}, nodes
+    ros_args = ros_arguments(merged_params_file(None, overrides, log_dir, specs), camera_topic, namespace)
+    return {s.name: [sys.executable, "-m", s.module, *ros_args] for s in specs}, nodes
+
+
+def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start `command` in its own process group, output to `log_path`; it gets SIGTERM when the
+    benchmark dies (PR_SET_PDEATHSIG), so no node outlives it."""
+    import ctypes
+    import signal
+
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl  # loaded here: the child only calls it
     with open(log_path, "wb") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=lambda: prctl(1, signal.SIGTERM),
+        )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -316,86 +435,212 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=5)
 
 
-def run_ros(scene, args: argparse.Namespace) -> tuple[RealtimeResult, dict]:
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, qos_profile_sensor_data
-    from sensor_msgs.msg import Image
+class _Probe:
+    """The benchmark's node in one deployment: the camera publisher, the `tracks` and /diagnostics
+    subscribers and the `ground` client, spun by its own executor thread."""
 
-    from stvg_ros.nodes.common import stamp_to_ns
-    from stvg_ros_msgs.msg import TrackedObjectArray
+    def __init__(self, context, namespace: str, camera_topic: str, reasoning: bool) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, qos_profile_sensor_data
+        from sensor_msgs.msg import Image
 
-    namespace = f"stvg_bench_{os.getpid()}"
-    log_dir = Path(tempfile.mkdtemp(prefix="stvg-bench-"))
-    node_log = log_dir / "tracker_node.log"
-    process = _start_tracker_node(args, namespace, node_log)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    result = RealtimeResult()
-    extra: dict = {"ros_node_log": str(node_log)}
-    try:
-        node = rclpy.create_node("stvg_bench_camera", namespace=namespace, context=context)
-        publisher = node.create_publisher(Image, "image", qos_profile_sensor_data)
-        capture: dict[int, float] = {}
-        received: list[int] = []
+        from stvg_ros_msgs.msg import TrackedObjectArray
+        from stvg_ros_msgs.srv import Ground
 
-        def on_tracks(msg) -> None:
-            stamp = stamp_to_ns(msg.header.stamp)
-            captured = capture.get(stamp)
-            if captured is not None:
-                result.latencies_s.append(time.monotonic() - captured)
-                result.frames_with_tracks += 1
-                result.frames_with_objects += len(msg.objects) > 0
-            received.append(stamp)
+        self.namespace, self.Ground = namespace, Ground
+        self.reasoning = Ground.Request.REASONING_ON if reasoning else Ground.Request.REASONING_OFF
+        self.node = rclpy.create_node("stvg_bench_camera", namespace=namespace, context=context)
+        self.publisher = self.node.create_publisher(Image, camera_topic, qos_profile_sensor_data)
+        self.node.create_subscription(TrackedObjectArray, "tracks", self._on_tracks, QoSProfile(depth=100))
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.client = self.node.create_client(Ground, "ground")
+        self.capture: dict[int, float] = {}  # stamp -> capture time of the measured frames
+        self.result = RealtimeResult()
+        self.tracks_seen = 0  # tracks messages, warm-up included
+        self.diagnostics: dict[str, dict[str, str]] = {}  # "tracker" -> the latest KeyValues
+        self.diagnostics_at: dict[str, float] = {}  # "tracker" -> when they came
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        threading.Thread(target=self.executor.spin, daemon=True).start()
 
-        node.create_subscription(TrackedObjectArray, "tracks", on_tracks, QoSProfile(depth=100))
-        diagnostics: dict[str, str] = {}
+    def _on_tracks(self, msg) -> None:
+        from stvg_ros.nodes.common import stamp_to_ns
 
-        def on_diagnostics(msg) -> None:
-            for status in msg.status:
-                if status.name.startswith(f"/{namespace}/tracker_node"):
-                    diagnostics.update({kv.key: kv.value for kv in status.values})
+        self.tracks_seen += 1
+        captured = self.capture.get(stamp_to_ns(msg.header.stamp))
+        if captured is not None:
+            self.result.latencies_s.append(time.monotonic() - captured)
+            self.result.frames_with_tracks += 1
+            self.result.frames_with_objects += len(msg.objects) > 0
 
-        node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "tracking on" not in node_log.read_text(errors="replace"):
-            if process.poll() is not None:
-                raise RuntimeError(f"tracker node exited: {node_log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.1)
-        while time.monotonic() < deadline and publisher.get_subscription_count() == 0:
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:  # named "/<namespace>/<node>: <component>"
+            node = status.name.split(":")[0]
+            if node.startswith(f"/{self.namespace}/"):
+                prefix = node.rsplit("/", 1)[-1].removesuffix("_node")
+                self.diagnostics[prefix] = {kv.key: kv.value for kv in status.values}
+                self.diagnostics_at[prefix] = time.monotonic()
+
+    def fresh_diagnostics(self, timeout_s: float = 5.0) -> dict[str, str]:
+        """Every node's next /diagnostics values, flat with the node as prefix (`tracker_input_hz`)."""
+        asked = time.monotonic()
+        while time.monotonic() < asked + timeout_s and any(t <= asked for t in self.diagnostics_at.values()):
             time.sleep(0.05)
-        if publisher.get_subscription_count() == 0:
-            raise RuntimeError(f"tracker node did not subscribe within 120 s; log {node_log}")
-        # Warm-up frames (not counted), so the detector's first run is not in the figures.
-        for i in range(5):
-            msg = _image_msg(scene.render_frame(i), time.time_ns() - 60 * NS)
-            publisher.publish(msg)
-            time.sleep(1 / args.fps)
+        return {f"{node}_{k}": v for node, values in sorted(self.diagnostics.items()) for k, v in values.items()}
+
+    def publish(self, rgb: np.ndarray, stamp_ns: int) -> None:
+        self.publisher.publish(_image_msg(rgb, stamp_ns))
+
+    def ask(self, timeout_s: float):
+        """One `ground` call: the GroundingResult, or None when no reply came in `timeout_s`."""
+        done = threading.Event()
+        request = self.Ground.Request(query=QUERY, window_seconds=0.0, reasoning=self.reasoning)
+        future = self.client.call_async(request)
+        future.add_done_callback(lambda _f: done.set())
+        if not done.wait(timeout_s):
+            self.client.remove_pending_request(future)
+            return None
+        return future.result().result
+
+
+class _Queries(threading.Thread):
+    """Calls `ground` back to back until stopped; `latencies_s` of the answered queries (the model
+    ran: an answer, usable or not), `sent` and `succeeded` counts."""
+
+    def __init__(self, probe: _Probe, timeout_s: float = 150.0) -> None:
+        super().__init__(name="ground-client", daemon=True)
+        self.probe, self.timeout_s, self.stopped = probe, timeout_s, threading.Event()
+        self.latencies_s: list[float] = []
+        self.sent = self.succeeded = 0
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            began = time.monotonic()
+            self.sent += 1
+            result = self.probe.ask(self.timeout_s)
+            if result is not None and (result.success or result.raw_answer):
+                self.latencies_s.append(time.monotonic() - began)
+                self.succeeded += bool(result.success)
+            else:
+                self.stopped.wait(0.2)  # refused (busy, not active yet) or no reply: do not spin
+
+    def stop(self, timeout_s: float = 150.0) -> None:
+        self.stopped.set()
+        self.join(timeout_s)
+
+
+def _warm_up(probe: _Probe, scene, processes: dict, condition, timeout_s: float, what: str) -> None:
+    """Publish warm-up frames (10 per second; their stamps are not measured) until
+    `condition()`; RuntimeError when `timeout_s` passes or a process exits."""
+    deadline, i = time.monotonic() + timeout_s, 0
+    while not condition():
+        for name, process in processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited ({process.returncode}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {what} within {timeout_s:.0f} s")
+        probe.publish(scene.render_frame(i % scene.num_frames), time.time_ns())
+        i += 1
+        time.sleep(0.1)
+
+
+def run_deployment(scene, args: argparse.Namespace, name: str, dds_env: dict[str, str]) -> dict:
+    """Start the nodes as `name` says, feed them the camera in real time for `--seconds` (with
+    queries back to back in the query deployments) and return the figures of that run."""
+    import rclpy
+
+    deployment = DEPLOYMENTS[name]
+    namespace = f"stvg_bench_{os.getpid()}_{name}"
+    camera_topic = f"/{namespace}/camera/image_raw"
+    log_dir = Path(tempfile.mkdtemp(prefix=f"stvg-bench-{name}-"))
+    commands, nodes = _commands(deployment, namespace, camera_topic, node_overrides(args), log_dir)
+    env = {**os.environ, **dds_env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, args.threads))}
+    processes: dict[str, subprocess.Popen] = {}
+    context = rclpy.Context()
+    queries: _Queries | None = None
+    try:
+        for process_name, command in commands.items():
+            processes[process_name] = _spawn(command, env, log_dir / f"{process_name}.log")
+        rclpy.init(context=context)
+        probe = _Probe(context, namespace, camera_topic, args.query_reasoning == "on")
+        grounding = "grounding_node" in nodes
+        waits = [
+            (lambda: probe.publisher.get_subscription_count() >= len(nodes), 180, "camera subscriptions of all nodes"),
+            (lambda: probe.tracks_seen > 0, 60, "tracks from the tracker"),
+        ]
+        if grounding:  # active: the grounding node buffers frames only once its model is loaded
+            buffered = lambda: int(probe.diagnostics.get("grounding", {}).get("buffer_frames", 0)) > 0  # noqa: E731
+            waits.append((buffered, 180, "frames in the grounding node's buffer"))
+        for condition, timeout_s, what in waits:
+            _warm_up(probe, scene, processes, condition, timeout_s, what)
+        if deployment.queries:  # the first answer (llama.cpp's first run is slower), then measure
+            queries = _Queries(probe)
+            queries.start()
+            _warm_up(probe, scene, processes, lambda: queries.latencies_s, 300, "answer to a warm-up query")
+            queries.stop()
+            queries = _Queries(probe)
         time.sleep(1.0)
-        extra["ros_node_rss_mb_start"] = rss_mb(process.pid)
+        before = probe.fresh_diagnostics()
+        rss_start = {n: rss_mb(p.pid) for n, p in processes.items()}
+        if queries is not None:
+            queries.start()
         camera = Camera(scene, args.fps, args.seconds)
         started = time.monotonic()
         for _, captured, stamp_ns, rgb in camera.frames():
-            capture[stamp_ns] = captured
-            publisher.publish(_image_msg(rgb, stamp_ns))
-            result.camera_frames += 1
+            probe.capture[stamp_ns] = captured
+            probe.publish(rgb, stamp_ns)
+            probe.result.camera_frames += 1
         time.sleep(1.0)  # let the last tracks arrive
+        result = probe.result
         result.seconds = time.monotonic() - started - 1.0
-        extra["ros_node_rss_mb_end"] = rss_mb(process.pid)
-        keys = ("input_hz", "output_hz", "detector_hz", "processing_ms_p95", "dropped", "dropped_transport",
-                "dropped_stale", "detect_every")  # fmt: skip
-        for key in keys:
-            extra[f"ros_node_{key}"] = diagnostics.get(key)
-        executor.shutdown(timeout_sec=5)
+        after = probe.fresh_diagnostics()
+        rss_end = {n: rss_mb(p.pid) for n, p in processes.items()}
+        if queries is not None:
+            queries.stop()
+        probe.executor.shutdown(timeout_sec=5)
+    except RuntimeError as exc:
+        tails = {n: (log_dir / f"{n}.log").read_text(errors="replace")[-1500:] for n in processes}
+        raise RuntimeError(f"{exc}; logs in {log_dir}; their ends: {tails}") from exc
     finally:
+        if queries is not None:
+            queries.stopped.set()
         rclpy.try_shutdown(context=context)
-        _stop(process)
-    return result, extra
+        for process in processes.values():
+            _stop(process)
+    fraction = round(result.frames_with_tracks / max(1, result.camera_frames), 4)
+    answered = queries.latencies_s if queries else []
+    figures: dict = {
+        "processes": list(processes),
+        "log_dir": str(log_dir),
+        "camera_frames": result.camera_frames,
+        "frames_with_tracks_fraction": fraction,
+        "frames_with_objects_fraction": round(result.frames_with_objects / max(1, result.camera_frames), 4),
+        "latency_p50_ms": result.percentile_ms(50),
+        "latency_p95_ms": result.percentile_ms(95),
+        "throughput_fps": round(result.throughput, 2),
+        "goal_met": fraction >= GOAL_FRACTION and result.percentile_ms(95) <= GOAL_P95_MS,
+        "rss_mb_start": rss_start,
+        "rss_mb_end": rss_end,
+        "queries_sent": queries.sent if queries else None,
+        "queries_answered": len(answered) if queries else None,
+        "queries_succeeded": queries.succeeded if queries else None,
+        "query_latency_p50_s": round(float(np.median(answered)), 2) if answered else None,
+        **after,  # the nodes' diagnostics at the end (counters since the node started)
+        # integer diagnostics over the measured window: value at its end - at its start
+        "diagnostics_delta": {k: int(v) - int(before[k]) for k, v in after.items() if _is_int(v, before.get(k))},
+    }
+    if grounding:  # does the history hold every frame the sampling rate asks for?
+        expected = round(result.camera_frames / args.fps * BUFFER["buffer_sample_fps"])
+        held = figures["diagnostics_delta"].get("grounding_buffer_frames")
+        complete = held is not None and held >= expected - 1
+        figures.update(buffer_expected_frames=expected, buffer_frames_in_window=held, buffer_complete=complete)
+    return figures
+
+
+def _is_int(*values: str | None) -> bool:
+    return all(v is not None and v.lstrip("-").isdigit() for v in values)
 
 
 def _image_msg(rgb: np.ndarray, stamp_ns: int):
@@ -413,12 +658,17 @@ def _image_msg(rgb: np.ndarray, stamp_ns: int):
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Every measurement; what libraries print while measuring (ultralytics building a model) goes
+    to stderr, so that stdout carries only the figures (`--json`)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
-    from stvg_ros.nodes.common import use_large_image_dds
-
-    use_large_image_dds()  # before rclpy.init here and in the tracker node's process
+    dds_env = large_image_dds()  # before rclpy.init here and in every node's process
     cpus = pin_cores(args.cores)
     scene = make_scene(args)
     model, naive_pt = model_files(args)
@@ -453,20 +703,41 @@ def run(args: argparse.Namespace) -> dict:
         dds_builtin_transports=os.environ.get("FASTDDS_BUILTIN_TRANSPORTS") or "DEFAULT",
         ros_discovery_range=os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") or "SYSTEM_DEFAULT",
     )
-    if args.no_ros:
-        figures["ros_error"] = "skipped (--no-ros)"
+    figures["deployments"] = {} if args.no_ros else run_deployments(scene, args, dds_env)
+    baseline = figures["deployments"].get("tracker_process")
+    if baseline is None or "error" in baseline:
+        figures["ros_error"] = baseline["error"] if baseline else "skipped (--no-ros or --deployments)"
     else:
-        try:
-            ros, ros_extra = run_ros(scene, args)
-        except (ImportError, RuntimeError) as exc:
-            figures["ros_error"] = str(exc)
-        else:
-            figures.update(
-                ros_frames_with_tracks_fraction=round(ros.frames_with_tracks / max(1, ros.camera_frames), 4),
-                ros_latency_p50_ms=ros.percentile_ms(50),
-                ros_latency_p95_ms=ros.percentile_ms(95),
-                ros_throughput_fps=round(ros.throughput, 2),
-                ros_ratio=round(ros.throughput / core.throughput, 3) if core.throughput else None,
-                **ros_extra,
-            )
+        figures.update(
+            ros_frames_with_tracks_fraction=baseline["frames_with_tracks_fraction"],
+            ros_latency_p50_ms=baseline["latency_p50_ms"],
+            ros_latency_p95_ms=baseline["latency_p95_ms"],
+            ros_throughput_fps=baseline["throughput_fps"],
+            ros_ratio=round(baseline["throughput_fps"] / core.throughput, 3) if core.throughput else None,
+            ros_node_log=f"{baseline['log_dir']}/tracker_node.log",
+            ros_node_rss_mb_start=baseline["rss_mb_start"].get("tracker_node"),
+            ros_node_rss_mb_end=baseline["rss_mb_end"].get("tracker_node"),
+            **{f"ros_node_{key}": baseline.get(f"tracker_{key}") for key in ROS_NODE_KEYS},
+        )
     return figures
+
+
+def run_deployments(scene, args: argparse.Namespace, dds_env: dict[str, str]) -> dict[str, dict]:
+    """{deployment: its figures, or {"error": why}} for every deployment in `--deployments`."""
+    vlm_error = None
+    if any(not DEPLOYMENTS[name].nodes for name in args.deployments):
+        try:
+            prepare_vlm(args)
+        except RuntimeError as exc:
+            vlm_error = str(exc)
+    out: dict[str, dict] = {}
+    for name in args.deployments:
+        log.info("deployment %s: %.0f s at %.0f FPS", name, args.seconds, args.fps)
+        if vlm_error and not DEPLOYMENTS[name].nodes:
+            out[name] = {"error": vlm_error}
+            continue
+        try:
+            out[name] = run_deployment(scene, args, name, dds_env)
+        except (ImportError, RuntimeError, OSError, ValueError) as exc:
+            out[name] = {"error": str(exc)}
+    return out

@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 DEMO_DETECTOR = "yolo-synth-tiny"
 DEMO_VLM = "qwen25vl-tiny-random"
-DEMO_NAMESPACE = "stvg_demo"
-CAMERA_TOPIC = "/camera/image_raw"
+#: Each run's graph lives under its own namespace (with its camera topic inside it), so two demos on
+#: one machine, or a demo beside a robot's own graph, never hear each other's frames or queries.
+NAMESPACE_PREFIX = "stvg_demo"
+CAMERA_TOPIC = "camera/image_raw"  # relative: inside the run's namespace
 TARGET_RGB = (0, 220, 0)  # the answer's box; red is reserved for the IDs the model reads
 
 
@@ -62,6 +64,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=300.0,
         help="give up on the graph run after this many seconds (building the tiny models first is not counted)",
     )
+    parser.add_argument(
+        "--namespace", default="", help=f"ROS namespace of the demo's graph (default: {NAMESPACE_PREFIX}_<pid>, one per run)"
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     return parser
 
@@ -72,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # Only this machine: the demo must not talk to (or disturb) a robot on the network.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    # The demo publishes the camera itself, so it chooses the transport for camera images.
+    from stvg_ros.nodes.common import use_large_image_dds
+
+    use_large_image_dds()
     try:
         with _stdout_to_stderr():  # model builds and nodes may print; stdout carries only the result
             summary = _demo(args, out)
@@ -83,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(_report(summary))
-    return 0 if summary.get("answered") else 1
+    return 0 if summary.get("success") else 1
 
 
 @contextlib.contextmanager
@@ -139,6 +148,8 @@ def _demo(args: argparse.Namespace, out: Path) -> dict:
         "ground_truth": {"text": caption["text"], "start": caption["start_s"], "end": caption["end_s"]},
         "frames_played": run_info["frames_played"],
         "tracks_received": len(run_info["tracks"]),
+        "namespace": run_info["namespace"],
+        "frames": run_info["frames"],
         "scene_video": str(index.videos[0]),
         "bag": str(index.bags[0]),
         "timings_s": run_info["timings_s"],
@@ -179,6 +190,7 @@ def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadl
     from stvg_ros_msgs.msg import TrackedObjectArray
     from stvg_ros_msgs.srv import Ground
 
+    namespace = (args.namespace or f"{NAMESPACE_PREFIX}_{os.getpid()}").strip("/")
     overrides = {
         "tracker_node": {"detector": args.detector},
         "grounding_node": {
@@ -191,10 +203,12 @@ def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadl
             "max_new_tokens": 256,
             "query_timeout_s": max(10.0, deadline - time.monotonic()),
         },
-        "player_node": {"bag": str(bag), "rate": args.rate, "wait_for_subscribers": 2, "exit_on_end": False},
+        # every image subscriber of the graph (tracker, overlay, grounding) matched before the first frame
+        "player_node": {"bag": str(bag), "rate": args.rate, "wait_for_subscribers": 3, "exit_on_end": False},
     }
     params = merged_params_file(None, overrides, out / "params")
-    rclpy.init(args=ros_arguments(params, camera_topic=CAMERA_TOPIC, namespace=DEMO_NAMESPACE))
+    camera_topic = f"/{namespace}/{CAMERA_TOPIC}"
+    rclpy.init(args=ros_arguments(params, camera_topic=camera_topic, namespace=namespace))
     graph = Graph(graph_nodes(overlay=True))
     timings: dict[str, float] = {}
     try:
@@ -205,7 +219,7 @@ def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadl
             raise DemoError(f"node(s) {', '.join(graph.failed)} failed to start (see the log above)")
         timings["graph_start"] = round(time.monotonic() - t0, 2)
 
-        client = rclpy.create_node("demo_client", namespace=DEMO_NAMESPACE)
+        client = rclpy.create_node("demo_client", namespace=namespace)
         tracks: dict[int, object] = {}
         finished = threading.Event()
         lock = threading.Lock()
@@ -225,14 +239,17 @@ def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadl
         graph.add(client)
         graph.start()
 
-        _step(f"playing {bag.name} at {args.rate:g}x into {CAMERA_TOPIC}")
+        _step(f"playing {bag.name} at {args.rate:g}x into {camera_topic}")
         t0 = time.monotonic()
         player = _make_player(PLAYER_NODE)
         graph.add(player)
         if not finished.wait(timeout=max(1.0, deadline - time.monotonic())):
             raise DemoError("playback did not finish in time")
-        time.sleep(1.0)  # let the last frames and tracks reach the buffer
+        _settle(lambda: len(tracks), player.frames_published, min(10.0, max(1.0, deadline - time.monotonic())))
         timings["playback"] = round(time.monotonic() - t0, 2)
+        frames = _frame_counts(graph, player.frames_published)
+        if frames["frames_lost"]:
+            _step(f"WARNING: frames lost in the graph: {json.dumps(frames)}")
         if not tracks:
             raise DemoError("the tracker published no tracks (see the log above)")
 
@@ -254,12 +271,40 @@ def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadl
             "result": result_to_dict(future.result().result),
             "tracks": recorded,
             "frames_played": player.frames_published,
+            "frames": frames,
+            "namespace": namespace,
             "timings_s": timings,
         }
     finally:
         graph.stop()
         if rclpy.ok():
             rclpy.shutdown()
+
+
+def _settle(count, expected: int, timeout_s: float) -> None:
+    """Wait until `count()` reaches `expected` or stops growing for a second (at most `timeout_s`)."""
+    end = time.monotonic() + timeout_s
+    last, since = count(), time.monotonic()
+    while time.monotonic() < end and count() < expected and time.monotonic() - since < 1.0:
+        time.sleep(0.05)
+        if count() != last:
+            last, since = count(), time.monotonic()
+    time.sleep(0.2)  # the grounding node's copy of the last tracks
+
+
+def _frame_counts(graph, played: int) -> dict:
+    """Camera frames each node received and lost (by cause), and the grounding buffer's sampled frames."""
+    out: dict = {"played": played}
+    for name in ("tracker_node", "grounding_node"):
+        images = getattr(graph.node(name), "_images", None)
+        if images is not None:
+            out[name] = images.counts()
+    grounding = graph.node("grounding_node")
+    buffer = grounding._buffer.stats() if grounding._buffer is not None else {}
+    out["buffer_frames"] = buffer.get("frames", 0)
+    out["buffer_missed_samples"] = buffer.get("missed_samples", 0)
+    out["frames_lost"] = sum(out.get(name, {}).get("frames_lost", 0) for name in ("tracker_node", "grounding_node"))
+    return out
 
 
 def _make_player(spec):
@@ -310,7 +355,9 @@ def _report(summary: dict) -> str:
         *("  " + line for line in format_result(summary).splitlines()),
         *([f"NOTE: {summary['disclaimer']}."] if summary.get("disclaimer") else []),
         f"scene caption span (ground truth): {gt['start']:.2f} s to {gt['end']:.2f} s",
-        f"played {summary['frames_played']} frames, {summary['tracks_received']} tracks messages",
+        f"played {summary['frames_played']} frames, {summary['tracks_received']} tracks messages, "
+        f"{summary['frames']['frames_lost']} frames lost in the graph, {summary['frames']['buffer_frames']} in the "
+        f"grounding buffer",
         f"annotated video: {summary['annotated_video']}",
         f"result: {summary['result_file']}",
         f"took {summary['elapsed_s']:.0f} s",

@@ -15,7 +15,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "up",
         help="start the node graph in this process (what the launch file starts)",
-        description="Start tracker, overlay and grounding nodes in one process (MultiThreadedExecutor).",
+        description="Start tracker, overlay and grounding nodes in one process (one executor thread per node).",
     )
     parser.add_argument(
         "--params",
@@ -28,6 +28,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--model", help="grounding model: manifest name or path")
     parser.add_argument("--use-sim-time", action="store_true", help="use /clock (bag replay)")
     parser.add_argument("--no-overlay", action="store_true", help="do not start the overlay node")
+    parser.add_argument(
+        "--large-image-dds",
+        action="store_true",
+        help="use the package's Fast DDS profile (16 MB shared memory) in this process, for raw camera images "
+        "from other processes; the camera's process needs it too (README: Camera images between processes)",
+    )
     parser.add_argument(
         "-p",
         "--param",
@@ -73,4 +79,5 @@ def run(args: argparse.Namespace) -> int:
         use_sim_time=args.use_sim_time,
         overlay=not args.no_overlay,
         overrides=overrides,
+        large_image_dds=args.large_image_dds,
     )

@@ -181,13 +181,23 @@ def parameters_markdown(schema_cls: type) -> str:
 RELIABILITIES = ("best_effort", "reliable", "system_default")
 
 
-def image_subscription(node, callback: Callable, transport: str, depth: int, reliability: str, **kwargs: Any):
+def image_topic(transport: str) -> str:
+    """The relative camera topic a node subscribes to: `image`, or `image/compressed`."""
+    return "image/compressed" if transport == "compressed" else "image"
+
+
+def image_subscription(
+    node, callback: Callable, transport: str, depth: int, reliability: str, topic: str = "", **kwargs: Any
+):
     """Subscribe the camera: `image` (sensor_msgs/Image) or, with transport "compressed",
-    `image/compressed` (sensor_msgs/CompressedImage), with `image_qos(depth, reliability)`."""
+    `image/compressed` (sensor_msgs/CompressedImage), with `image_qos(depth, reliability)`.
+    `topic` replaces the relative name (e.g. a name already resolved by another node)."""
     from sensor_msgs.msg import CompressedImage, Image
 
-    msg_type, topic = (CompressedImage, "image/compressed") if transport == "compressed" else (Image, "image")
-    return node.create_subscription(msg_type, topic, callback, image_qos(depth, reliability), **kwargs)
+    msg_type = CompressedImage if transport == "compressed" else Image
+    return node.create_subscription(
+        msg_type, topic or image_topic(transport), callback, image_qos(depth, reliability), **kwargs
+    )
 
 
 def image_qos(depth: int = 1, reliability: str = "best_effort"):
@@ -393,21 +403,44 @@ def tracks_from_msg(msg):
 #: Fast DDS profile in config/: a shared-memory segment that holds camera images (the default
 #: 512 KB segment cannot hold a 900 KB 640x480 frame, which then goes over UDP and is mostly lost).
 DDS_PROFILE_FILE = "fastdds_large_images.xml"
-DDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+#: Where Fast DDS looks for a profiles file: FASTDDS_* from Fast DDS 3 (ROS 2 Kilted), FASTRTPS_*
+#: in Fast DDS 2.x (Jazzy, Humble; Fast DDS 3 still reads it but warns that it is deprecated).
+DDS_PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+#: ROS 2 distributions that ship Fast DDS 2.x.
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
 #: Any of these set by the user: their Fast DDS transport choice stands.
-DDS_USER_VARIABLES = (DDS_PROFILE_VARIABLE, "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS")
+DDS_USER_VARIABLES = (*DDS_PROFILE_VARIABLES, "FASTDDS_BUILTIN_TRANSPORTS")
 
 
 def large_image_dds_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment variables that make Fast DDS carry camera images between processes on one
-    machine: {FASTDDS_DEFAULT_PROFILES_FILE: config/fastdds_large_images.xml}, or {} when the
-    environment already chooses the transports (see DDS_USER_VARIABLES)."""
+    machine ({the profile variable this Fast DDS reads: config/fastdds_large_images.xml}), or {} when the environment
+    already chooses the transports (see DDS_USER_VARIABLES).
+
+    Nodes never apply this on their own: it replaces the transports of the whole process, so it is
+    the user's choice (`stvg-ros up --large-image-dds`, launch argument `large_image_dds`), on by
+    default only where stvg_ros itself starts the camera publisher (`stvg-ros demo`, the benchmark).
+    """
     environ = os.environ if environ is None else environ
     if any(environ.get(name) for name in DDS_USER_VARIABLES):
         return {}
     from stvg_ros.nodes.graph import config_dir
 
-    return {DDS_PROFILE_VARIABLE: str(config_dir() / DDS_PROFILE_FILE)}
+    profile = str(config_dir() / DDS_PROFILE_FILE)
+    return dict.fromkeys(_profile_variables(environ), profile)
+
+
+def _profile_variables(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The profile variable(s) this machine's Fast DDS reads: by the installed `ros-fastdds` wheel's
+    version, else by ROS_DISTRO (set by a ROS install's setup.bash); both when neither says."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = int(version("ros-fastdds").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        distro = environ.get("ROS_DISTRO", "").strip().lower()
+        major = 2 if distro in FAST_DDS_2_DISTROS else 3 if distro else 0
+    return {2: DDS_PROFILE_VARIABLES[1:], 3: DDS_PROFILE_VARIABLES[:1]}.get(major, DDS_PROFILE_VARIABLES)
 
 
 def use_large_image_dds() -> dict[str, str]:
@@ -439,16 +472,26 @@ def autostart(node) -> bool:
     return True
 
 
+def executor_for(node):
+    """The executor a node is spun by, alone or in a graph: a SingleThreadedExecutor, unless the node
+    needs concurrent callbacks (`executor_threads` > 1: the grounding node's waiting queries hold one
+    thread each), then a MultiThreadedExecutor with that many threads. Camera-rate streams never go
+    on a MultiThreadedExecutor (see stream_spinner.py)."""
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+
+    threads = int(getattr(node, "executor_threads", 1))
+    return MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+
+
 def run_lifecycle_node(make_node: Callable[[], Any], args: list[str] | None = None) -> int:
     """`main()` of a node module: init rclpy, build the node, self-activate when its `autostart`
     parameter is true (a failure is logged; the node stays up for a lifecycle manager), spin until
-    SIGINT/SIGTERM. Fast DDS gets the large-image profile unless the environment chooses. Returns the process exit code (1 when autostart failed
-    and `exit_on_failure` is set on the node)."""
+    SIGINT/SIGTERM. Returns the process exit code (1 when autostart failed and `exit_on_failure` is
+    set on the node). The DDS transports are the process environment's (see large_image_dds_settings)."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    use_large_image_dds()
     rclpy.init(args=args)
     node = None
     code = 0
@@ -457,8 +500,7 @@ def run_lifecycle_node(make_node: Callable[[], Any], args: list[str] | None = No
         wants_autostart = node.has_parameter("autostart") and bool(node.get_parameter("autostart").value)
         if wants_autostart and not autostart(node) and getattr(node, "exit_on_failure", False):
             return 1
-        # each of the node's own workers (e.g. the grounding node's waiting queries) holds a thread
-        executor = MultiThreadedExecutor(num_threads=int(getattr(node, "executor_threads", 1)) + 1)
+        executor = executor_for(node)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

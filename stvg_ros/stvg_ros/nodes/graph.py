@@ -173,10 +173,16 @@ def ros_arguments(
 
 
 class Graph:
-    """Nodes built in this process and spun by one MultiThreadedExecutor in a background thread.
+    """Nodes built in this process, each spun by its own executor on its own thread.
 
-    Call `start()` after `rclpy.init(args=ros_arguments(...))`; `stop()` destroys the nodes.
-    Extra nodes (a player, a client) can be added with `add()` before or after `start()`.
+    One executor per node (`nodes.common.executor_for`), as separate processes would have: a node's
+    callbacks (the grounding node's queries and services, the overlay's images) never delay another
+    node's camera frames, and each executor waits on a small set of entities (rclpy rebuilds the
+    wait set on every spin, so one executor over every node's services and timers is slow to
+    dispatch).
+
+    Call `build()` after `rclpy.init(args=ros_arguments(...))`, then `start()`; `stop()` destroys
+    the nodes. Extra nodes (a player, a client) can be added with `add()` after `build()`.
     """
 
     def __init__(self, nodes: Iterable[GraphNode], autostart: bool = True) -> None:
@@ -184,63 +190,87 @@ class Graph:
         self.autostart = autostart
         self.nodes: list = []
         self.failed: list[str] = []  # names of nodes whose configure/activate failed
-        self._executor = None
-        self._thread: threading.Thread | None = None
+        self._executors: list = []
+        self._threads: list[threading.Thread] = []
+        self._started = False
+        self._stopped = threading.Event()
 
     def build(self) -> Graph:
-        from rclpy.executors import MultiThreadedExecutor
-
         for spec in self.specs:
             cls = getattr(importlib.import_module(spec.module), spec.class_name)
-            node = cls()
-            self.nodes.append(node)
+            self.nodes.append(cls())
         if self.autostart:
             from stvg_ros.nodes.common import autostart
 
             for spec, node in zip(self.specs, self.nodes, strict=True):
                 if hasattr(node, "trigger_configure") and not autostart(node):
                     self.failed.append(spec.name)
-        # Each waiting query holds a thread (see GroundingNode.executor_threads); the rest is for
-        # image/track callbacks, timers and lifecycle services.
-        threads = 4 + sum(int(getattr(node, "executor_threads", 1)) for node in self.nodes)
-        self._executor = MultiThreadedExecutor(num_threads=threads)
-        for node in self.nodes:
-            self._executor.add_node(node)
+        for node in list(self.nodes):
+            self._add_executor(node)
         return self
 
+    def _add_executor(self, node) -> None:
+        from stvg_ros.nodes.common import executor_for
+
+        executor = executor_for(node)
+        executor.add_node(node)
+        self._executors.append(executor)
+        if self._started:
+            self._start_thread(executor, node.get_name())
+
     def add(self, node) -> None:
-        """Spin another node (e.g. a client) with the graph."""
+        """Spin another node (e.g. a client) with the graph, on its own executor."""
         self.nodes.append(node)
-        self._executor.add_node(node)
+        self._add_executor(node)
 
     def node(self, name: str):
         return next(n for n in self.nodes if n.get_name() == name)
 
-    def spin(self) -> None:
-        """Spin in the calling thread until the context shuts down (SIGINT/SIGTERM)."""
+    def _start_thread(self, executor, name: str) -> None:
+        thread = threading.Thread(target=self._spin, args=(executor,), name=f"stvg-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _spin(self, executor) -> None:
         from rclpy.executors import ExternalShutdownException
 
         try:
-            self._executor.spin()
+            executor.spin()
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        finally:
+            self._stopped.set()  # one executor ending (context shut down) ends the graph
 
     def start(self) -> Graph:
-        self._thread = threading.Thread(target=self.spin, name="stvg-graph", daemon=True)
-        self._thread.start()
+        """Spin every node's executor on a background thread."""
+        self._started = True
+        for executor, node in zip(self._executors, self.nodes, strict=True):
+            self._start_thread(executor, node.get_name())
         return self
 
+    def spin(self) -> None:
+        """Start (if not yet) and block until the context shuts down (SIGINT/SIGTERM)."""
+        if not self._started:
+            self.start()
+        try:
+            while not self._stopped.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+
     def stop(self, timeout_s: float = 10.0) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(timeout_sec=timeout_s)
+        for executor in self._executors:
+            executor.shutdown(timeout_sec=timeout_s)
         for node in reversed(self.nodes):
             try:
                 node.destroy_node()
             except Exception as exc:
                 log.warning("destroying %s failed: %s", getattr(node, "get_name", lambda: "?")(), exc)
-        if self._thread is not None:
-            self._thread.join(timeout=timeout_s)
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
         self.nodes.clear()
+        self._executors.clear()
+        self._threads.clear()
 
 
 def run_graph(
@@ -251,8 +281,12 @@ def run_graph(
     overlay: bool = True,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     remaps: Iterable[tuple[str, str]] = (),
+    large_image_dds: bool = False,
 ) -> int:
     """Start the graph in this process and spin until SIGINT/SIGTERM; 0 on a clean stop.
+
+    `large_image_dds` applies the package's Fast DDS profile to this process (see
+    nodes.common.large_image_dds_settings); otherwise the environment's transports stand.
 
     Returns 1 when a node failed to configure or activate (it keeps running so its lifecycle
     services can be used, and the failure is logged), 0 otherwise.
@@ -262,7 +296,8 @@ def run_graph(
     from stvg_ros.nodes.common import use_large_image_dds
 
     merged = merged_params_file(params_file, overrides)
-    use_large_image_dds()
+    if large_image_dds and not use_large_image_dds():
+        log.info("--large-image-dds: the environment already chooses the Fast DDS transports; keeping them")
     rclpy.init(args=ros_arguments(merged, camera_topic, namespace, use_sim_time, remaps))
     graph = Graph(graph_nodes(overlay))
     try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
@@ -37,7 +37,7 @@ from stvg_ros.nodes.common import (
     declare_parameters,
     decode_ros_image,
     diagnostic_array,
-    image_subscription,
+    image_topic,
     now_header,
     ns_to_stamp,
     param,
@@ -46,6 +46,7 @@ from stvg_ros.nodes.common import (
     stamp_to_ns,
     tracks_from_msg,
 )
+from stvg_ros.nodes.image_input import ImageInput, ReceivedFrame
 from stvg_ros.nodes.query_queue import (
     QueryJob,
     QueryQueue,
@@ -54,6 +55,7 @@ from stvg_ros.nodes.query_queue import (
     check_window,
     reasoning_for,
 )
+from stvg_ros.nodes.stream_spinner import StreamSpinner
 from stvg_ros_msgs.action import Ground as GroundAction
 from stvg_ros_msgs.msg import GroundingResult, Target, TrackedObjectArray, TubeBox
 from stvg_ros_msgs.srv import Ground as GroundService
@@ -99,6 +101,9 @@ class GroundingParams:
         "QoS reliability of the image subscription (best_effort also receives from reliable publishers)",
         choices=RELIABILITIES,
     )
+    image_depth: int = param(
+        10, "QoS depth (KEEP_LAST) of the image subscription: frames the DDS reader holds while the executor is busy"
+    )
     no_image_warning_s: float = param(5.0, "warn when no image publisher has matched for this long (0: never)")
     diagnostics_period_s: float = param(1.0, "period of /diagnostics messages (0: none)")
     sam2_refine: bool = param(False, "draw IDs at SAM2 mask centres on the sampled frames (needs `sam2` + a checkpoint)")
@@ -125,8 +130,7 @@ class GroundingNode(LifecycleNode):
     def __init__(self, node_name: str = "grounding_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         self.params: GroundingParams = declare_parameters(self, GroundingParams)
-        self._stream_group = MutuallyExclusiveCallbackGroup()  # image + tracks, in arrival order
-        self._query_group = ReentrantCallbackGroup()  # queries wait concurrently, off the stream thread
+        self._query_group = ReentrantCallbackGroup()  # queries wait concurrently
         self._active = False
         self._model_files: dict = {}
         self._buffer = None
@@ -134,21 +138,23 @@ class GroundingNode(LifecycleNode):
         self._backend = None
         self._queue: QueryQueue | None = None
         self._follower = TargetFollower(self.params.target_lost_timeout_s)
-        self._subscriptions_made: list = []
+        self._streams: StreamSpinner | None = None
         self._services_made: list = []
         self._action_server = None
         self._watchdog = None
         self._result_pub = self._target_pub = None
         self._frame_id = ""
         self._decode_warned = 0.0
+        self._images: ImageInput | None = None
         self._diag_pub = self._diag_timer = None
         self._last_image = 0.0  # time.monotonic() of the last decoded image
-        self.counts = {"images": 0, "images_undecodable": 0, "tracks": 0, "queries": 0, "queries_refused": 0}
+        self.counts = {"tracks": 0, "queries": 0, "queries_refused": 0}
 
     @property
     def executor_threads(self) -> int:
         """Threads this node needs in a MultiThreadedExecutor: each query in flight holds one while it
-        waits for its answer, plus the streams, a refusal and the lifecycle services."""
+        waits for its answer, plus a refusal, the action's bookkeeping and the lifecycle services (the
+        camera and tracks streams have their own executor: StreamSpinner)."""
         return max(0, self.params.queue_size) + 4
 
     # ---------------------------------------------------------------- lifecycle
@@ -173,13 +179,17 @@ class GroundingNode(LifecycleNode):
         self._follower = TargetFollower(p.target_lost_timeout_s)
         self._result_pub = self.create_lifecycle_publisher(GroundingResult, "grounding_result", RESULTS_QOS)
         self._target_pub = self.create_lifecycle_publisher(Target, "target", 10)
-        image_sub = image_subscription(
-            self, self._on_image, p.image_transport, 1, p.image_reliability, callback_group=self._stream_group
+        # Camera frames and tracks arrive on an internal node with a single-threaded executor of its own
+        # (stream_spinner.py: why); frames are decoded and buffered on the input's thread, and only those
+        # the sampling rate keeps. Topic names are resolved here, with this node's namespace and remaps.
+        self._streams = StreamSpinner(self)
+        self._images = ImageInput(
+            self._streams.node, self._on_frames, p.image_transport, p.image_depth, p.image_reliability,
+            topic=self.resolve_topic_name(image_topic(p.image_transport)),
+        )  # fmt: skip
+        self._streams.node.create_subscription(
+            TrackedObjectArray, self.resolve_topic_name("tracks"), self._on_tracks, 30
         )
-        tracks_sub = self.create_subscription(
-            TrackedObjectArray, "tracks", self._on_tracks, 30, callback_group=self._stream_group
-        )
-        self._subscriptions_made = [image_sub, tracks_sub]
         self._services_made = [
             self.create_service(GroundService, "ground", self._on_ground_service, callback_group=self._query_group),
             self.create_service(Trigger, "~/stop_target", self._on_stop_target),
@@ -193,7 +203,7 @@ class GroundingNode(LifecycleNode):
             cancel_callback=lambda _handle: CancelResponse.ACCEPT,
             callback_group=self._query_group,
         )
-        self._watchdog = NoPublisherWatchdog(self, [image_sub], after_s=p.no_image_warning_s)
+        self._watchdog = NoPublisherWatchdog(self, [self._images.subscription], after_s=p.no_image_warning_s)
         if p.diagnostics_period_s > 0:
             self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             self._diag_timer = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
@@ -265,34 +275,44 @@ class GroundingNode(LifecycleNode):
         self._diag_pub = self._diag_timer = None
         if self._action_server is not None:
             self._action_server.destroy()
-        for sub in self._subscriptions_made:
-            self.destroy_subscription(sub)
+        if self._images is not None:
+            self._images.destroy()
+            self._images = None
+        if self._streams is not None:
+            self._streams.destroy()  # and with its node, the tracks subscription
+            self._streams = None
         for srv in self._services_made:
             self.destroy_service(srv)
         for pub in (self._result_pub, self._target_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
         self._watchdog = self._action_server = self._result_pub = self._target_pub = self._buffer = None
-        self._subscriptions_made, self._services_made = [], []
+        self._services_made = []
 
     # ---------------------------------------------------------------- streams
 
-    def _on_image(self, msg) -> None:
-        if not self._active:
+    def _on_frames(self, frames: list[ReceivedFrame]) -> None:
+        """Input thread: buffer the frames the sampling rate keeps (the others are not even decoded)."""
+        buffer = self._buffer
+        if not self._active or buffer is None:
             return
-        try:
-            rgb = decode_ros_image(msg)
-        except ImageDecodeError as exc:
-            self.counts["images_undecodable"] += 1
-            now = time.monotonic()
-            if now - self._decode_warned > 5.0:  # a broken camera must not flood the log
-                self._decode_warned = now
-                self.get_logger().warning(f"dropping an image that cannot be decoded: {exc}")
-            return
-        self._frame_id = msg.header.frame_id
-        self._buffer.add_frame(stamp_to_ns(msg.header.stamp), rgb, frame_id=msg.header.frame_id)
-        self.counts["images"] += 1
-        self._last_image = time.monotonic()
+        for frame in frames:
+            msg = frame.msg
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+            self._last_image = time.monotonic()
+            if not buffer.wants_frame(stamp_ns):
+                continue
+            try:
+                rgb = decode_ros_image(msg)
+            except ImageDecodeError as exc:
+                self._images.count_decode_error()
+                now = time.monotonic()
+                if now - self._decode_warned > 5.0:  # a broken camera must not flood the log
+                    self._decode_warned = now
+                    self.get_logger().warning(f"dropping an image that cannot be decoded: {exc}")
+                continue
+            self._frame_id = msg.header.frame_id
+            buffer.add_frame(stamp_ns, rgb, frame_id=msg.header.frame_id)
 
     def _on_tracks(self, msg) -> None:
         if not self._active:
@@ -307,9 +327,12 @@ class GroundingNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         buffer = self._buffer.stats() if self._buffer is not None else {}
         since_image = time.monotonic() - self._last_image if self._last_image else None
+        images = self._images.counts() if self._images is not None else {}
         values = {
+            **{k: str(v) for k, v in images.items()},
             **{k: str(v) for k, v in self.counts.items()},
             "buffer_frames": str(buffer.get("frames", 0)),
+            "buffer_missed_samples": str(buffer.get("missed_samples", 0)),
             "buffer_track_frames": str(buffer.get("track_frames", 0)),
             "buffer_mb": f"{buffer.get('nbytes', 0) / 2**20:.1f}",
             "seconds_since_image": f"{since_image:.1f}" if since_image is not None else "never",
@@ -382,8 +405,8 @@ class GroundingNode(LifecycleNode):
         if problem := check_window(window_s):
             return None, problem
         if self._buffer is None or len(self._buffer) == 0:
-            topic = "image/compressed" if self.params.image_transport == "compressed" else "image"
-            return None, f"no camera frames received yet on {self.resolve_topic_name(topic)}; nothing to ground"
+            topic = self.resolve_topic_name(image_topic(self.params.image_transport))
+            return None, f"no camera frames received yet on {topic}; nothing to ground"
         reasoning = reasoning_for(reasoning_flag, self.params.reasoning)
         request = GroundingRequest(query=query, window_s=float(window_s), reasoning=reasoning)
         job = QueryJob(request=request, snapshot=self._buffer.snapshot(float(window_s)))

@@ -5,7 +5,9 @@ Subscribes `image` (or `image/compressed`) and `tracks`; publishes `image_annota
 core/render.render_ids, the same function that prepares the model's frames. Images and tracks are
 paired by header stamp through a small bounded cache (no message_filters): an image waits for its
 tracks at most `max_wait_s` of source time, then it is dropped (or published without IDs when
-`publish_unmatched` is set).
+`publish_unmatched` is set). With `lazy` (default) the node draws only while `image_annotated` has
+a subscriber (RViz, Foxglove, a recorder): decoding, drawing and re-encoding every camera frame
+costs CPU that the tracker and the VLM need when nobody looks.
 
     python -m stvg_ros.nodes.overlay_node --ros-args -r image:=/camera/image_raw
 """
@@ -57,6 +59,7 @@ class OverlayParams:
     draw_boxes: bool = param(False, "also draw thin boxes (debug; the model itself sees only IDs)")
     min_box_side_px: float = param(0.0, "skip IDs of objects smaller than this (0: draw all, the trained drawing)")
     no_image_warning_s: float = param(5.0, "warn when no image publisher has matched for this long (0: never)")
+    lazy: bool = param(True, "draw and publish only while `image_annotated` has a subscriber")
 
 
 def parameters_table() -> str:
@@ -163,13 +166,21 @@ class OverlayNode(LifecycleNode):
             self._watchdog.destroy()
             self._watchdog = None
 
+    def _idle(self) -> bool:
+        """True when nobody listens and the node is lazy: the frame is not worth drawing."""
+        return self.params.lazy and self._pub.get_subscription_count() == 0
+
     def _on_image(self, msg) -> None:
+        if self._idle():
+            return
         tracks = self._matcher.add_image(stamp_to_ns(msg.header.stamp), msg)
         if tracks is not None:
             self._publish(msg, tracks)
         self._flush_expired()
 
     def _on_tracks(self, msg: TrackedObjectArray) -> None:
+        if self._idle():
+            return
         tracks = tracks_from_msg(msg)
         image = self._matcher.add_tracks(stamp_to_ns(msg.header.stamp), tracks)
         if image is not None:

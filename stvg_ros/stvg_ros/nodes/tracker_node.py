@@ -6,12 +6,12 @@ source image's header unchanged, `detections` (vision_msgs/Detection2DArray, tra
 `Detection2D.id`) where vision_msgs is installed, and `/diagnostics` (rates, latency, drops).
 `~/enable` (std_srvs/SetBool) pauses and resumes processing without unloading the model.
 
-Threads: the image callback only queues the message (at most `image_depth` frames; a full queue
-drops its oldest) and returns, so the DDS reader's queue is drained as frames arrive; a processing
-thread takes the queued frames in order (with depth 1: always the newest) and runs the detector and
-tracker. Without this, a frame that arrived while the previous one was being processed waited in
-the depth-1 DDS queue and was overwritten whenever the next one came before the executor ran the
-callback again (bursty arrival, a busy CPU), though the node itself kept up.
+Threads: the camera subscription (nodes/image_input.py) only queues each frame and returns, so
+the DDS reader's queue is drained as frames arrive; a processing thread takes every waiting frame,
+oldest first: the newest is decoded, detected (every k-th frame) and tracked, the older ones get
+the tracker's prediction without being decoded (they are late already). Every camera frame gets a
+tracks message however far behind the detector falls, and frames lost on the way are counted by
+cause in /diagnostics.
 
 Lifecycle: configure reads the parameters and checks that the model file exists (a missing file
 fails the transition with a message that names it and how to get it); activate loads the model
@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_srvs.srv import SetBool
 
@@ -41,7 +39,6 @@ from stvg_ros.nodes.common import (
     declare_parameters,
     decode_ros_image,
     diagnostic_array,
-    image_subscription,
     param,
     parameters_markdown,
     read_parameters,
@@ -49,6 +46,7 @@ from stvg_ros.nodes.common import (
     stamp_to_ns,
     tracks_to_msg,
 )
+from stvg_ros.nodes.image_input import ImageInput, ReceivedFrame
 from stvg_ros.perception.detector import DetectorError
 from stvg_ros.perception.pipeline import BACKENDS, PRECISIONS, PerceptionConfig
 from stvg_ros.perception.stats import LatencyMeter, RateMeter
@@ -58,10 +56,6 @@ try:  # real ROS systems: also publish the standard detection message
     from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose  # type: ignore
 except ImportError:
     Detection2DArray = None
-
-
-#: Sequence-number gaps larger than this are not counted as drops (a publisher restart, a bag loop).
-MAX_COUNTED_GAP = 300
 
 
 @dataclass
@@ -105,7 +99,10 @@ class TrackerParams:
         choices=RELIABILITIES,
     )
     image_depth: int = param(
-        1, "QoS depth of the image subscription and frames queued for processing (1: always the newest frame)"
+        10, "QoS depth (KEEP_LAST) of the image subscription: frames the DDS reader holds while the executor is busy"
+    )
+    image_backlog: int = param(
+        30, "frames queued for the processing thread; when it falls further behind the oldest are dropped (counted)"
     )
     no_image_warning_s: float = param(5.0, "warn when no image publisher has matched for this long (0: never)")
     diagnostics_period_s: float = param(1.0, "period of /diagnostics messages (0: none)")
@@ -129,20 +126,12 @@ class TrackerNode(LifecycleNode):
         self.pipeline = None
         self.enabled = True
         self._lock = threading.Lock()
-        self._sub = self._watchdog = self._diag_timer = None
+        self._watchdog = self._diag_timer = None
         self._tracks_pub = self._det_pub = self._diag_pub = None
         self._input, self._output, self._detector = RateMeter(), RateMeter(), RateMeter()
         self._latency, self._processing = LatencyMeter(), LatencyMeter()
-        # dropped frames: lost before the callback (sequence-number gaps) or queued, then replaced by a
-        # newer frame before the processing thread took them; diagnostics report their sum as `dropped`
-        self.counts = {"dropped_transport": 0, "dropped_stale": 0, "decode_errors": 0, "processing_errors": 0}
-        self._queue: deque = deque(maxlen=1)
-        self._queue_cond = threading.Condition()
-        self._skipped_since_taken = 0  # frames dropped since the processing thread took one
-        self._worker: threading.Thread | None = None
-        self._stop_worker = threading.Event()
-        self._last_seq: int | None = None
-        self._last_gid: str | None = None
+        self._images: ImageInput | None = None
+        self.counts = {"processing_errors": 0}
         self._drop_log = KeyedThrottle(self.get_logger())
         self.create_service(SetBool, "~/enable", self._on_enable)
 
@@ -175,18 +164,12 @@ class TrackerNode(LifecycleNode):
             self.get_logger().error(f"activate failed: cannot load the detector: {exc}")
             return TransitionCallbackReturn.FAILURE
         p = self.params
-        with self._queue_cond:
-            self._queue = deque(maxlen=p.image_depth)
-            self._skipped_since_taken = 0
-        self._stop_worker.clear()
-        self._worker = threading.Thread(target=self._process_frames, name="tracker-frames", daemon=True)
-        self._worker.start()
-        self._sub = image_subscription(self, self._on_image, p.image_transport, p.image_depth, p.image_reliability,
-                                       callback_group=MutuallyExclusiveCallbackGroup())  # fmt: skip
-        self._watchdog = NoPublisherWatchdog(self, [self._sub], after_s=p.no_image_warning_s)
+        self._images = ImageInput(self, self._on_frames, p.image_transport, p.image_depth, p.image_reliability,
+                                  backlog=p.image_backlog)  # fmt: skip
+        self._watchdog = NoPublisherWatchdog(self, [self._images.subscription], after_s=p.no_image_warning_s)
         if p.diagnostics_period_s > 0:
             self._diag_timer = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
-        self.get_logger().info(f"tracking on {self._sub.topic_name} with {p.detector} ({p.backend}, {p.precision})")
+        self.get_logger().info(f"tracking on {self._images.topic_name} with {p.detector} ({p.backend}, {p.precision})")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -208,21 +191,13 @@ class TrackerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _release(self) -> None:
-        for timer in (self._diag_timer,):
-            if timer is not None:
-                self.destroy_timer(timer)
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
         if self._watchdog is not None:
             self._watchdog.destroy()
-        if self._sub is not None:
-            self.destroy_subscription(self._sub)
-        self._sub = self._watchdog = self._diag_timer = None
-        self._stop_worker.set()
-        with self._queue_cond:
-            self._queue.clear()
-            self._queue_cond.notify_all()
-        if self._worker is not None:
-            self._worker.join(timeout=10.0)
-            self._worker = None
+        if self._images is not None:
+            self._images.destroy()  # stops the processing thread after the frame in progress
+        self._images = self._watchdog = self._diag_timer = None
         with self._lock:
             self.pipeline = None
 
@@ -230,65 +205,45 @@ class TrackerNode(LifecycleNode):
 
     def _on_enable(self, request, response):
         self.enabled = bool(request.data)
-        if not self.enabled:
-            with self._queue_cond:
-                self._queue.clear()  # frames received before the pause are not processed after it
+        if self._images is not None:
+            self._images.pause(not self.enabled)  # frames received before the pause are not processed after it
         response.success, response.message = True, "processing " + ("enabled" if self.enabled else "paused")
         self.get_logger().info(response.message)
         return response
 
-    def _on_image(self, msg, info) -> None:
-        """Queue the frame for the processing thread (a full queue drops its oldest frame)."""
-        # Two parameters: rclpy then passes the MessageInfo (sequence numbers for drop counting).
-        self._input.tick()
-        lost = self._count_drops(info)
-        with self._queue_cond:
-            self._skipped_since_taken += lost
-            if not self.enabled:
-                return
-            if len(self._queue) == self._queue.maxlen:
-                self.counts["dropped_stale"] += 1
-                self._skipped_since_taken += 1
-            self._queue.append(msg)
-            self._queue_cond.notify()
-
-    def _process_frames(self) -> None:
-        """Processing thread: take queued frames in order until the node deactivates."""
-        while not self._stop_worker.is_set():
-            with self._queue_cond:
-                self._queue_cond.wait_for(lambda: self._queue or self._stop_worker.is_set(), timeout=1.0)
-                if self._stop_worker.is_set() or not self._queue:
-                    continue
-                msg = self._queue.popleft()
-                skipped, self._skipped_since_taken = self._skipped_since_taken, 0
+    def _on_frames(self, frames: list[ReceivedFrame]) -> None:
+        """Processing thread: every waiting frame, oldest first; all but the newest are caught up on."""
+        for i, frame in enumerate(frames):
+            self._input.tick()
             try:
-                self._process(msg, skipped)
+                self._process(frame, catch_up=i < len(frames) - 1)
             except Exception as exc:  # never let one frame end the thread
                 self.counts["processing_errors"] += 1
                 self.get_logger().error(f"processing a frame failed: {exc}", throttle_duration_sec=5.0)
 
-    def _process(self, msg, skipped: int) -> None:
-        """Decode, detect/track and publish one frame; `skipped`: frames dropped since the last one."""
+    def _process(self, frame: ReceivedFrame, catch_up: bool) -> None:
+        """Track one frame and publish its tracks; `catch_up`: predict without decoding (newer frames wait)."""
         started = time.monotonic()
+        msg = frame.msg
         if not self.enabled:
             return
-        try:
-            rgb = decode_ros_image(msg)
-        except ImageDecodeError as exc:
-            self.counts["decode_errors"] += 1
-            self._drop_log.warning(str(exc).split(":")[0], f"dropping image: {exc}")
-            return
         stamp_ns = stamp_to_ns(msg.header.stamp)
+        rgb = None
+        if not catch_up:
+            try:
+                rgb = decode_ros_image(msg)
+            except ImageDecodeError as exc:
+                self._images.count_decode_error()
+                self._drop_log.warning(str(exc).split(":")[0], f"dropping image: {exc}")
+                return
         with self._lock:
             if self.pipeline is None:
                 return
             runs_before = self.pipeline.stats.detector_runs
-            try:
-                tracks = self.pipeline.process(stamp_ns, rgb, skipped)
-            except Exception as exc:  # never let one frame kill the node
-                self.counts["processing_errors"] += 1
-                self.get_logger().error(f"tracking failed on a frame: {exc}", throttle_duration_sec=5.0)
-                return
+            if rgb is None:
+                tracks = self.pipeline.catch_up(stamp_ns, _image_size(msg), frame.lost_before)
+            else:
+                tracks = self.pipeline.process(stamp_ns, rgb, frame.lost_before)
             if self.pipeline.stats.detector_runs > runs_before:
                 self._detector.tick()
             names = self.pipeline.class_names
@@ -299,23 +254,10 @@ class TrackerNode(LifecycleNode):
         self._processing.add(time.monotonic() - started)
         self._latency.add(max(0.0, (self.get_clock().now().nanoseconds - stamp_ns) / 1e9))
 
-    def _count_drops(self, info) -> int:
-        """Frames of this publisher lost before the callback (in DDS or the subscription's queue),
-        from the publication sequence numbers; counted in diagnostics and returned."""
-        if not isinstance(info, dict) or not info.get("publication_sequence_number"):
-            return 0
-        seq, gid = int(info["publication_sequence_number"]), str(info.get("publisher_gid"))
-        last = self._last_seq if gid == self._last_gid else None
-        self._last_seq, self._last_gid = seq, gid
-        if last is None or not last < seq - 1 <= last + MAX_COUNTED_GAP:
-            return 0  # first message, another publisher, a restart or an implausible jump
-        self.counts["dropped_transport"] += seq - last - 1
-        return seq - last - 1
-
     def _publish_diagnostics(self) -> None:
         stats = self.pipeline.stats if self.pipeline is not None else None
-        counts = dict(self.counts)
-        counts["dropped"] = counts["dropped_transport"] + counts["dropped_stale"]
+        counts = {**(self._images.counts() if self._images is not None else {}), **self.counts}
+        counts["caught_up"] = stats.caught_up if stats else 0
         values = {
             "input_hz": f"{self._input.rate():.1f}",
             "output_hz": f"{self._output.rate():.1f}",
@@ -332,7 +274,7 @@ class TrackerNode(LifecycleNode):
             level, message = DiagnosticStatus.OK, "paused by ~/enable"
         elif self._input.rate() == 0:
             level, message = DiagnosticStatus.WARN, "no images"
-        elif self.counts["processing_errors"]:
+        elif self.counts["processing_errors"] or counts.get("decode_errors"):
             level, message = DiagnosticStatus.WARN, "some frames failed (see the log)"
         self._diag_pub.publish(diagnostic_array(self, "tracker", level, message, values))
 
@@ -351,6 +293,12 @@ def _detection2d_array(tracks, header, class_names):
         det.results.append(hypothesis)
         out.detections.append(det)
     return out
+
+
+def _image_size(msg) -> tuple[int, int] | None:
+    """(width, height) of an Image; None for a CompressedImage (no size without decoding: boxes stay unclipped)."""
+    width, height = int(getattr(msg, "width", 0)), int(getattr(msg, "height", 0))
+    return (width, height) if width > 0 and height > 0 else None
 
 
 def main(args: list[str] | None = None) -> int:

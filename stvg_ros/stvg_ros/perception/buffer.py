@@ -23,6 +23,8 @@ import numpy as np
 from stvg_ros.core.types import TrackedFrame, Tracks
 
 NS = 1_000_000_000
+#: A longer gap between camera frames is a pause (camera stopped), not missed samples.
+PAUSE_S = 5.0
 #: rough per-entry cost of the Python objects around the arrays (bytes)
 ENTRY_OVERHEAD = 512
 
@@ -123,8 +125,32 @@ class ClipSnapshot:
         return sorted(ids)
 
 
+@dataclass(frozen=True)
+class BufferConfig:
+    """How much camera history a ClipBuffer keeps: the defaults of the grounding node, the offline
+    pipeline and every other caller (defined here only)."""
+
+    #: seconds of source time kept for queries
+    max_seconds: float = 30.0
+    #: frames per second kept (STVG-R1 samples video at 2 fps)
+    sample_fps: float = 2.0
+    #: memory bound in MB (oldest entries dropped first)
+    max_mb: float = 64.0
+    #: long side of the kept (downscaled) frames in pixels
+    frame_long_side: int = 448
+
+
 class ClipBuffer:
     """Bounded history of sampled frames and per-frame tracks (see module docstring)."""
+
+    @classmethod
+    def from_config(cls, config: BufferConfig) -> ClipBuffer:
+        return cls(
+            max_seconds=config.max_seconds,
+            sample_fps=config.sample_fps,
+            frame_long_side=config.frame_long_side,
+            max_bytes=int(config.max_mb * 2**20),
+        )
 
     def __init__(
         self,
@@ -144,6 +170,7 @@ class ClipBuffer:
         self._lock = threading.Lock()
         self.dropped_out_of_order = 0
         self.dropped_for_memory = 0
+        self.missed_samples = 0  # sampling slots with no camera frame, in gaps up to PAUSE_S (frames lost)
         self.resets = 0
         self._clear()
 
@@ -177,7 +204,9 @@ class ClipBuffer:
             if stamp_ns > self._newest_ns + self.jump_reset_s * NS and low <= stamp_ns <= high:
                 self.dropped_out_of_order += 1  # a late message of the timeline before the jump
                 return False
-        if self._newest_ns is not None and stamp_ns < self._newest_ns - self.jump_reset_s * NS:
+        # A backward jump is judged within each stream: the frame stream may lag the tracks stream
+        # by more than jump_reset_s (a busy input thread) without being a new timeline.
+        if last_in_stream is not None and stamp_ns < last_in_stream - self.jump_reset_s * NS:
             old_newest = self._newest_ns
             self._clear()
             self.resets += 1
@@ -191,6 +220,12 @@ class ClipBuffer:
         if self._stale_range is not None and self._newest_ns > self._stale_range[1]:
             self._stale_range = None
         return True
+
+    def wants_frame(self, stamp_ns: int) -> bool:
+        """Whether `add_frame` would keep a frame at this stamp (so a caller can skip decoding the others)."""
+        with self._lock:
+            last = self._frames[-1].stamp_ns if self._frames else None
+        return last is None or not 0 <= int(stamp_ns) - last < 0.95 * NS / self.sample_fps
 
     def add_frame(self, stamp_ns: int, rgb: np.ndarray, frame_id: str = "") -> bool:
         """Offer a camera frame; a downscaled copy is kept at most `sample_fps` times per second.
@@ -213,6 +248,9 @@ class ClipBuffer:
             period_ns = NS / self.sample_fps
             if self._frames and stamp_ns - self._frames[-1].stamp_ns < 0.95 * period_ns:
                 return False
+            gap_ns = stamp_ns - self._frames[-1].stamp_ns if self._frames else 0
+            if gap_ns <= PAUSE_S * NS:  # n periods (a little late is on time) left n - 1 slots empty
+                self.missed_samples += max(0, round(gap_ns / period_ns - 0.25) - 1)
             height, width = rgb.shape[:2]
             scale = min(1.0, self.frame_long_side / max(height, width))
             if scale < 1.0:
@@ -279,5 +317,6 @@ class ClipBuffer:
                 "nbytes": self._nbytes,
                 "dropped_out_of_order": self.dropped_out_of_order,
                 "dropped_for_memory": self.dropped_for_memory,
+                "missed_samples": self.missed_samples,
                 "resets": self.resets,
             }

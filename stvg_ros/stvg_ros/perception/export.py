@@ -1,9 +1,9 @@
 """Export a YOLO checkpoint to ONNX (fp32) and a static-int8 ONNX calibrated on real frames.
 
-`stvg-train export` and the model builds (synthetic_detector, COCO manifests) call
-`export_detector_onnx`. Static QDQ quantization (per-channel int8 weights, uint8 activations) is
-about twice as fast as fp32 on a small CPU; dynamic quantization is slower there (ConvInteger),
-so it is not offered.
+`stvg-train export` and the model builds (synthetic_detector, COCO manifests, the random-weight
+`yolo11n-random` of `build_random_yolo`) call `export_detector_onnx`. Static QDQ quantization
+(per-channel int8 weights, uint8 activations) is about twice as fast as fp32 on a small CPU;
+dynamic quantization is slower there (ConvInteger), so it is not offered.
 """
 
 from __future__ import annotations
@@ -159,10 +159,98 @@ def build_from_manifest(out_dir: Path, manifest) -> dict[str, Path]:
     from stvg_ros.core import model_registry
 
     checkpoint = model_registry.resolve(manifest.name, "pt", download=True)
+    return _export_manifest_onnx(checkpoint, out_dir, manifest, calibration_frames_from_env())
+
+
+def _export_manifest_onnx(
+    checkpoint: Path, out_dir: Path, manifest, frames: list[np.ndarray] | None
+) -> dict[str, Path]:
+    """ONNX fp32 + int8 of `checkpoint`, named after the manifest's `onnx` / `onnx-int8` files."""
     stem = Path(manifest.file("onnx").name).stem
     expected_int8 = manifest.file("onnx-int8").name
     imgsz = int(manifest.extra.get("imgsz", 640))
-    paths = export_detector_onnx(checkpoint, out_dir, calibration_frames_from_env(), True, imgsz, stem)
+    paths = export_detector_onnx(checkpoint, out_dir, frames, True, imgsz, stem)
     if paths["onnx-int8"].name != expected_int8:
         paths["onnx-int8"] = paths["onnx-int8"].replace(Path(out_dir) / expected_int8)
     return paths
+
+
+#: Class-logit bias of `random_yolo`, chosen for a trained model's load in a scene: boxes per
+#: 640x480 frame of core/synth scenes 3-5 (30 frames) after the pipeline's conf 0.1 and class-aware
+#: NMS at IoU 0.5, median (10th-90th percentile): -10: 10 (1-21), -9.5: 15 (2-28), -9: 22 (6-36),
+#: -8: 44 (13-67), -7: 80 (34-111). Ultralytics' initial bias (-8.8 to -11.5 by stride, on the
+#: untouched random features) gives none.
+RANDOM_YOLO_CLASS_BIAS = -9.5
+
+
+def coco_class_names() -> dict[int, str]:
+    """The 80 COCO class names as ultralytics ships them (cfg/datasets/coco.yaml; no download)."""
+    import yaml
+    from ultralytics.utils import ROOT
+
+    return dict(yaml.safe_load((ROOT / "cfg" / "datasets" / "coco.yaml").read_text())["names"])
+
+
+def random_yolo(
+    arch: str = "yolo11n.yaml",
+    seed: int = 0,
+    class_bias: float = RANDOM_YOLO_CLASS_BIAS,
+    imgsz: int = 640,
+    frames: list[np.ndarray] | None = None,
+):
+    """An ultralytics YOLO of architecture `arch` (80 COCO classes) with random weights whose cost
+    and output are like a trained model's on a camera frame: a cost stand-in, its boxes mean nothing.
+
+    Two changes to the random init, both deterministic for `seed` (and `frames`):
+    - BatchNorm statistics are set from a batch of synthetic frames (a data-dependent init). With
+      ultralytics' init the signal fades through the ~100 layers (class logits vary by ~1e-8 over
+      a frame), so a bias alone gives either no box or every anchor; normalised, the logits follow
+      the image content (std ~0.6, a heavy upper tail).
+    - Every class-logit bias is `class_bias` (see RANDOM_YOLO_CLASS_BIAS), so a few anchors pass
+      the detector's threshold, as with a trained model in a scene with objects.
+    """
+    import torch
+    from ultralytics import YOLO
+
+    frames = frames if frames is not None else synthetic_calibration_frames(8, seed=1000 + seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = YOLO(arch, task="detect", verbose=False)
+    net = model.model
+    if getattr(net.model[-1], "nc", None) == 80:
+        net.names = coco_class_names()
+    batch = torch.from_numpy(np.concatenate([to_input_tensor(letterbox(f, imgsz)[0]) for f in frames]))
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # running stats = this batch's statistics
+    net.train()
+    with torch.no_grad():
+        net(batch)
+    net.eval()
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    for branch in net.model[-1].cv3:
+        branch[-1].bias.data.fill_(class_bias)
+    return model
+
+
+def build_random_yolo(out_dir: Path, manifest) -> dict[str, Path]:
+    """Model-registry build hook for random-weight detectors (`yolo11n-random`): `random_yolo` with
+    the manifest's `random_init` settings (arch, seed, class_bias), saved as its `pt` file and
+    exported to ONNX fp32 + static int8 (calibrated on synthetic frames). Needs no network."""
+    settings = dict(manifest.extra.get("random_init") or {})
+    imgsz = int(manifest.extra.get("imgsz", 640))
+    model = random_yolo(
+        str(settings.get("arch", "yolo11n.yaml")),
+        int(settings.get("seed", 0)),
+        float(settings.get("class_bias", RANDOM_YOLO_CLASS_BIAS)),
+        imgsz,
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pt = out_dir / manifest.file("pt").name
+    model.save(pt)
+    paths = _export_manifest_onnx(pt, out_dir, manifest, synthetic_calibration_frames())
+    return {"pt": pt, **paths}

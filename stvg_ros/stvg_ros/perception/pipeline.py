@@ -150,6 +150,8 @@ class PipelineStats:
     detector_runs: int = 0
     detector_errors: int = 0
     skipped_stale: int = 0
+    #: frames given the tracker's prediction without being looked at, because newer ones were waiting
+    caught_up: int = 0
     detect_every: int = 1
     detect_ms: float = 0.0  # moving average
     predict_ms: float = 0.0  # moving average
@@ -210,6 +212,20 @@ class PerceptionPipeline:
             self._predict_s.append(time.perf_counter() - started)
         self._adapt()
         return tracks
+
+    def catch_up(self, stamp_ns: int, image_size: tuple[int, int] | None, skipped: int = 0) -> Tracks:
+        """Tracks on a frame the caller had no time to look at (newer frames are waiting): the
+        tracker's prediction, without decoding or detecting. `image_size` is (width, height).
+        Detection resumes on the next `process` call, so a caller that fell behind keeps every
+        frame's tracks and catches up at the cost of a prediction per frame."""
+        stamp_ns = int(stamp_ns)
+        self.stats.frames += 1
+        if self.tracker.is_stale(stamp_ns):
+            self.stats.skipped_stale += 1
+        else:
+            self.stats.caught_up += 1
+            self._since_detect += 1 + max(0, int(skipped))
+        return self.tracker.predict(stamp_ns, image_size, skipped)
 
     def _detect_every(self) -> int:
         return self.config.detect_every if self.config.detect_every > 0 else self.stats.detect_every

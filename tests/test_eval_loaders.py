@@ -94,7 +94,7 @@ def test_vidstg_original_with_vidor_boxes_and_tubedetr_file(tmp_path):
 
 
 def test_synthetic_set_gives_every_query(tmp_path):
-    from stvg_ros.core.synth import SceneSpec, write_dataset
+    from stvg_ros.synthetic.scenes import SceneSpec, write_dataset
 
     index = write_dataset(tmp_path / "set", seed=5, n_videos=1, spec=SceneSpec(seconds=6, fps=10), bags=False)
     listing = json.loads(index.queries.read_text())

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from stvg_ros.core.synth import EPOCH_NS
+from stvg_ros.core.types import EPOCH_NS
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run scripts/setup.sh)")

@@ -92,8 +92,8 @@ def test_stop_returns_and_discards_waiting_frames():
 
 
 def test_catch_up_gives_a_late_frame_the_trackers_prediction_without_the_image(tiny_detector):
-    from stvg_ros.core.synth import SceneSpec, generate_scene
     from stvg_ros.perception.pipeline import PerceptionConfig, build_perception
+    from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
 
     scene = generate_scene(3, SceneSpec(seconds=4.0, fps=10.0, n_objects=3))
     pipeline = build_perception(PerceptionConfig(model=str(tiny_detector["onnx-int8"]), threads=1, detect_every=1))

@@ -12,8 +12,9 @@ import pytest
 
 from stvg_ros.core.bag_io import iter_image_bag
 from stvg_ros.core.image_codec import decode_image
-from stvg_ros.core.synth import EPOCH_NS, SceneSpec, generate_scene
+from stvg_ros.core.types import EPOCH_NS
 from stvg_ros.core.video_io import VideoWriter
+from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
 
 pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run scripts/setup.sh)")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stvg_ros.core.synth import SceneSpec, generate_scene
 from stvg_ros.perception.detector import (
     DetectorError,
     DetectorSettings,
@@ -16,7 +15,8 @@ from stvg_ros.perception.detector import (
     letterbox,
 )
 from stvg_ros.perception.mot import iou_distance
-from stvg_ros.perception.synthetic_detector import visible_box
+from stvg_ros.synthetic.detector import visible_box
+from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
 
 #: Scenes the detector never saw in training (training uses seeds 0..11 and 1000+).
 EVAL_SEEDS = (501, 502, 503, 504)

@@ -239,7 +239,7 @@ def test_compressed_input_and_lifecycle_transitions(tiny_detector, tmp_path):
     from lifecycle_msgs.srv import ChangeState, GetState
     from sensor_msgs.msg import CompressedImage
 
-    from stvg_ros.core.synth import SceneSpec, generate_scene
+    from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
     from stvg_ros_msgs.msg import TrackedObjectArray
     from tests.ros_support import compressed_msg
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from stvg_ros.core.image_codec import ImageDecodeError
-from stvg_ros.core.synth import SceneSpec, generate_scene
 from stvg_ros.core.types import Tracks
 from stvg_ros.perception.buffer import ClipBuffer
 from stvg_ros.perception.detector import DetectorError
@@ -24,6 +23,7 @@ from stvg_ros.perception.pipeline import (
     load_perception_config,
 )
 from stvg_ros.perception.tracker import Tracker
+from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
 
 NS = 1_000_000_000
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "stvg_ros" / "config"

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stvg_ros.core.synth import generate_scene
 from stvg_ros.core.types import Tracks
 from stvg_ros.perception.detector import DetectorSettings, OnnxDetector
 from stvg_ros.perception.mot import id_kept_across_gap, mot_accumulator, mot_summary
 from stvg_ros.perception.pipeline import PerceptionConfig
-from stvg_ros.perception.synthetic_detector import visible_box
 from stvg_ros.perception.tracker import Tracker, TrackerConfig
+from stvg_ros.synthetic.detector import visible_box
+from stvg_ros.synthetic.scenes import generate_scene
 from tests.fixtures.synth import OCCLUSION_SPEC
 
 NS = 1_000_000_000

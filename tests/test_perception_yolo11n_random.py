@@ -13,9 +13,9 @@ import onnx
 import pytest
 
 from stvg_ros.core import model_registry as registry
-from stvg_ros.core.synth import SceneSpec, generate_scene
 from stvg_ros.perception.detector import UltralyticsDetector
 from stvg_ros.perception.pipeline import PerceptionConfig, build_perception
+from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ import numpy as np
 
 from stvg_ros.cli.main import main
 from stvg_ros.core.bag_io import COMPRESSED_TYPE, bag_info, iter_image_bag
-from stvg_ros.core.synth import SceneSpec, generate_scene, scene_seed
 from stvg_ros.core.video_io import video_info
+from stvg_ros.synthetic.scenes import SceneSpec, generate_scene, scene_seed
 
 
 def test_cli_writes_video_bag_and_annotations(tmp_path, capsys):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from stvg_ros.core.bag_io import IMAGE_TYPE, bag_info, iter_image_bag
-from stvg_ros.core.synth import EPOCH_NS, MIXED_ORDER, DatasetIndex
+from stvg_ros.core.types import EPOCH_NS
 from stvg_ros.core.video_io import iter_video, video_info
+from stvg_ros.synthetic.scenes import MIXED_ORDER, DatasetIndex
 
 HCSTVG_KEYS = {"img_num", "img_size", "st_frame", "bbox", "st_time", "ed_time", "English"}
 
@@ -112,7 +113,7 @@ def test_videos_are_close_to_the_frames(synth_dataset, scenes):
 
 
 def test_same_seed_writes_the_same_files(tmp_path, synth_dataset):
-    from stvg_ros.core.synth import write_dataset
+    from stvg_ros.synthetic.scenes import write_dataset
 
     spec = synth_dataset.spec
     a = write_dataset(tmp_path / "a", synth_dataset.seed, 1, spec, bags=False)

@@ -1,4 +1,4 @@
-"""core/synth.py: determinism, ground truth against the pixels, captions against the motion."""
+"""synthetic/scenes.py: determinism, ground truth against the pixels, captions against the motion."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from stvg_ros.core.synth import (
+from stvg_ros.core.types import Tracks
+from stvg_ros.synthetic.scenes import (
     COLOURS,
     DIRECTIONS,
     MIXED_ORDER,
@@ -21,7 +22,6 @@ from stvg_ros.core.synth import (
     mostly_visible,
     stamp_ns,
 )
-from stvg_ros.core.types import Tracks
 
 PRESETS = ("easy", "occlusion", "distractors", "crossing")
 SHORT = SceneSpec(seconds=8.0)

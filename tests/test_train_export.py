@@ -24,7 +24,7 @@ def lora_adapter(tmp_path_factory) -> tuple[Path, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from stvg_ros.grounding.tiny import build_tiny_qwen25vl
+    from stvg_ros.synthetic.tiny_vlm import build_tiny_qwen25vl
 
     base = build_tiny_qwen25vl(cache_dir("test-artifacts", "train-tiny-qwen25vl"))
     model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)

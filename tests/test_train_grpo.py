@@ -21,7 +21,7 @@ from PIL import Image
 
 from stvg_ros.core.paths import cache_dir
 from stvg_ros.core.render import render_ids
-from stvg_ros.core.synth import SceneSpec, generate_scene
+from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
 from stvg_train.config import ConfigError, config_from_dict, load_config
 from stvg_train.data import SAMPLE_FEATURES, clip_prompt, load_prepared, make_sample, training_dataset
 from stvg_train.grpo import build_trainer, grpo_arguments, train
@@ -31,7 +31,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 @pytest.fixture(scope="session")
 def tiny_qwen_dir() -> Path:
-    from stvg_ros.grounding.tiny import build_tiny_qwen25vl
+    from stvg_ros.synthetic.tiny_vlm import build_tiny_qwen25vl
 
     return Path(build_tiny_qwen25vl(cache_dir("test-artifacts", "train-tiny-qwen25vl")))
 

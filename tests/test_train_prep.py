@@ -19,9 +19,9 @@ import pytest
 
 import stvg_ros.grounding.sampling as sampling
 from stvg_ros.core.paths import cache_dir
-from stvg_ros.core.synth import SYNTH_VERSION, DatasetIndex, SceneSpec, write_dataset
 from stvg_ros.core.types import Tracks
 from stvg_ros.evaluation.loaders import synth_query_id
+from stvg_ros.synthetic.scenes import SYNTH_VERSION, DatasetIndex, SceneSpec, write_dataset
 from stvg_train.data import load_prepared
 from stvg_train.prep import PrepOptions, prepare, vote_gt_id
 

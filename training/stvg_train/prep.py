@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from stvg_ros.core.synth import mostly_visible
 from stvg_ros.core.types import Tracks
 from stvg_ros.evaluation.metrics import box_iou
 from stvg_ros.grounding.sampling import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_NUM_FRAMES
+from stvg_ros.synthetic.scenes import mostly_visible
 
 log = logging.getLogger("stvg_train.prep")
 
@@ -162,11 +162,11 @@ def _load_jobs(opts: PrepOptions) -> tuple[list[VideoJob], str]:
     if opts.synthetic:
         root = Path(opts.synthetic)
         if opts.synthetic_videos > 0 and not (root / "index.json").is_file():
-            from stvg_ros.core.synth import SceneSpec, write_dataset
+            from stvg_ros.synthetic.scenes import SceneSpec, write_dataset
 
             log.info("writing %d synthetic videos to %s", opts.synthetic_videos, root)
             write_dataset(root, opts.synthetic_seed, opts.synthetic_videos, SceneSpec(**opts.synthetic_spec), bags=False)
-        from stvg_ros.core.synth import DatasetIndex
+        from stvg_ros.synthetic.scenes import DatasetIndex
 
         index = DatasetIndex.load(root)
         # the folder, not its annotations.json: every query of queries.json, not only each video's first

@@ -116,10 +116,10 @@ def _answer_one_query(model: dict[str, Any], synthetic_root: Path, perception: d
     """The robot's path with the exported files: perception -> clip buffer -> GroundingPipeline with the
     llama.cpp backend (Q8_0 + mmproj, grammar-constrained) -> parsed answer."""
     from stvg_ros.core.answer import parse_answer
-    from stvg_ros.core.synth import DatasetIndex
     from stvg_ros.grounding.backends import make_backend
     from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline, GroundingRequest
     from stvg_ros.perception.pipeline import PerceptionConfig
+    from stvg_ros.synthetic.scenes import DatasetIndex
     from stvg_train.prep import perceive_video
 
     index = DatasetIndex.load(synthetic_root)
@@ -142,7 +142,7 @@ def run_smoke(work_dir: str | Path | None = None, *, steps: int = 20, videos: in
               warm_steps: int = 100, seed: int = 0, detector: str | None = None) -> dict[str, Any]:
     """Run the smoke pipeline; a JSON-able summary (see docs/training.md for the keys)."""
     from stvg_ros.core.paths import cache_dir
-    from stvg_ros.grounding.tiny import build_tiny_qwen25vl
+    from stvg_ros.synthetic.tiny_vlm import build_tiny_qwen25vl
     from stvg_train.config import load_config
     from stvg_train.export import ExportOptions, export
     from stvg_train.grpo import build_trainer, train

@@ -90,8 +90,8 @@ def p50(values: list[float]) -> float:
 
 def camera_snapshot(width: int, height: int, seconds: float, seed: int, fps: float = 10.0):
     """A ClipSnapshot like the robot's: a synthetic camera at `fps` with ground-truth tracks on every frame."""
-    from stvg_ros.core.synth import SceneSpec, generate_scene
     from stvg_ros.perception.buffer import ClipBuffer
+    from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
 
     scene = generate_scene(seed, SceneSpec(seconds=seconds, fps=fps, width=width, height=height, n_objects=6,
                                            difficulty="easy"))
@@ -182,7 +182,7 @@ def random_7b_files(folder: str) -> tuple[str, str]:
     from pathlib import Path
 
     from stvg_ros.grounding.gguf import convert_to_gguf
-    from stvg_ros.grounding.tiny import build_random_qwen25vl_7b
+    from stvg_ros.synthetic.tiny_vlm import build_random_qwen25vl_7b
 
     root = Path(folder)
     model, mmproj = root / "random-7b-q4_k_m.gguf", root / "mmproj-random-7b-f16.gguf"
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         for backend in backends.values():
             backend.close()
-    from stvg_ros.grounding.tiny import is_tiny_model
+    from stvg_ros.synthetic.tiny_vlm import is_tiny_model
 
     tiny = [kind for kind in kinds if is_tiny_model(args.model if kind == "llama_cpp" else args.hf_model)]
     notes = []

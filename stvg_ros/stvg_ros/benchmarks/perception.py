@@ -107,7 +107,7 @@ def pin_cores(cores: int) -> list[int]:
 
 
 def make_scene(args: argparse.Namespace):
-    from stvg_ros.core.synth import SceneSpec, generate_scene
+    from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
 
     spec = SceneSpec(
         seconds=max(4.0, float(args.seconds)),

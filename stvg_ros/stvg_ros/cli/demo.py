@@ -119,7 +119,7 @@ def _step(text: str) -> None:
 
 def _demo(args: argparse.Namespace, out: Path) -> dict:
     from stvg_ros.core.model_registry import ModelRegistryError, pull
-    from stvg_ros.core.synth import SceneSpec, write_dataset
+    from stvg_ros.synthetic.scenes import SceneSpec, write_dataset
 
     _step(f"writing a synthetic scene ({args.seconds:g} s, seed {args.seed}) to {out / 'scene'}")
     spec = SceneSpec(seconds=args.seconds, fps=10.0, n_objects=3, difficulty="easy", max_queries=1)
@@ -167,7 +167,7 @@ def _demo(args: argparse.Namespace, out: Path) -> dict:
 def _meaning(model: str) -> dict:
     """{"meaningful", "disclaimer"}: whether the model's answer can mean anything, in plain words."""
     from stvg_ros.grounding.models import manifest_note
-    from stvg_ros.grounding.tiny import TINY_DISCLAIMER, is_tiny_model
+    from stvg_ros.synthetic.tiny_vlm import TINY_DISCLAIMER, is_tiny_model
 
     note = manifest_note(model) if not Path(model).expanduser().exists() else ""
     if model == DEMO_VLM or is_tiny_model(model) or "meaningless" in note:

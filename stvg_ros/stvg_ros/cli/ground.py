@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _model_note(model: str) -> str:
     from stvg_ros.grounding.models import manifest_note
-    from stvg_ros.grounding.tiny import TINY_DISCLAIMER, is_tiny_model
+    from stvg_ros.synthetic.tiny_vlm import TINY_DISCLAIMER, is_tiny_model
 
     note = manifest_note(model)
     if not note and is_tiny_model(model):

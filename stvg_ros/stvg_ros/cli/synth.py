@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from stvg_ros.core.synth import DIFFICULTIES, SceneSpec, write_dataset
+from stvg_ros.synthetic.scenes import DIFFICULTIES, SceneSpec, write_dataset
 
 log = logging.getLogger("stvg_ros.synth")
 

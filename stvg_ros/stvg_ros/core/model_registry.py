@@ -12,7 +12,7 @@ A manifest (one YAML file per model, in `paths.manifest_dirs()`):
         format: pt            # optional: which file a backend picks (pt, onnx, onnx-int8, gguf, ...)
         sha256: null          # null: not pinned (built locally or no public checksum)
         size: null
-        source: {build: "stvg_ros.perception.synthetic_detector:build"}   # or {url: ...} or {hf_repo, filename}
+        source: {build: "stvg_ros.synthetic.detector:build"}   # or {url: ...} or {hf_repo, filename}
 
 `resolve(name_or_path)` looks, in order, at: an existing local path; the manifest folders
 (`<dir>/<name>/<file>`); the cache `cache_dir("models", name)`; a build function (models we make

@@ -1,10 +1,20 @@
-"""The one data type that flows from detector to tracker, buffer, renderer and tube."""
+"""The one data type that flows from detector to tracker, buffer, renderer and tube, and the one
+stamp convention for frames that carry no ROS header (video files, generated scenes)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+
+#: Header stamp of frame 0 of a video file or a generated scene: 1_700_000_000 s after the Unix epoch.
+EPOCH_NS = 1_700_000_000 * 1_000_000_000
+
+
+def frame_stamp_ns(index: int, fps: float) -> int:
+    """Stamp of frame `index` of a video without headers: EPOCH_NS + index / fps (the player node,
+    `eval run`, `stvg-ros ground`, training prep and the synthetic scenes all use this)."""
+    return EPOCH_NS + round(index * 1e9 / fps)
 
 
 def _as(a, dtype, shape_tail=()) -> np.ndarray:

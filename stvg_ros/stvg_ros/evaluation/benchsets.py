@@ -87,8 +87,8 @@ def make_set(
     bags: bool = True,
 ) -> dict:
     """Write the set and return its manifest (also saved as DIR/benchset.json)."""
-    from stvg_ros.core.synth import SceneSpec, write_dataset
     from stvg_ros.evaluation.loaders import load_annotations
+    from stvg_ros.synthetic.scenes import SceneSpec, write_dataset
 
     if level not in LEVELS:
         raise EvalError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")

@@ -114,7 +114,7 @@ def iter_frames(kind: str, path: Path, fps: float) -> Iterator[tuple[int, int, s
         for index, frame in enumerate(iter_image_bag(path)):
             yield index, frame.stamp_ns, frame.frame_id, frame.rgb
     else:
-        from stvg_ros.core.synth import stamp_ns
+        from stvg_ros.core.types import frame_stamp_ns as stamp_ns
         from stvg_ros.core.video_io import iter_video
 
         for index, _, rgb in iter_video(path):

@@ -21,6 +21,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+#: Qwen2's pre-tokenizer split (the regex llama.cpp implements as pre-tokenizer "qwen2").
+QWEN2_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
 log = logging.getLogger(__name__)
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -84,8 +89,6 @@ runpy.run_path(script, run_name="__main__")
 
 
 def _run_converter(hf_dir: Path, outfile: Path, outtype: str, mmproj: bool, timeout_s: float) -> None:
-    from stvg_ros.grounding.tiny import QWEN2_SPLIT_REGEX
-
     script = find_converter()
     vendor = script.parent
     env = dict(os.environ)

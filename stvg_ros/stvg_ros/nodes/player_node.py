@@ -30,7 +30,7 @@ from std_msgs.msg import Bool
 
 from stvg_ros.core.bag_io import COMPRESSED_TYPE, BagError, bag_info, iter_image_messages, stamp_ns_of
 from stvg_ros.core.image_codec import ImageDecodeError, decode_compressed, encode_image
-from stvg_ros.core.synth import EPOCH_NS
+from stvg_ros.core.types import EPOCH_NS
 from stvg_ros.core.video_io import VideoError, iter_video, video_info
 from stvg_ros.nodes.common import declare_parameters, ns_to_stamp, param, parameters_markdown
 

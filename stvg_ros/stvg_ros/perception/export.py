@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def synthetic_calibration_frames(n: int = 16, seed: int = 7) -> list[np.ndarray]:
     """Frames from core/synth scenes (used when the caller has no frames of its own)."""
-    from stvg_ros.core.synth import SceneSpec, generate_scene
+    from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
 
     frames = []
     for i in range(n):

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import yaml
 
-from stvg_ros.core.synth import SYNTH_VERSION, SceneSpec, generate_scene
+from stvg_ros.synthetic.scenes import SYNTH_VERSION, SceneSpec, generate_scene
 
 log = logging.getLogger(__name__)
 
@@ -241,5 +241,5 @@ def ensure_built(out_dir: str | os.PathLike, recipe: Recipe = Recipe()) -> dict[
 
 
 def build(out_dir: Path, manifest=None) -> dict[str, Path]:
-    """Model-registry build hook (`source: {build: "stvg_ros.perception.synthetic_detector:build"}`)."""
+    """Model-registry build hook (`source: {build: "stvg_ros.synthetic.detector:build"}`)."""
     return ensure_built(out_dir)

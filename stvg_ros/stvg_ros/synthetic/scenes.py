@@ -31,12 +31,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stvg_ros.core.types import Tracks
+from stvg_ros.core.types import Tracks, frame_stamp_ns
 
 #: Bump when generated content changes, so cached datasets (tests, benchmarks) are rebuilt.
 SYNTH_VERSION = "2"
-#: Header stamp of frame 0: 1_700_000_000 s after the Unix epoch. Frame i is EPOCH_NS + i / fps.
-EPOCH_NS = 1_700_000_000 * 1_000_000_000
 
 DIFFICULTIES = ("easy", "occlusion", "distractors", "crossing", "mixed")
 MIXED_ORDER = ("occlusion", "distractors", "crossing", "easy")
@@ -226,9 +224,8 @@ class SceneGroundTruth:
 # Frame/time conventions
 
 
-def stamp_ns(frame: int, fps: float) -> int:
-    """Header stamp of frame `frame`: EPOCH_NS + frame / fps."""
-    return EPOCH_NS + round(frame * 1e9 / fps)
+#: Header stamp of frame `frame`: the package's one convention (core.types.frame_stamp_ns).
+stamp_ns = frame_stamp_ns
 
 
 def frame_time(frame: int, fps: float) -> float:

@@ -12,6 +12,8 @@ import json
 import logging
 from pathlib import Path
 
+from stvg_ros.grounding.gguf import QWEN2_SPLIT_REGEX
+
 log = logging.getLogger(__name__)
 
 #: Bump when the recipe changes: cached copies (tests, demo) are keyed by it.
@@ -19,10 +21,6 @@ TINY_VERSION = "1"
 #: What the demo and the CLI say when this model answered.
 TINY_DISCLAIMER = "tiny random-weight test model: its answers are meaningless (not a trained STVG-R1)"
 
-#: Qwen2's pre-tokenizer split (the regex llama.cpp implements as pre-tokenizer "qwen2").
-QWEN2_SPLIT_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 #: Qwen2.5-VL's special tokens, in their upstream order.
 SPECIAL_TOKENS = (
     "<|endoftext|>",

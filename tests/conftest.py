@@ -28,7 +28,7 @@ os.environ.update(
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(20, 99)))
 # Camera images between processes (docs/perception.md): the package's Fast DDS profile for this
 # process and the nodes the tests start, unless the environment chooses the transports.
-from stvg_ros.nodes.common import large_image_dds_settings
+from stvg_ros.nodes.dds import large_image_dds_settings
 
 os.environ.update(large_image_dds_settings())
 os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "ultralytics"))

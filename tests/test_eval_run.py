@@ -122,16 +122,21 @@ def test_run_reads_the_detector_of_a_parameters_file(tmp_path):
 
 
 def test_run_and_grounding_node_map_parameters_the_same_way(tmp_path):
-    """The runner and the grounding node share `grounding.settings`: the node's schema defaults and the
-    shipped config/grounding.yaml give the same backend, backend arguments and GroundingConfig."""
-    from stvg_ros.evaluation.runner import node_parameters
-    from stvg_ros.grounding.settings import grounding_settings
-    from stvg_ros.nodes.grounding_node import GroundingParams
+    """The runner and the grounding node share `nodes.params.GroundingParams`: the node's schema
+    defaults and the shipped config/grounding.yaml give the same backend, buffer and GroundingConfig."""
+    from stvg_ros.evaluation import EvalError
+    from stvg_ros.evaluation.runner import grounding_params, node_parameters
+    from stvg_ros.nodes.params import GroundingParams
 
-    shipped = node_parameters(None, {})["grounding_node"]
-    assert grounding_settings(shipped) == grounding_settings(vars(GroundingParams()))
-    overridden = node_parameters(None, {"grounding_node": {"flash_attn": False, "query_timeout_s": 9.0,
-                                                           "num_frames": 4}})["grounding_node"]  # fmt: skip
-    backend, kwargs, config = grounding_settings(overridden)
-    assert backend == "llama_cpp" and kwargs["flash_attn"] is False and kwargs["timeout_s"] == 9.0
+    def configs(p: GroundingParams):
+        return p.backend, p.backend_settings(), p.buffer_config(), p.grounding_config()
+
+    shipped = grounding_params(node_parameters(None, {})["grounding_node"])
+    assert configs(shipped) == configs(GroundingParams())
+    overridden = grounding_params(node_parameters(None, {"grounding_node": {"flash_attn": False, "query_timeout_s": 9.0,
+                                                                            "num_frames": 4}})["grounding_node"])  # fmt: skip
+    backend, settings, _, config = configs(overridden)
+    assert backend == "llama_cpp" and settings.flash_attn is False and settings.timeout_s == 9.0
     assert (config.num_frames, config.timeout_s) == (4, 9.0)
+    with pytest.raises(EvalError, match="bad grounding_node parameters: num_frames must be >= 1"):
+        grounding_params({"num_frames": 0})

@@ -101,7 +101,8 @@ def test_bench_random_7b_path_converts_to_q4_k_m(tmp_path, monkeypatch):
     import argparse
 
     from stvg_ros.benchmarks import grounding as bench
-    from stvg_ros.grounding import gguf, tiny
+    from stvg_ros.grounding import gguf
+    from stvg_ros.synthetic import tiny_vlm as tiny
 
     monkeypatch.setattr(tiny, "build_random_qwen25vl_7b", lambda out: tiny.build_tiny_qwen25vl(out))
     parser = argparse.ArgumentParser()

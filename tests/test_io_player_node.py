@@ -175,7 +175,7 @@ def test_player_loops_a_compressed_bag_forward_in_time_and_stops_on_sigint(tmp_p
 def test_docs_show_the_current_parameter_table():
     from pathlib import Path
 
-    from stvg_ros.nodes.player_node import parameters_table
+    from stvg_ros.nodes.params import PlayerParams, parameters_markdown
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "synth.md").read_text()
-    assert parameters_table() in docs, "docs/synth.md: paste stvg_ros.nodes.player_node.parameters_table()"
+    assert parameters_markdown(PlayerParams) in docs, "docs/synth.md: paste parameters_markdown(PlayerParams)"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stvg_ros.nodes.common import DDS_USER_VARIABLES, large_image_dds_settings
+from stvg_ros.nodes.dds import DDS_USER_VARIABLES, large_image_dds_settings
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "stvg_ros" / "config" / "fastdds_large_images.xml"
@@ -31,7 +31,7 @@ import numpy as np, rclpy
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from stvg_ros.core.image_codec import encode_image
-from stvg_ros.nodes.common import use_large_image_dds
+from stvg_ros.nodes.dds import use_large_image_dds
 use_large_image_dds()
 rclpy.init()
 node = rclpy.create_node("dds_image_publisher")
@@ -53,7 +53,8 @@ SUBSCRIBER = """
 import json, os, time
 import rclpy
 from sensor_msgs.msg import Image
-from stvg_ros.nodes.common import image_qos, use_large_image_dds
+from stvg_ros.nodes.qos import image_qos
+from stvg_ros.nodes.dds import use_large_image_dds
 applied = use_large_image_dds()
 rclpy.init()
 node = rclpy.create_node("dds_image_subscriber")
@@ -118,7 +119,7 @@ def test_a_ros_install_without_the_wheels_gets_the_variable_its_fast_dds_reads(m
 def test_nodes_leave_the_process_transports_alone(monkeypatch):
     """Only the user (launch argument, `up --large-image-dds`) or a tool that publishes the camera
     itself applies the profile: a node's main() does not."""
-    from stvg_ros.nodes.common import run_lifecycle_node
+    from stvg_ros.nodes.lifecycle import run_lifecycle_node
 
     for name in DDS_USER_VARIABLES:
         monkeypatch.delenv(name, raising=False)

@@ -90,7 +90,7 @@ def test_tracks_arrive_for_every_frame_with_its_header(graph):
 def test_overlay_image_keeps_the_header_and_draws_the_ids_with_render_ids(graph):
     from stvg_ros.core.image_codec import decode_image
     from stvg_ros.core.render import render_ids
-    from stvg_ros.nodes.common import tracks_from_msg
+    from stvg_ros.nodes.messages import tracks_from_msg
 
     assert wait_until(lambda: len(graph.annotated) >= 20, 60), graph.processes["overlay"].log()
     images = {stamp_of(m): m for m in graph.images}
@@ -204,19 +204,19 @@ def test_a_missing_model_fails_configure_with_the_file_name(tmp_path):
 @pytest.mark.parametrize("node", ["tracker", "overlay"])
 def test_config_files_and_docs_match_the_parameter_schema(node):
     import dataclasses
-    import importlib
     from pathlib import Path
 
     import yaml
 
-    module = importlib.import_module(f"stvg_ros.nodes.{node}_node")
-    schema = module.TrackerParams if node == "tracker" else module.OverlayParams
+    from stvg_ros.nodes.params import OverlayParams, TrackerParams, parameters_markdown
+
+    schema = TrackerParams if node == "tracker" else OverlayParams
     repo = Path(__file__).resolve().parents[1]
     params = yaml.safe_load((repo / "stvg_ros" / "config" / f"{node}.yaml").read_text())[f"/**/{node}_node"]
     defaults = dataclasses.asdict(schema())
     assert params["ros__parameters"] == defaults, f"config/{node}.yaml drifted from {schema.__name__}"
     docs = (repo / "docs" / "perception.md").read_text()
-    assert module.parameters_table() in docs, f"docs/perception.md: paste {node}_node.parameters_table()"
+    assert parameters_markdown(schema) in docs, f"docs/perception.md: paste parameters_markdown({schema.__name__})"
 
 
 def test_rviz_and_foxglove_configs_show_the_annotated_image():

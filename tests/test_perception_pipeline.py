@@ -20,7 +20,6 @@ from stvg_ros.perception.pipeline import (
     PerceptionPipeline,
     build_detector,
     build_perception,
-    load_perception_config,
 )
 from stvg_ros.perception.tracker import Tracker
 from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
@@ -121,22 +120,26 @@ def test_out_of_order_and_jumping_stamps(tiny_detector, scene):
     assert len(jumped) == 0 or jumped.track_id.min() > last.track_id.max()  # IDs are never reused
 
 
-def test_config_from_node_parameters_and_files(tmp_path):
-    config = load_perception_config(CONFIG_DIR / "tracker.yaml")
-    assert config.model == "yolo-synth-tiny" and config.precision == "int8" and config.tracker.reid_max_gap_s == 3.0
+def test_config_from_node_parameters_and_files():
     import yaml
 
+    from stvg_ros.nodes.params import TrackerParams, from_values, perception_config_from
+
     node_file = yaml.safe_load((CONFIG_DIR / "tracker.yaml").read_text())
-    assert PerceptionConfig.from_dict({**node_file, "model": "other.onnx"}).model == "other.onnx"  # CLI override
-    flat = tmp_path / "flat.yaml"
-    flat.write_text("model: x.onnx\nreid_max_gap_s: 2.5\ndetect_every: 2\n")
-    config = load_perception_config(flat)
+    config = perception_config_from(node_file)
+    assert config.model == "yolo-synth-tiny" and config.precision == "int8" and config.tracker.reid_max_gap_s == 3.0
+    assert config == TrackerParams().perception_config()
+    assert perception_config_from({**node_file, "model": "other.onnx"}).model == "other.onnx"  # CLI override
+    config = perception_config_from({"model": "x.onnx", "reid_max_gap_s": 2.5, "detect_every": 2})
     assert (config.model, config.tracker.reid_max_gap_s, config.detect_every) == ("x.onnx", 2.5, 2)
-    flat.write_text("modle: x.onnx\n")
     with pytest.raises(ValueError, match=r"unknown perception settings.*modle"):
-        load_perception_config(flat)
+        PerceptionConfig.from_dict({"modle": "x.onnx"})
     with pytest.raises(ValueError, match="backend"):
-        PerceptionConfig.from_node_parameters({"detector": "x", "backend": "tensorrt", "image_depth": 1})
+        from_values(TrackerParams, {"detector": "x", "backend": "tensorrt", "image_depth": 1})
+    config = from_values(TrackerParams, {"detector": "x", "conf": 1, "classes": ["car"], "use_sim_time": True})
+    assert config.perception_config().model == "x" and config.conf == 1.0 and isinstance(config.conf, float)
+    with pytest.raises(ValueError, match=r"unknown TrackerParams parameters.*modle"):
+        from_values(TrackerParams, {"modle": "x"})
 
 
 def test_a_missing_model_file_names_it(tmp_path):
@@ -182,7 +185,7 @@ def encodings_of(rgb: np.ndarray) -> dict[str, object]:
 
 
 def test_every_colour_encoding_gives_the_same_detections(tiny_detector, scene):
-    from stvg_ros.nodes.common import decode_ros_image
+    from stvg_ros.nodes.messages import decode_ros_image
     from stvg_ros.perception.mot import iou_distance
 
     rgb = scene.render_frame(30)
@@ -198,7 +201,7 @@ def test_every_colour_encoding_gives_the_same_detections(tiny_detector, scene):
 
 
 def test_grey_images_decode_and_track(tiny_detector, scene):
-    from stvg_ros.nodes.common import decode_ros_image
+    from stvg_ros.nodes.messages import decode_ros_image
 
     grey = cv2.cvtColor(scene.render_frame(0), cv2.COLOR_RGB2GRAY)
     pipeline = make_pipeline(tiny_detector)
@@ -219,7 +222,7 @@ def test_grey_images_decode_and_track(tiny_detector, scene):
     ],
 )
 def test_undecodable_images_are_refused_with_the_reason(msg, needle):
-    from stvg_ros.nodes.common import decode_ros_image
+    from stvg_ros.nodes.messages import decode_ros_image
 
     with pytest.raises(ImageDecodeError, match=needle):
         decode_ros_image(msg)

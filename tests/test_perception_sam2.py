@@ -17,7 +17,6 @@ from stvg_ros.grounding import sampling
 from stvg_ros.grounding.backends.base import GenerationError
 from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline, GroundingRequest
 from stvg_ros.grounding.sampling import sample_clip
-from stvg_ros.grounding.settings import grounding_settings
 from stvg_ros.perception.sam2_refine import MaskAnchors, Sam2Config, Sam2Unavailable, build_mask_anchors
 from tests.fixtures.vlm import synthetic_snapshot
 
@@ -154,12 +153,13 @@ def test_pipeline_uses_the_provider_and_survives_its_failure(snapshot):
 
 
 def test_node_settings_fail_clearly_when_enabled_without_checkpoint(checkpoint):
-    _, _, config = grounding_settings({})
+    from stvg_ros.nodes.params import GroundingParams, from_values
+
+    config = GroundingParams().grounding_config()
     assert config.sam2 == Sam2Config() and not config.sam2.enabled  # off by default
     with pytest.raises(Sam2Unavailable, match=r"sam2_checkpoint.*sam2_refine: false"):
-        grounding_settings({"sam2_refine": True, "sam2_checkpoint": ""})
-    _, _, config = grounding_settings({"sam2_refine": True, "sam2_checkpoint": str(checkpoint),
-                                       "sam2_image_size": IMAGE_SIZE, "num_frames": 2})
-    assert config.sam2 == Sam2Config(enabled=True, checkpoint=str(checkpoint), image_size=IMAGE_SIZE)
+        from_values(GroundingParams, {"sam2_refine": True, "sam2_checkpoint": ""}).grounding_config()
+    config = from_values(GroundingParams, {"sam2_refine": True, "sam2_checkpoint": str(checkpoint),
+                                           "sam2_image_size": IMAGE_SIZE, "num_frames": 2}).grounding_config()
     pipeline = GroundingPipeline(RecordingBackend(), config)  # the node's activate builds SAM2 here
     assert isinstance(pipeline.anchors, MaskAnchors)

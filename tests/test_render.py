@@ -60,9 +60,9 @@ def test_render_rejects_non_rgb_frames():
         render_ids(np.zeros((10, 10), np.uint8), Tracks())
 
 
-def _calls_render_ids(path: Path) -> bool:
+def _calls_render_ids(path: Path, names: tuple[str, ...] = ("render_ids",)) -> bool:
     tree = ast.parse(path.read_text())
-    return any(isinstance(n, ast.Name | ast.Attribute) and getattr(n, "id", getattr(n, "attr", "")) == "render_ids"
+    return any(isinstance(n, ast.Name | ast.Attribute) and getattr(n, "id", getattr(n, "attr", "")) in names
                for n in ast.walk(tree))
 
 
@@ -78,6 +78,12 @@ def test_robot_overlay_training_and_grounding_all_draw_with_render_ids():
         source = path.read_text()
         assert "cv2.putText" not in source, f"{name} draws text itself instead of calling render_ids"
     # Training prep reuses grounding's sampling (which renders) or calls render_ids directly.
-    assert _calls_render_ids(consumers["overlay node"]) and _calls_render_ids(consumers["grounding sampling"])
+    # the overlay draws with core.render.annotate: optional debug boxes, then render_ids
+    assert _calls_render_ids(consumers["overlay node"], ("render_ids", "annotate"))
+    assert "from stvg_ros.core.render import" in consumers["overlay node"].read_text()
+    render_source = (ROOT / "stvg_ros/stvg_ros/core/render.py").read_text()
+    (annotate,) = [n for n in ast.parse(render_source).body if isinstance(n, ast.FunctionDef) and n.name == "annotate"]
+    assert "render_ids(" in ast.get_source_segment(render_source, annotate)
+    assert _calls_render_ids(consumers["grounding sampling"])
     prep = consumers["training prep"].read_text()
     assert _calls_render_ids(consumers["training prep"]) or "sample_clip" in prep

@@ -44,7 +44,7 @@ def bag(synth_dataset):
 @pytest.fixture(scope="module")
 def graph(tiny_detector, tiny_vlm, bag, tmp_path_factory):
     """tracker + grounding processes, fed by a player process; yields (client, {stamp_ns: Tracks})."""
-    from stvg_ros.nodes.common import tracks_from_msg
+    from stvg_ros.nodes.messages import tracks_from_msg
 
     logs = tmp_path_factory.mktemp("e2e")
     ros_args = ["--ros-args", "-r", f"__ns:={NAMESPACE}", "-r", f"image:={CAMERA_TOPIC}"]

@@ -241,7 +241,7 @@ def test_launch_arguments_reach_the_nodes(monkeypatch, tmp_path):
 
 
 def test_launch_file_uses_the_large_image_profile_only_when_asked_and_the_environment_does_not_choose(monkeypatch):
-    from stvg_ros.nodes.common import DDS_USER_VARIABLES, large_image_dds_settings
+    from stvg_ros.nodes.dds import DDS_USER_VARIABLES, large_image_dds_settings
     from stvg_ros.nodes.graph import config_dir
 
     for name in DDS_USER_VARIABLES:
@@ -276,8 +276,7 @@ def test_up_parses_parameter_overrides():
 
 
 def test_parameter_files_and_docs_match_the_schema():
-    from stvg_ros.nodes.common import parameters_markdown
-    from stvg_ros.nodes.grounding_node import GroundingParams
+    from stvg_ros.nodes.params import GroundingParams, parameters_markdown
 
     fields = {f.name for f in dataclasses.fields(GroundingParams)}
     single = yaml.safe_load((PACKAGE / "config" / "grounding.yaml").read_text())
@@ -285,3 +284,23 @@ def test_parameter_files_and_docs_match_the_schema():
     assert set(graph_parameters()["grounding_node"]) == fields
     docs = (REPO / "docs" / "ros.md").read_text()
     assert parameters_markdown(GroundingParams) in docs, "regenerate the table in docs/ros.md"
+
+
+@pytest.mark.parametrize(
+    ("schema", "doc"),
+    [
+        ("GroundingParams", "README.md"),
+        ("GroundingParams", "docs/ros.md"),
+        ("TrackerParams", "README.md"),
+        ("TrackerParams", "docs/perception.md"),
+        ("OverlayParams", "README.md"),
+        ("OverlayParams", "docs/perception.md"),
+        ("PlayerParams", "docs/synth.md"),
+    ],
+)
+def test_every_parameter_table_is_generated_from_its_schema(schema, doc):
+    """Each node's table in README.md and docs/ is `parameters_markdown` of its schema (nodes/params.py)."""
+    from stvg_ros.nodes import params
+
+    table = params.parameters_markdown(getattr(params, schema))
+    assert table in (REPO / doc).read_text(), f"{doc}: paste stvg_ros.nodes.params.parameters_markdown({schema})"

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 from stvg_ros.core.types import Tracks
-from stvg_ros.nodes.query_queue import (
+from stvg_ros.grounding.query_queue import (
     QueryJob,
     QueryQueue,
     TargetFollower,
     check_window,
+    last_sighting,
     overall_progress,
+    query_problem,
     reasoning_for,
 )
 
@@ -145,3 +147,25 @@ def test_job_reports_every_stage_once_in_order_with_overall_progress():
     assert len([s for s in stages if s == "reasoning"]) <= 21  # bounded by the 5 % step
     assert job.take_updates() == [] and job.stage == "parsing" and job.progress == 1.0
     assert overall_progress("encoding", 0.5) == pytest.approx(0.2) and overall_progress("parsing", 1.0) == 1.0
+
+
+def test_query_problem_refuses_bad_text_and_windows_before_queueing():
+    assert query_problem("the red car", 0.0) == ""
+    assert query_problem("bad \ufffd bytes", 0.0).startswith("bad query: the query is not valid UTF-8")
+    assert query_problem("", 0.0).startswith("bad query:")
+    assert query_problem("the red car", -1.0) == check_window(-1.0) != ""
+
+
+def test_last_sighting_is_the_newest_detected_frame_of_the_target():
+    from types import SimpleNamespace
+
+    def frame(stamp_ns, detected):
+        tracks = Tracks(xyxy=np.array([[1, 2, 3, 4]], np.float32), track_id=np.array([7]),
+                        score=np.ones(1, np.float32), class_id=np.zeros(1, np.int32), detected=np.array([detected]))
+        return SimpleNamespace(stamp_ns=stamp_ns, tracks=tracks)
+
+    snapshot = SimpleNamespace(track_frames=[frame(1, True), frame(2, True), frame(3, False)])
+    stamp, box = last_sighting(snapshot, 7, default_ns=9)
+    assert stamp == 2 and box.tolist() == [1, 2, 3, 4]
+    assert last_sighting(snapshot, 8, default_ns=9) == (9, None)
+

@@ -23,7 +23,7 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from stvg_ros.nodes.common import large_image_dds_settings
+from stvg_ros.nodes.dds import large_image_dds_settings
 from stvg_ros.nodes.graph import DEFAULT_CAMERA_TOPIC, IMAGE_TOPIC, graph_nodes, node_params_file
 
 TRUE_VALUES = ("true", "1", "yes", "on")

@@ -14,8 +14,10 @@ video under <out>/shards/, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import multiprocessing
 import shutil
 import time
 from collections import Counter
@@ -25,12 +27,23 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
+import yaml
+from PIL import Image
+from tqdm import tqdm
 
-from stvg_ros.core.types import Tracks
+from stvg_ros.core.types import Tracks, frame_stamp_ns
+from stvg_ros.core.video_io import iter_video, video_info
+from stvg_ros.evaluation.loaders import EvalError, find_video, load_annotations
 from stvg_ros.evaluation.metrics import box_iou
-from stvg_ros.grounding.sampling import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_NUM_FRAMES
-from stvg_ros.synthetic.scenes import mostly_visible
+from stvg_ros.grounding.offline import VIDEO_FRAME_ID, OfflinePipeline
+from stvg_ros.grounding.sampling import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_NUM_FRAMES, sample_clip
+from stvg_ros.nodes.params import perception_config_from
+from stvg_ros.perception.buffer import BufferConfig
+from stvg_ros.perception.pipeline import PerceptionConfig
+from stvg_ros.synthetic.scenes import DatasetIndex, SceneSpec, mostly_visible, write_dataset
+from stvg_train.data import SAMPLE_FEATURES, gt_id_drawn, make_sample
 
 log = logging.getLogger("stvg_train.prep")
 
@@ -156,18 +169,12 @@ class VideoJob:
 
 
 def _load_jobs(opts: PrepOptions) -> tuple[list[VideoJob], str]:
-    from stvg_ros.evaluation.loaders import EvalError, find_video, load_annotations
-
     scene_gt: dict[str, str] = {}
     if opts.synthetic:
         root = Path(opts.synthetic)
         if opts.synthetic_videos > 0 and not (root / "index.json").is_file():
-            from stvg_ros.synthetic.scenes import SceneSpec, write_dataset
-
             log.info("writing %d synthetic videos to %s", opts.synthetic_videos, root)
             write_dataset(root, opts.synthetic_seed, opts.synthetic_videos, SceneSpec(**opts.synthetic_spec), bags=False)
-        from stvg_ros.synthetic.scenes import DatasetIndex
-
         index = DatasetIndex.load(root)
         # the folder, not its annotations.json: every query of queries.json, not only each video's first
         annotations_path, videos_dir = root, Path(opts.videos or root / "videos")
@@ -202,18 +209,14 @@ def _load_jobs(opts: PrepOptions) -> tuple[list[VideoJob], str]:
 _WORKER: dict[str, Any] = {}
 
 
-def _perception_config(opts: PrepOptions):
+def _perception_config(opts: PrepOptions) -> PerceptionConfig:
     """The robot's PerceptionConfig, from a YAML file / mapping of its fields plus --detector."""
-    from stvg_ros.perception.pipeline import PerceptionConfig
-
     settings: dict[str, Any] = {}
     if isinstance(opts.perception_config, dict):
         settings.update(opts.perception_config)
     elif opts.perception_config:
-        import yaml
-
         settings.update(yaml.safe_load(Path(opts.perception_config).read_text(encoding="utf-8")) or {})
-    config = PerceptionConfig.from_dict(settings)  # flat fields, or the robot's ROS parameters file
+    config = perception_config_from(settings)  # flat fields, or the robot's ROS parameters file
     if opts.detector:
         config = replace(config, model=opts.detector)
     if config.detect_every == 0:
@@ -224,7 +227,7 @@ def _perception_config(opts: PrepOptions):
 
 
 def _init_worker(opts: PrepOptions) -> None:
-    import torch
+    import torch  # heavy: only in the worker processes
 
     torch.set_num_threads(max(1, opts.threads))
     _WORKER["opts"] = opts
@@ -240,30 +243,26 @@ class PerceivedVideo:
     stamp_to_frame: dict[int, int]
     fps: float
     duration_s: float
+    start_ns: int  # stamp of frame 0 (`frame_stamp_ns`)
 
 
-def perceive_video(video_path: str | Path, perception_config, *, sample_fps: float = 2.0,
-                   fps: float | None = None) -> PerceivedVideo:
+def perceive_video(video_path: str | Path, perception_config: PerceptionConfig, *,
+                   sample_fps: float = BufferConfig.sample_fps, fps: float | None = None) -> PerceivedVideo:
     """Run a video through a fresh perception pipeline (fresh IDs) into a ClipBuffer, as the robot does:
     every frame goes to the tracker and to the buffer (which keeps frames at `sample_fps`)."""
-    from stvg_ros.core.video_io import iter_video, video_info
-    from stvg_ros.perception.buffer import ClipBuffer
-    from stvg_ros.perception.pipeline import build_perception
-
     info = video_info(video_path)
     fps = float(fps or info.fps)
-    pipeline = build_perception(perception_config)
-    buffer = ClipBuffer(max_seconds=info.frames / fps + 1.0, sample_fps=sample_fps, max_bytes=1 << 30)
+    # the grounding node's buffer, but holding the whole video (1 GiB): each sample is sampled from all of it
+    buffer = replace(BufferConfig(), max_seconds=info.frames / fps + 1.0, sample_fps=sample_fps, max_mb=1024.0)
+    pipeline = OfflinePipeline(perception_config, buffer)
     frame_tracks: dict[int, Tracks] = {}
     stamp_to_frame: dict[int, int] = {}
     for index, _, rgb in iter_video(video_path):
-        stamp = round(index * 1e9 / fps)
-        tracks = pipeline.process(stamp, rgb)
-        buffer.add_frame(stamp, rgb, frame_id="video")
-        buffer.add_tracks(stamp, tracks, frame_id="video", width=rgb.shape[1], height=rgb.shape[0])
-        frame_tracks[index] = tracks
+        stamp = frame_stamp_ns(index, fps)
+        frame_tracks[index] = pipeline.feed(stamp, rgb, VIDEO_FRAME_ID)
         stamp_to_frame[stamp] = index
-    return PerceivedVideo(frame_tracks, buffer.snapshot(), stamp_to_frame, fps, len(frame_tracks) / fps)
+    return PerceivedVideo(frame_tracks, pipeline.snapshot(), stamp_to_frame, fps, len(frame_tracks) / fps,
+                          frame_stamp_ns(0, fps))
 
 
 @dataclass
@@ -292,19 +291,15 @@ class SceneTruth:
 
 def prepare_video(job: VideoJob) -> list[dict[str, Any]]:
     """Samples of one video's queries (in a worker set up by _init_worker)."""
-    from PIL import Image
-
-    from stvg_ros.grounding.sampling import sample_clip  # draws the IDs with core.render.render_ids
-    from stvg_train.data import make_sample
-
     opts: PrepOptions = _WORKER["opts"]
     if not job.video_path:
         raise FileNotFoundError(f"no video file for {job.video_id}")
     fps = float(job.queries[0].fps)
     seen = perceive_video(job.video_path, _WORKER["perception_config"], sample_fps=opts.sample_fps, fps=fps)
     frame_tracks, duration_s = seen.frame_tracks, seen.duration_s
+    # draws the IDs with core.render.render_ids, as the grounding node does
     clip = sample_clip(seen.snapshot, 0.0, opts.num_frames, max_pixels=opts.max_pixels, min_pixels=opts.min_pixels)
-    clip_offset_s = clip.clip_start_ns / 1e9  # the video's frame 0 has stamp 0
+    clip_offset_s = (clip.clip_start_ns - seen.start_ns) / 1e9  # where the clip starts in the video
     sampled = [seen.stamp_to_frame.get(int(s)) for s in clip.stamps_ns]
     truth = SceneTruth.load(job.scene_gt)
     samples = []
@@ -362,8 +357,6 @@ def _shard_dir(out: Path, video_id: str) -> Path:
 
 def settings_key(opts: PrepOptions) -> str:
     """Fingerprint of everything that changes a sample: a shard made with other settings is redone."""
-    import hashlib
-
     settings = {
         "version": PREP_VERSION,
         "perception": asdict(_perception_config(opts)),
@@ -373,10 +366,6 @@ def settings_key(opts: PrepOptions) -> str:
 
 
 def _write_shard(out: Path, job: VideoJob, samples: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    import datasets
-
-    from stvg_train.data import SAMPLE_FEATURES, gt_id_drawn
-
     shard = _shard_dir(out, job.video_id)
     tmp = shard.with_name(shard.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -476,8 +465,6 @@ def _report(summaries: list[dict], failed: list[dict], skipped: int, opts: PrepO
 
 def prepare(opts: PrepOptions) -> dict[str, Any]:
     """Run data prep; writes <out>/dataset (datasets.save_to_disk), <out>/shards, <out>/report.json."""
-    import datasets
-    from tqdm import tqdm
 
     start = time.monotonic()
     out = Path(opts.out_dir)
@@ -513,8 +500,6 @@ def prepare(opts: PrepOptions) -> dict[str, Any]:
             except Exception as exc:
                 finish(job, None, exc)
     else:
-        import multiprocessing
-
         with ProcessPoolExecutor(opts.workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_init_worker, initargs=(opts,)) as pool:
             futures = {pool.submit(prepare_video, job): job for job in todo}

@@ -22,6 +22,20 @@ import logging
 import os
 import statistics
 import time
+from dataclasses import replace
+from pathlib import Path
+
+from stvg_ros.core import model_registry
+from stvg_ros.core.prompt import build_question
+from stvg_ros.grounding.backends import make_backend
+from stvg_ros.grounding.backends.base import image_data_uri
+from stvg_ros.grounding.gguf import convert_to_gguf
+from stvg_ros.grounding.offline import OfflinePipeline
+from stvg_ros.grounding.pipeline import GroundingConfig, GroundingRequest
+from stvg_ros.grounding.sampling import sample_clip
+from stvg_ros.perception.buffer import BufferConfig, ClipSnapshot
+from stvg_ros.synthetic import tiny_vlm
+from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
 
 log = logging.getLogger(__name__)
 
@@ -88,29 +102,21 @@ def p50(values: list[float]) -> float:
     return round(statistics.median(values), 1) if values else float("nan")
 
 
-def camera_snapshot(width: int, height: int, seconds: float, seed: int, fps: float = 10.0):
+def camera_snapshot(width: int, height: int, seconds: float, seed: int, fps: float = 10.0) -> ClipSnapshot:
     """A ClipSnapshot like the robot's: a synthetic camera at `fps` with ground-truth tracks on every frame."""
-    from stvg_ros.perception.buffer import ClipBuffer
-    from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
-
     scene = generate_scene(seed, SceneSpec(seconds=seconds, fps=fps, width=width, height=height, n_objects=6,
                                            difficulty="easy"))
-    buffer = ClipBuffer(max_seconds=seconds + 1.0, sample_fps=2.0, max_bytes=256 * 2**20)
+    # the grounding node's buffer, holding the whole scene (256 MB: more than the node's 64 MB at 640x480)
+    pipeline = OfflinePipeline(buffer=replace(BufferConfig(), max_seconds=seconds + 1.0, max_mb=256.0))
     for index in range(scene.num_frames):
-        stamp = scene.stamp_ns(index)
-        buffer.add_frame(stamp, scene.render_frame(index), frame_id="camera")
-        buffer.add_tracks(stamp, scene.gt.tracks(index, min_visible=0.2), frame_id="camera", width=width,
-                          height=height)
-    return buffer.snapshot()
+        pipeline.feed_tracks(scene.stamp_ns(index), scene.render_frame(index), scene.gt.tracks(index, min_visible=0.2),
+                             frame_id="camera")  # fmt: skip
+    return pipeline.snapshot()
 
 
 def measure_prep(snapshot, args, transformers=None) -> dict:
     """Median ms of sample_clip (+ render) and of turning the frames into model input: BMP data URIs
     (llama.cpp) and, given a loaded TransformersBackend, its processor call (video input by default)."""
-    from stvg_ros.core.prompt import build_question
-    from stvg_ros.grounding.backends.base import image_data_uri
-    from stvg_ros.grounding.sampling import sample_clip
-
     sample, bmp, processed = [], [], []
     question = build_question("the red circle that stops")
     clip = None
@@ -143,16 +149,14 @@ def measure_prep(snapshot, args, transformers=None) -> dict:
 
 
 def measure_end_to_end(backend, snapshot, args) -> dict:
-    """Pipeline timings (medians) with and without reasoning."""
-    from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline, GroundingRequest
-
+    """Pipeline timings (medians) with and without reasoning (the caller closes the backend)."""
     config = GroundingConfig(num_frames=args.num_frames, max_new_tokens=args.max_new_tokens, timeout_s=600.0)
-    pipeline = GroundingPipeline(backend, config)
-    pipeline.ground(snapshot, GroundingRequest("warm up", window_s=args.window, reasoning=False))  # first-call costs
+    pipeline = OfflinePipeline(grounding=config, backend=backend)
+    pipeline.ground(GroundingRequest("warm up", window_s=args.window, reasoning=False), snapshot)  # first-call costs
     figures: dict = {"model": pipeline.model_name}
     for mode, reasoning in (("reasoning", True), ("answer_only", False)):
-        runs = [pipeline.ground(snapshot, GroundingRequest("the red circle that stops", window_s=args.window,
-                                                           reasoning=reasoning))
+        runs = [pipeline.ground(GroundingRequest("the red circle that stops", window_s=args.window,
+                                                 reasoning=reasoning), snapshot)
                 for _ in range(max(1, args.repeats))]
         stats = {f"{key}_p50": p50([r.timings[key] for r in runs])
                  for key in ("prep_ms", "encode_ms", "generate_ms", "total_ms")}
@@ -168,8 +172,6 @@ def measure_end_to_end(backend, snapshot, args) -> dict:
 
 def _tiny_files() -> None:
     """Build the tiny model's files on first use (local, no network)."""
-    from stvg_ros.core import model_registry
-
     missing = [c for c in model_registry.verify(TINY_MODEL) if c.status == "missing"]
     if missing:
         log.info("building %s (first use; about a minute)", TINY_MODEL)
@@ -179,25 +181,18 @@ def _tiny_files() -> None:
 def random_7b_files(folder: str) -> tuple[str, str]:
     """(GGUF, mmproj) of the random-weight 7B-architecture model in `folder`, built and converted on first use
     with the same converter and quantizer as `stvg-train export`."""
-    from pathlib import Path
-
-    from stvg_ros.grounding.gguf import convert_to_gguf
-    from stvg_ros.synthetic.tiny_vlm import build_random_qwen25vl_7b
-
     root = Path(folder)
     model, mmproj = root / "random-7b-q4_k_m.gguf", root / "mmproj-random-7b-f16.gguf"
     if not (model.is_file() and mmproj.is_file()):
         hf_dir = root / "hf"
         if not (hf_dir / "model.safetensors.index.json").is_file() and not (hf_dir / "model.safetensors").is_file():
             log.info("building a random-weight Qwen2.5-VL-7B in %s", hf_dir)
-            build_random_qwen25vl_7b(hf_dir)
+            tiny_vlm.build_random_qwen25vl_7b(hf_dir)
         model, mmproj = convert_to_gguf(hf_dir, root, "q4_k_m", name="random-7b")
     return str(model), str(mmproj)
 
 
 def _make(kind: str, args):
-    from stvg_ros.grounding.backends import make_backend
-
     if kind == "llama_cpp":
         return make_backend("llama_cpp", model=args.model, mmproj=args.mmproj, n_ctx=args.n_ctx,
                             n_threads=args.n_threads, n_gpu_layers=args.n_gpu_layers, flash_attn=not args.no_flash_attn)
@@ -238,9 +233,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         for backend in backends.values():
             backend.close()
-    from stvg_ros.synthetic.tiny_vlm import is_tiny_model
-
-    tiny = [kind for kind in kinds if is_tiny_model(args.model if kind == "llama_cpp" else args.hf_model)]
+    tiny = [kind for kind in kinds if tiny_vlm.is_tiny_model(args.model if kind == "llama_cpp" else args.hf_model)]
     notes = []
     if tiny:
         notes.append(f"{', '.join(tiny)}: tiny random-weight model; encode/generate times show pipeline and "

@@ -347,7 +347,7 @@ def large_image_dds() -> dict[str, str]:
     """Point Fast DDS at the package's large-image profile in this process's environment (call it
     before rclpy.init) unless the user chose the transports: this benchmark publishes the camera
     itself. Returns the transport variables for every child process."""
-    from stvg_ros.nodes.common import DDS_USER_VARIABLES, use_large_image_dds
+    from stvg_ros.nodes.dds import DDS_USER_VARIABLES, use_large_image_dds
 
     use_large_image_dds()
     return {name: os.environ[name] for name in DDS_USER_VARIABLES if os.environ.get(name)}
@@ -466,7 +466,7 @@ class _Probe:
         threading.Thread(target=self.executor.spin, daemon=True).start()
 
     def _on_tracks(self, msg) -> None:
-        from stvg_ros.nodes.common import stamp_to_ns
+        from stvg_ros.nodes.messages import stamp_to_ns
 
         self.tracks_seen += 1
         captured = self.capture.get(stamp_to_ns(msg.header.stamp))
@@ -647,7 +647,7 @@ def _image_msg(rgb: np.ndarray, stamp_ns: int):
     from sensor_msgs.msg import Image
 
     from stvg_ros.core.image_codec import encode_image
-    from stvg_ros.nodes.common import ns_to_stamp
+    from stvg_ros.nodes.messages import ns_to_stamp
 
     msg = Image(**encode_image(rgb))
     msg.header.stamp, msg.header.frame_id = ns_to_stamp(stamp_ns), "camera"

@@ -8,8 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
+
+from stvg_ros.nodes.ground_client import (
+    REASONING_DEFAULT,
+    REASONING_OFF,
+    REASONING_ON,
+    GroundClient,
+    GroundError,
+    GroundTimeout,
+    format_result,
+    result_to_dict,
+)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -31,106 +44,29 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
-def _ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def result_to_dict(result) -> dict:
-    """A stvg_ros_msgs/GroundingResult as JSON values, with the keys of `stvg-ros ground --json`.
-
-    `start`/`end` are seconds from the clip start (what the model said); `*_stamp` are ROS times in
-    seconds; tube entries carry `stamp` (s), `stamp_ns`, `frame_id`, `box` [x1, y1, x2, y2] in
-    pixels, `interpolated` and `t` (s from the clip start). Failed answers have None where no
-    value exists.
-    """
-    ok = bool(result.success)
-    clip_start_ns = _ns(result.clip_start)
-    return {
-        "success": ok,
-        "message": result.message,
-        "query": result.query,
-        "target_id": int(result.target_id) if ok else None,
-        "start": round(float(result.start_offset), 3) if ok else None,
-        "end": round(float(result.end_offset), 3) if ok else None,
-        "start_stamp": _ns(result.start) / 1e9 if ok else None,
-        "end_stamp": _ns(result.end) / 1e9 if ok else None,
-        "clip_start_stamp": clip_start_ns / 1e9 if clip_start_ns else None,
-        "confidence": round(float(result.confidence), 4),
-        "reasoning": result.reasoning,
-        "raw": result.raw_answer,
-        "model": result.model,
-        "sampled_stamps": [_ns(t) / 1e9 for t in result.sampled_stamps],
-        "tube": [
-            {
-                "stamp": _ns(box.header.stamp) / 1e9,
-                "stamp_ns": _ns(box.header.stamp),
-                "frame_id": box.header.frame_id,
-                "box": [round(float(v), 2) for v in (box.x1, box.y1, box.x2, box.y2)],
-                "interpolated": bool(box.interpolated),
-                "t": round((_ns(box.header.stamp) - clip_start_ns) / 1e9, 4),
-            }
-            for box in result.tube
-        ],
-    }
-
-
-def format_result(summary: dict) -> str:
-    """Human-readable lines for a result dict."""
-    if not summary["success"]:
-        return f"no answer: {summary['message']}"
-    tube = summary["tube"]
-    lines = [
-        f"target ID {summary['target_id']}, {summary['start']:.2f} s to {summary['end']:.2f} s of the clip "
-        f"(ROS time {summary['start_stamp']:.3f} to {summary['end_stamp']:.3f})",
-        f"tube: {len(tube)} boxes" + (f", first {tube[0]['box']}, last {tube[-1]['box']}" if tube else ""),
-        f"model: {summary['model']}",
-    ]
-    return "\n".join(lines)
-
-
 def _reasoning_flag(args: argparse.Namespace) -> int:
-    return 2 if args.no_reasoning else 1 if args.reasoning else 0
-
-
-def _wait(future, deadline: float) -> bool:
-    while not future.done():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    return REASONING_OFF if args.no_reasoning else REASONING_ON if args.reasoning else REASONING_DEFAULT
 
 
 def run(args: argparse.Namespace) -> int:
-    import threading
-
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    import rclpy  # here, not at import: cli modules load without ROS
 
     rclpy.init(args=None)
-    node = rclpy.create_node(f"stvg_ros_ask_{int(time.time() * 1000) % 100000}", namespace=args.namespace or None)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-
-    def spin() -> None:
-        try:
-            executor.spin()
-        except ExternalShutdownException:
-            pass
-
-    spinner = threading.Thread(target=spin, daemon=True)
-    spinner.start()
+    client = GroundClient(
+        name=args.name,
+        node_name=f"stvg_ros_ask_{int(time.time() * 1000) % 100000}",
+        namespace=args.namespace or None,
+    )
     deadline = time.monotonic() + args.timeout
     try:
         call = _call_action if args.action else _call_service
-        summary, status = call(node, args, deadline)
+        summary, status = call(client, args, deadline)
     except KeyboardInterrupt:
         summary, status = None, "interrupted"
     finally:
-        executor.shutdown(timeout_sec=2)
-        node.destroy_node()
+        client.close()
         if rclpy.ok():
             rclpy.shutdown()
-        spinner.join(timeout=2)
     if summary is None:
         print(f"stvg-ros ask: {status}", file=sys.stderr)
         if args.json:
@@ -143,57 +79,54 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary["success"] else 1
 
 
-def _call_service(node, args, deadline: float):
-    from stvg_ros_msgs.srv import Ground
-
-    client = node.create_client(Ground, args.name)
-    name = node.resolve_service_name(args.name)
-    if not client.wait_for_service(timeout_sec=max(0.1, min(10.0, deadline - time.monotonic()))):
-        return None, f"no grounding node serves {name} (is `stvg-ros up` running, with the same ROS_DOMAIN_ID?)"
-    future = client.call_async(
-        Ground.Request(query=args.query, window_seconds=args.window, reasoning=_reasoning_flag(args))
-    )
-    if not _wait(future, deadline):
-        return None, f"no answer from {name} within {args.timeout:.0f} s"
-    return result_to_dict(future.result().result), "done"
+def _ready_wait(deadline: float) -> float:
+    return max(0.1, min(10.0, deadline - time.monotonic()))
 
 
-def _call_action(node, args, deadline: float):
-    from action_msgs.msg import GoalStatus
-    from rclpy.action import ActionClient
+def _call_service(client: GroundClient, args: argparse.Namespace, deadline: float) -> tuple[dict | None, str]:
+    if not client.wait_ready(_ready_wait(deadline)):
+        return None, (
+            f"no grounding node serves {client.service_name} (is `stvg-ros up` running, with the same ROS_DOMAIN_ID?)"
+        )
+    try:
+        result = client.ask(args.query, args.window, _reasoning_flag(args), timeout_s=deadline - time.monotonic())
+    except GroundTimeout:
+        return None, f"no answer from {client.service_name} within {args.timeout:.0f} s"
+    except GroundError as exc:
+        return None, str(exc)
+    return result_to_dict(result), "done"
 
-    from stvg_ros_msgs.action import Ground
 
-    client = ActionClient(node, Ground, args.name)
-    if not client.wait_for_server(timeout_sec=max(0.1, min(10.0, deadline - time.monotonic()))):
+def _call_action(client: GroundClient, args: argparse.Namespace, deadline: float) -> tuple[dict | None, str]:
+    if not client.wait_ready(_ready_wait(deadline), action=True):
         return None, f"no grounding action server {args.name} (is `stvg-ros up` running?)"
 
-    def on_feedback(msg) -> None:
-        print(f"[{msg.feedback.stage}] {msg.feedback.progress * 100:5.1f} %", file=sys.stderr)
+    def on_feedback(feedback) -> None:
+        print(f"[{feedback.stage}] {feedback.progress * 100:5.1f} %", file=sys.stderr)
 
-    goal = Ground.Goal(query=args.query, window_seconds=args.window, reasoning=_reasoning_flag(args))
-    sent = client.send_goal_async(goal, feedback_callback=on_feedback)
-    if not _wait(sent, deadline):
-        return None, "the goal was not acknowledged in time"
-    handle = sent.result()
-    if not handle.accepted:
-        return None, "the goal was rejected"
-    result = handle.get_result_async()
+    cancel = threading.Event()
+
+    def on_sigint(*_) -> None:  # the first Ctrl-C cancels the goal, a second one gives up
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        if not _wait(result, deadline):
-            handle.cancel_goal_async()
+        answer = client.ask_action(
+            args.query,
+            args.window,
+            _reasoning_flag(args),
+            timeout_s=deadline - time.monotonic(),
+            on_feedback=on_feedback,
+            cancel_event=cancel,
+        )
+    except GroundTimeout as exc:
+        if exc.stage == "result":
             return None, f"no result within {args.timeout:.0f} s (goal cancelled)"
-    except KeyboardInterrupt:
-        cancel = handle.cancel_goal_async()
-        _wait(cancel, time.monotonic() + 5)
-        _wait(result, time.monotonic() + 10)
-        if not result.done():
-            return None, "interrupted; cancel requested"
-    response = result.result()
-    summary = result_to_dict(response.result.result)
-    summary["status"] = {
-        GoalStatus.STATUS_SUCCEEDED: "succeeded",
-        GoalStatus.STATUS_ABORTED: "aborted",
-        GoalStatus.STATUS_CANCELED: "canceled",
-    }.get(response.status, str(response.status))
-    return summary, "done"
+        return None, str(exc)
+    except GroundError as exc:
+        return None, str(exc)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return {**result_to_dict(answer.result), "status": answer.status}, "done"

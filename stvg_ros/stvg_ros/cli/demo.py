@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -24,6 +25,28 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import cv2
+
+from stvg_ros.core.bag_io import iter_image_bag
+from stvg_ros.core.model_registry import ModelRegistryError, pull
+from stvg_ros.core.render import render_ids
+from stvg_ros.core.types import Tracks
+from stvg_ros.core.video_io import VideoWriter
+from stvg_ros.grounding.backends.models import manifest_note
+from stvg_ros.nodes.dds import use_large_image_dds
+from stvg_ros.nodes.graph import PLAYER_NODE, Graph, graph_nodes, merged_params_file, ros_arguments
+from stvg_ros.nodes.ground_client import (
+    REASONING_ON,
+    GroundClient,
+    GroundError,
+    GroundTimeout,
+    format_result,
+    result_to_dict,
+)
+from stvg_ros.nodes.messages import stamp_to_ns, tracks_from_msg
+from stvg_ros.synthetic.scenes import SceneSpec, write_dataset
+from stvg_ros.synthetic.tiny_vlm import TINY_DISCLAIMER, is_tiny_model
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +88,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="give up on the graph run after this many seconds (building the tiny models first is not counted)",
     )
     parser.add_argument(
-        "--namespace", default="", help=f"ROS namespace of the demo's graph (default: {NAMESPACE_PREFIX}_<pid>, one per run)"
+        "--namespace",
+        default="",
+        help=f"ROS namespace of the demo's graph (default: {NAMESPACE_PREFIX}_<pid>, one per run)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     return parser
@@ -78,8 +103,6 @@ def run(args: argparse.Namespace) -> int:
     # Only this machine: the demo must not talk to (or disturb) a robot on the network.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     # The demo publishes the camera itself, so it chooses the transport for camera images.
-    from stvg_ros.nodes.common import use_large_image_dds
-
     use_large_image_dds()
     try:
         with _stdout_to_stderr():  # model builds and nodes may print; stdout carries only the result
@@ -118,9 +141,6 @@ def _step(text: str) -> None:
 
 
 def _demo(args: argparse.Namespace, out: Path) -> dict:
-    from stvg_ros.core.model_registry import ModelRegistryError, pull
-    from stvg_ros.synthetic.scenes import SceneSpec, write_dataset
-
     _step(f"writing a synthetic scene ({args.seconds:g} s, seed {args.seed}) to {out / 'scene'}")
     spec = SceneSpec(seconds=args.seconds, fps=10.0, n_objects=3, difficulty="easy", max_queries=1)
     index = write_dataset(out / "scene", args.seed, 1, spec, bags=True)
@@ -166,9 +186,6 @@ def _demo(args: argparse.Namespace, out: Path) -> dict:
 
 def _meaning(model: str) -> dict:
     """{"meaningful", "disclaimer"}: whether the model's answer can mean anything, in plain words."""
-    from stvg_ros.grounding.models import manifest_note
-    from stvg_ros.synthetic.tiny_vlm import TINY_DISCLAIMER, is_tiny_model
-
     note = manifest_note(model) if not Path(model).expanduser().exists() else ""
     if model == DEMO_VLM or is_tiny_model(model) or "meaningless" in note:
         return {
@@ -181,14 +198,12 @@ def _meaning(model: str) -> dict:
 
 def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadline: float) -> dict:
     """Start the graph + a player in this process, play the bag, ask `query` over the service."""
+    # ROS here, not at import: run() sets the DDS environment first
     import rclpy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from std_msgs.msg import Bool
 
-    from stvg_ros.cli.ask import result_to_dict
-    from stvg_ros.nodes.common import tracks_from_msg
-    from stvg_ros.nodes.graph import PLAYER_NODE, Graph, graph_nodes, merged_params_file, ros_arguments
     from stvg_ros_msgs.msg import TrackedObjectArray
-    from stvg_ros_msgs.srv import Ground
 
     namespace = (args.namespace or f"{NAMESPACE_PREFIX}_{os.getpid()}").strip("/")
     overrides = {
@@ -226,16 +241,14 @@ def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadl
 
         def on_tracks(msg) -> None:
             with lock:
-                tracks[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = tracks_from_msg(msg)
-
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+                tracks[stamp_to_ns(msg.header.stamp)] = tracks_from_msg(msg)
 
         latched = QoSProfile(
             depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
         )
         client.create_subscription(TrackedObjectArray, "tracks", on_tracks, 100)
         client.create_subscription(Bool, "player_node/finished", lambda m: finished.set(), latched)
-        ground = client.create_client(Ground, "ground")
+        ground = GroundClient(client)
         graph.add(client)
         graph.start()
 
@@ -253,22 +266,21 @@ def _run_graph(args: argparse.Namespace, out: Path, bag: Path, query: str, deadl
         if not tracks:
             raise DemoError("the tracker published no tracks (see the log above)")
 
-        _step(f'asking over the service {client.resolve_service_name("ground")}: "{query}"')
+        _step(f'asking over the service {ground.service_name}: "{query}"')
         t0 = time.monotonic()
-        if not ground.wait_for_service(timeout_sec=max(1.0, min(30.0, deadline - time.monotonic()))):
+        if not ground.wait_ready(max(1.0, min(30.0, deadline - time.monotonic()))):
             raise DemoError("the grounding service did not appear")
-        future = ground.call_async(
-            Ground.Request(query=query, window_seconds=0.0, reasoning=Ground.Request.REASONING_ON)
-        )
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise DemoError(f"no answer within the {args.timeout:.0f} s timeout")
-            time.sleep(0.05)
+        try:
+            answer = ground.ask(query, 0.0, REASONING_ON, timeout_s=deadline - time.monotonic())
+        except GroundTimeout:
+            raise DemoError(f"no answer within the {args.timeout:.0f} s timeout") from None
+        except GroundError as exc:
+            raise DemoError(str(exc)) from None
         timings["query"] = round(time.monotonic() - t0, 2)
         with lock:
             recorded = dict(tracks)
         return {
-            "result": result_to_dict(future.result().result),
+            "result": result_to_dict(answer),
             "tracks": recorded,
             "frames_played": player.frames_published,
             "frames": frames,
@@ -308,20 +320,11 @@ def _frame_counts(graph, played: int) -> dict:
 
 
 def _make_player(spec):
-    import importlib
-
     return getattr(importlib.import_module(spec.module), spec.class_name)()
 
 
 def _write_video(path: Path, bag: Path, tracks: dict, result: dict) -> Path:
     """The bag's frames with the drawn IDs (the model's view) and the answer's tube box."""
-    import cv2
-
-    from stvg_ros.core.bag_io import iter_image_bag
-    from stvg_ros.core.render import render_ids
-    from stvg_ros.core.types import Tracks
-    from stvg_ros.core.video_io import VideoWriter
-
     tube = {box["stamp_ns"]: box["box"] for box in result.get("tube", [])} if result.get("success") else {}
     writer = None
     try:
@@ -346,8 +349,6 @@ def _write_video(path: Path, bag: Path, tracks: dict, result: dict) -> Path:
 def _report(summary: dict) -> str:
     if not summary.get("answered"):
         return f"stvg-ros demo failed: {summary.get('message')}"
-    from stvg_ros.cli.ask import format_result
-
     gt = summary["ground_truth"]
     lines = [
         f'query: "{summary["query"]}"',

@@ -14,6 +14,19 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
+
+from stvg_ros.core.bag_io import BagError
+from stvg_ros.core.video_io import VideoError
+from stvg_ros.evaluation.benchsets import LEVELS, make_set
+from stvg_ros.evaluation.errors import EvalError
+from stvg_ros.evaluation.loaders import FORMATS
+from stvg_ros.evaluation.metrics import DEFAULT_PROTOCOL, PROTOCOLS
+from stvg_ros.evaluation.replay import ReplayConfig, replay
+from stvg_ros.evaluation.report import summary_lines
+from stvg_ros.evaluation.runner import RunConfig, run_dataset
+from stvg_ros.evaluation.scoring import score_files
+from stvg_ros.nodes.graph import parse_overrides
 
 log = logging.getLogger("stvg_ros.eval")
 
@@ -25,9 +38,6 @@ PROTOCOL_HELP = (
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from stvg_ros.evaluation.loaders import FORMATS
-    from stvg_ros.evaluation.metrics import DEFAULT_PROTOCOL, PROTOCOLS
-
     parser = sub.add_parser("eval", help="score predictions, run the pipeline on a dataset, replay bags")
     actions = parser.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
 
@@ -51,8 +61,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     run.add_argument("--annotations", required=True)
     run.add_argument("--out", required=True, help="output folder")
     common(run)
-    from stvg_ros.evaluation.runner import add_run_arguments
-
     add_run_arguments(run)
 
     replay = actions.add_parser("replay", help="replay a rosbag2 into the running graph with sim time and score")
@@ -60,16 +68,130 @@ def add_parser(sub) -> argparse.ArgumentParser:
     replay.add_argument("--bag", default=None, help="rosbag2 folder or file (sqlite3 or MCAP); default: the sidecar's")
     replay.add_argument("--out", required=True, help="output folder")
     common(replay)
-    from stvg_ros.evaluation.replay import add_replay_arguments
-
     add_replay_arguments(replay)
 
-    make_set = actions.add_parser("make-set", help="write a seeded synthetic benchmark set (videos, bags, annotations)")
-    from stvg_ros.evaluation.benchsets import add_make_set_arguments
-
-    add_make_set_arguments(make_set)
-    make_set.add_argument("--json", action="store_true", help="print the set's manifest as JSON")
+    make = actions.add_parser("make-set", help="write a seeded synthetic benchmark set (videos, bags, annotations)")
+    add_make_set_arguments(make)
+    make.add_argument("--json", action="store_true", help="print the set's manifest as JSON")
     return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", choices=("auto", "video", "bag"), default="auto",
+                        help="read <videos>/<video_id>/ rosbag2 folders or video files (default: what exists)")  # fmt: skip
+    parser.add_argument("--params", default=None, metavar="FILE",
+                        help="ROS parameters file for the graph's nodes, applied over their config/*.yaml "
+                        "(as `stvg-ros up --params`)")  # fmt: skip
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NODE:NAME=VALUE",
+                        help="override one parameter, e.g. grounding_node:num_frames=8 (repeatable)")  # fmt: skip
+    parser.add_argument("--backend", default=None, help="grounding backend (llama_cpp, transformers, http)")
+    parser.add_argument("--model", default=None, help="grounding model: manifest name or path")
+    parser.add_argument("--perception", choices=("tracker", "gt"), default="tracker",
+                        help="tracker: the detector + tracker (default); gt: a synthetic set's ground-truth "
+                        "tracks, to judge the model alone")  # fmt: skip
+    parser.add_argument("--limit", type=int, default=None, help="only the first N videos")
+    parser.add_argument("--frame-tolerance", type=int, default=0,
+                        help="allowed difference between decoded and annotated frame counts")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_make_set_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--level", choices=LEVELS, default="mixed", help="difficulty (default: mixed)")
+    parser.add_argument("--count", type=int, default=8, help="videos in the set (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the whole set (default 0)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="clip length (default 20, as HC-STVG)")
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--objects", type=int, default=4, help="objects per scene (2-8)")
+    parser.add_argument("--queries-per-video", type=int, default=1, help="queries per scene (default 1)")
+    parser.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3", help="bag storage")
+    parser.add_argument("--no-bags", action="store_true", help="videos and annotations only")
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of `eval run`'s arguments (`--backend`/`--model` are grounding_node overrides)."""
+    try:
+        overrides = parse_overrides(args.param)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    grounding = overrides.setdefault("grounding_node", {})
+    if args.backend:
+        grounding["backend"] = args.backend
+    if args.model:
+        grounding["model"] = args.model
+    return RunConfig(
+        videos=Path(args.videos),
+        annotations=Path(args.annotations),
+        out=Path(args.out),
+        protocol=args.protocol,
+        annotation_format=args.annotation_format,
+        vidor_dir=args.vidor_dir,
+        source=args.source,
+        perception=args.perception,
+        params_file=args.params,
+        overrides=overrides,
+        limit=args.limit,
+        frame_tolerance=args.frame_tolerance,
+        progress=not args.no_progress,
+    )
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--more-sidecars", nargs="*", default=[], metavar="S", help="further sidecars, played in order")
+    parser.add_argument("--pace", choices=("lockstep", "rate"), default="lockstep",
+                        help="lockstep: next frame once the tracker answered the last (default); rate: by stamps")  # fmt: skip
+    parser.add_argument("--rate", type=float, default=1.0, help="with --pace rate: x real time (0 = no waiting)")
+    parser.add_argument("--camera-topic", default="/camera/image_raw", help="topic the graph's tracker listens to")
+    parser.add_argument("--tracks-topic", default="/tracks", help="the tracker's TrackedObjectArray topic")
+    parser.add_argument("--service", default="/ground", help="the grounding node's Ground service")
+    parser.add_argument("--start-graph", action="store_true", help="start `stvg-ros up --use-sim-time` for the run")
+    parser.add_argument("--params", default=None, metavar="FILE",
+                        help="with --start-graph: the graph's ROS parameters file")  # fmt: skip
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NODE:NAME=VALUE",
+                        help="with --start-graph: override one parameter of the graph, as `stvg-ros up -p` and "
+                        "`eval run -p` (repeatable)")  # fmt: skip
+    parser.add_argument("--graph-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for `stvg-ros up` (repeatable), e.g. --graph-arg=--backend=llama_cpp")  # fmt: skip
+    parser.add_argument("--graph-timeout", type=float, default=120.0, help="seconds to wait for the graph")
+    parser.add_argument(
+        "--frame-timeout", type=float, default=10.0, help="lockstep: seconds to wait for a frame's tracks"
+    )
+    parser.add_argument("--query-timeout", type=float, default=300.0, help="seconds to wait for one answer")
+    parser.add_argument("--decompress", action="store_true", help="publish CompressedImage bags as Image")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def replay_config(args: argparse.Namespace) -> ReplayConfig:
+    """The ReplayConfig of `eval replay`'s arguments; EvalError for contradicting ones."""
+    graph_args = ["--params", args.params] if args.params else []
+    graph_args += [a for item in args.param for a in ("-p", item)] + list(args.graph_arg)
+    config = ReplayConfig(
+        sidecars=[Path(args.sidecar), *map(Path, args.more_sidecars)],
+        out=Path(args.out),
+        bag=Path(args.bag) if args.bag else None,
+        protocol=args.protocol,
+        annotation_format=args.annotation_format,
+        vidor_dir=args.vidor_dir,
+        pace=args.pace,
+        rate=args.rate,
+        camera_topic=args.camera_topic,
+        tracks_topic=args.tracks_topic,
+        service=args.service,
+        start_graph=args.start_graph,
+        graph_args=graph_args,
+        graph_timeout_s=args.graph_timeout,
+        frame_timeout_s=args.frame_timeout,
+        query_timeout_s=args.query_timeout,
+        decompress=args.decompress,
+        progress=not args.no_progress,
+    )
+    if config.pace == "rate" and config.rate < 0:
+        raise EvalError("--rate must be >= 0")
+    if config.graph_args and not config.start_graph:
+        raise EvalError("--params, -p and --graph-arg configure a graph that replay starts: add --start-graph")
+    return config
 
 
 def _print_summary(summary: dict, as_json: bool) -> None:
@@ -77,14 +199,10 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         json.dump(summary, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
         return
-    from stvg_ros.evaluation.report import summary_lines
-
     print("\n".join(summary_lines(summary)))
 
 
 def _score(args: argparse.Namespace) -> int:
-    from stvg_ros.evaluation.scoring import score_files
-
     summary = score_files(
         args.annotations,
         args.predictions,
@@ -100,23 +218,19 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from stvg_ros.evaluation.runner import run_from_args
-
-    _print_summary(run_from_args(args), args.json)
+    _print_summary(run_dataset(run_config(args)), args.json)
     return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from stvg_ros.evaluation.replay import replay_from_args
-
-    _print_summary(replay_from_args(args), args.json)
+    _print_summary(replay(replay_config(args)), args.json)
     return 0
 
 
 def _make_set(args: argparse.Namespace) -> int:
-    from stvg_ros.evaluation.benchsets import make_set_from_args
-
-    manifest = make_set_from_args(args)
+    manifest = make_set(args.out, level=args.level, count=args.count, seed=args.seed, seconds=args.seconds,
+                        fps=args.fps, width=args.width, height=args.height, objects=args.objects,
+                        queries_per_video=args.queries_per_video, storage=args.storage, bags=not args.no_bags)
     if args.json:
         json.dump(manifest, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
@@ -126,17 +240,8 @@ def _make_set(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stvg_ros.evaluation.errors import EvalError
-
     handlers = {"score": _score, "run": _run, "replay": _replay, "make-set": _make_set}
-    expected: tuple[type[BaseException], ...] = (EvalError, OSError)
-    try:
-        from stvg_ros.core.bag_io import BagError
-        from stvg_ros.core.video_io import VideoError
-
-        expected += (BagError, VideoError)
-    except ImportError:  # pragma: no cover - core always ships these
-        pass
+    expected = (EvalError, OSError, BagError, VideoError)
     try:
         return handlers[args.eval_command](args)
     except expected as exc:

@@ -5,9 +5,10 @@
     stvg-ros ground scene.mp4 "..." --backend http --endpoint http://gpu-server:8000/v1
 
 Every frame goes through perception (detector + tracker) into a clip buffer, exactly as on the
-robot; then the query is answered over the last --window seconds (default: the whole video).
-Frame stamps are the video's own times (frame index / fps), so `start`/`end` are seconds into
-the video when the window covers it. Exit codes: 0 answered, 1 no usable answer, 2 bad input
+robot (`grounding.offline.OfflinePipeline`); then the query is answered over the last --window
+seconds (default: the whole video). Frames are stamped as every headerless video is
+(`core.types.frame_stamp_ns`); the printed stamps are seconds into the video (frame index / fps),
+and so are `start`/`end` when the window covers it. Exit codes: 0 answered, 1 no usable answer, 2 bad input
 (missing video, model or detector that cannot be loaded).
 """
 
@@ -18,6 +19,18 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
+
+from stvg_ros.core.prompt import QueryError, normalize_query
+from stvg_ros.core.types import frame_stamp_ns
+from stvg_ros.core.video_io import VideoError, iter_video, video_info
+from stvg_ros.grounding.backends import ModelLoadError, make_backend
+from stvg_ros.grounding.backends.models import manifest_note
+from stvg_ros.grounding.offline import VIDEO_FRAME_ID, OfflinePipeline
+from stvg_ros.grounding.pipeline import GroundingConfig, GroundingOutcome, GroundingRequest
+from stvg_ros.perception.buffer import BufferConfig
+from stvg_ros.perception.pipeline import PerceptionConfig
+from stvg_ros.synthetic.tiny_vlm import TINY_DISCLAIMER, is_tiny_model
 
 log = logging.getLogger("stvg_ros.ground")
 
@@ -25,8 +38,6 @@ DEFAULT_MODEL = "stvg-r1-7b-q4_k_m"
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from stvg_ros.grounding.pipeline import GroundingConfig
-
     defaults = GroundingConfig()
     parser = sub.add_parser(
         "ground",
@@ -46,7 +57,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--detect-every", type=int, default=1, help="run the detector every N frames (default 1)")
     parser.add_argument("--window", type=float, default=0.0, help="answer over the last N seconds (0: whole video)")
     parser.add_argument("--num-frames", type=int, default=defaults.num_frames, help="frames shown to the model")
-    parser.add_argument("--sample-fps", type=float, default=2.0, help="rate of the buffered model frames")
+    parser.add_argument("--sample-fps", type=float, default=BufferConfig.sample_fps,
+                        help="rate of the buffered model frames")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--no-reasoning", action="store_true", help="answer only, no <think> block (faster)")
     parser.add_argument("--strict", action="store_true", help="use the official parser only")
@@ -59,35 +71,37 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
-def _perceive(args: argparse.Namespace):
-    """Run every frame through perception into a ClipBuffer; (snapshot, frames, fps, perception ms)."""
-    from stvg_ros.core.video_io import iter_video, video_info
-    from stvg_ros.perception.buffer import ClipBuffer
-    from stvg_ros.perception.pipeline import PerceptionConfig, build_perception
-
+def _perceive(args: argparse.Namespace, pipeline: OfflinePipeline) -> tuple[int, int, float, float]:
+    """Run every frame through the pipeline's perception into its buffer; (first stamp, frames, fps, ms)."""
     info = video_info(args.video)
-    perception = build_perception(PerceptionConfig(model=args.detector, detect_every=max(1, args.detect_every)))
-    buffer = None
     started = time.perf_counter()
     count = 0
     for index, _seconds, rgb in iter_video(args.video, max_frames=args.max_frames):
-        if buffer is None:
-            seconds = (info.frames or 10_000) / info.fps + 1.0
-            buffer = ClipBuffer(max_seconds=seconds, sample_fps=args.sample_fps, max_bytes=1 << 30)
-        stamp_ns = round(index * 1e9 / info.fps)
-        tracks = perception.process(stamp_ns, rgb)
-        buffer.add_frame(stamp_ns, rgb, frame_id="video")
-        buffer.add_tracks(stamp_ns, tracks, frame_id="video", width=rgb.shape[1], height=rgb.shape[0])
+        pipeline.feed(frame_stamp_ns(index, info.fps), rgb, VIDEO_FRAME_ID)
         count += 1
-    return buffer.snapshot(), count, info.fps, (time.perf_counter() - started) * 1000.0
+    return frame_stamp_ns(0, info.fps), count, info.fps, (time.perf_counter() - started) * 1000.0
+
+
+def _video_buffer(args: argparse.Namespace) -> BufferConfig:
+    """The grounding node's buffer, made to hold the whole video (1 GiB) so that --window 0 sees all of it."""
+    info = video_info(args.video)
+    return replace(BufferConfig(), max_seconds=(info.frames or 10_000) / info.fps + 1.0, sample_fps=args.sample_fps,
+                   max_mb=1024.0)  # fmt: skip
+
+
+def _in_video_time(outcome: GroundingOutcome, start_ns: int) -> GroundingOutcome:
+    """The outcome with its stamps counted from the video's first frame (seconds into the video)."""
+
+    def shift(stamp: int | None) -> int | None:
+        return None if stamp is None else stamp - start_ns
+
+    return replace(outcome, start_ns=shift(outcome.start_ns), end_ns=shift(outcome.end_ns),
+                   clip_start_ns=shift(outcome.clip_start_ns),
+                   sampled_stamps_ns=[s - start_ns for s in outcome.sampled_stamps_ns],
+                   tube=[replace(entry, stamp_ns=entry.stamp_ns - start_ns) for entry in outcome.tube])  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    from stvg_ros.core.prompt import QueryError, normalize_query
-    from stvg_ros.core.video_io import VideoError, video_info
-    from stvg_ros.grounding.backends import ModelLoadError, make_backend
-    from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline, GroundingRequest
-
     try:  # cheap checks first: a bad query or video should not wait for a model to load
         normalize_query(args.query)
     except QueryError as exc:
@@ -104,17 +118,19 @@ def run(args: argparse.Namespace) -> int:
                                flash_attn=not args.no_flash_attn, timeout_s=args.timeout)
     except (ModelLoadError, ValueError) as exc:
         return _error(f"cannot load the model: {exc}", args.json)
+    config = GroundingConfig(num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
+                             reasoning=not args.no_reasoning, strict=args.strict, timeout_s=args.timeout)
+    perception = PerceptionConfig(model=args.detector, detect_every=max(1, args.detect_every))
     try:
         try:
-            snapshot, frames, fps, perception_ms = _perceive(args)
+            pipeline = OfflinePipeline(perception, _video_buffer(args), config, backend)
+            start_ns, frames, fps, perception_ms = _perceive(args, pipeline)
         except Exception as exc:  # detector missing, unreadable frames: one clear line, exit 2
             return _error(f"cannot process {args.video}: {type(exc).__name__}: {exc}", args.json)
-        config = GroundingConfig(num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
-                                 reasoning=not args.no_reasoning, strict=args.strict, timeout_s=args.timeout)
-        outcome = GroundingPipeline(backend, config).ground(snapshot, GroundingRequest(args.query, args.window))
+        outcome = pipeline.ground(GroundingRequest(args.query, args.window))
     finally:
         backend.close()
-    result = outcome.to_json()
+    result = _in_video_time(outcome, start_ns).to_json()
     result.update(video=str(args.video), frames=frames, fps=fps, backend=args.backend, detector=args.detector)
     result["timings"]["perception_ms"] = round(perception_ms, 1)
     note = _model_note(args.model or outcome.model)
@@ -129,9 +145,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _model_note(model: str) -> str:
-    from stvg_ros.grounding.models import manifest_note
-    from stvg_ros.synthetic.tiny_vlm import TINY_DISCLAIMER, is_tiny_model
-
     note = manifest_note(model)
     if not note and is_tiny_model(model):
         note = TINY_DISCLAIMER

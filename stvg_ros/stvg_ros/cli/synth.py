@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+from stvg_ros.core.bag_io import BagError
+from stvg_ros.core.video_io import VideoError
 from stvg_ros.synthetic.scenes import DIFFICULTIES, SceneSpec, write_dataset
 
 log = logging.getLogger("stvg_ros.synth")
@@ -50,9 +52,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stvg_ros.core.bag_io import BagError
-    from stvg_ros.core.video_io import VideoError
-
     width, height = args.size
     spec = SceneSpec(
         seconds=args.seconds,

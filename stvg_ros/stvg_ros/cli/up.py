@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from stvg_ros.nodes.graph import DEFAULT_CAMERA_TOPIC
+from stvg_ros.nodes.graph import DEFAULT_CAMERA_TOPIC, parse_overrides, run_graph
+from stvg_ros.nodes.params import VLM_BACKENDS
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     parser.add_argument("--camera-topic", default=DEFAULT_CAMERA_TOPIC, help="camera image topic (sensor_msgs/Image)")
     parser.add_argument("--namespace", default="", help="namespace of all nodes (e.g. one per camera)")
-    parser.add_argument("--backend", choices=("llama_cpp", "transformers", "http"), help="grounding backend")
+    parser.add_argument("--backend", choices=VLM_BACKENDS, help="grounding backend")
     parser.add_argument("--model", help="grounding model: manifest name or path")
     parser.add_argument("--use-sim-time", action="store_true", help="use /clock (bag replay)")
     parser.add_argument("--no-overlay", action="store_true", help="do not start the overlay node")
@@ -45,23 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_overrides(items: list[str]) -> dict[str, dict]:
-    """['node:name=value', ...] -> {node: {name: value}} with YAML-typed values."""
-    import yaml
-
-    overrides: dict[str, dict] = {}
-    for item in items:
-        target, sep, value = item.partition("=")
-        node, colon, name = target.partition(":")
-        if not sep or not colon or not node or not name:
-            raise ValueError(f"--param {item!r}: expected NODE:NAME=VALUE, e.g. grounding_node:num_frames=8")
-        overrides.setdefault(node, {})[name] = yaml.safe_load(value) if value else ""
-    return overrides
-
-
 def run(args: argparse.Namespace) -> int:
-    from stvg_ros.nodes.graph import run_graph
-
     try:
         overrides = parse_overrides(args.param)
     except ValueError as exc:

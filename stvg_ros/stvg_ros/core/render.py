@@ -73,3 +73,13 @@ def render_ids(
         x, y = anchors[tid] if anchors and tid in anchors else (int(centers[i, 0]), int(centers[i, 1]))
         cv2.putText(out, str(tid), (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, style.color_rgb, thickness, cv2.LINE_AA)
     return out
+
+
+def annotate(rgb: np.ndarray, tracks: Tracks, draw_boxes: bool = False, style: IdStyle = IdStyle()) -> np.ndarray:
+    """The overlay image: optional thin boxes, then the IDs exactly as the model sees them."""
+    if draw_boxes and len(tracks):
+        rgb = rgb.copy()
+        thickness = max(1, round(max(rgb.shape[:2]) / 640))
+        for x1, y1, x2, y2 in tracks.xyxy.astype(int):
+            cv2.rectangle(rgb, (x1, y1), (x2, y2), (0, 255, 0), thickness)
+    return render_ids(rgb, tracks, style)

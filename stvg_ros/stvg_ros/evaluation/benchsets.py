@@ -18,7 +18,6 @@ the memory test of `eval replay` and the replay benchmark.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -30,21 +29,6 @@ from stvg_ros.evaluation.predictions import Prediction, save_predictions
 LEVELS = ("easy", "occlusion", "distractors", "crossing", "mixed")
 MANIFEST = "benchset.json"
 DEFAULT_TOPIC = "/camera/image_raw"
-
-
-def add_make_set_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--level", choices=LEVELS, default="mixed", help="difficulty (default: mixed)")
-    parser.add_argument("--count", type=int, default=8, help="videos in the set (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the whole set (default 0)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="clip length (default 20, as HC-STVG)")
-    parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--objects", type=int, default=4, help="objects per scene (2-8)")
-    parser.add_argument("--queries-per-video", type=int, default=1, help="queries per scene (default 1)")
-    parser.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3", help="bag storage")
-    parser.add_argument("--no-bags", action="store_true", help="videos and annotations only")
 
 
 def sidecar_for(video_id: str, bag: Path, annotations: Path, query_ids: list[str], topic: str) -> dict:
@@ -130,23 +114,6 @@ def make_set(
     }
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-def make_set_from_args(args: argparse.Namespace) -> dict:
-    return make_set(
-        args.out,
-        level=args.level,
-        count=args.count,
-        seed=args.seed,
-        seconds=args.seconds,
-        fps=args.fps,
-        width=args.width,
-        height=args.height,
-        objects=args.objects,
-        queries_per_video=args.queries_per_video,
-        storage=args.storage,
-        bags=not args.no_bags,
-    )
 
 
 # --------------------------------------------------------------------------------------------

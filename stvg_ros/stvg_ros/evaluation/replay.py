@@ -27,12 +27,12 @@ GT span (the perception ceiling needs no others) and written to tracks.jsonl as 
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import json
 import logging
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -41,6 +41,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
+from stvg_ros.core.bag_io import BagError, bag_info, iter_image_messages, stamp_ns_of
+from stvg_ros.core.image_codec import decode_compressed
 from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, load_annotations
 from stvg_ros.evaluation.predictions import (
@@ -50,7 +54,11 @@ from stvg_ros.evaluation.predictions import (
     span_indices,
     write_records,
 )
+from stvg_ros.evaluation.report import write_report
+from stvg_ros.evaluation.scoring import score
 from stvg_ros.evaluation.tracks import TrackLog, TrackWriter
+from stvg_ros.nodes.ground_client import GroundClient, GroundError
+from stvg_ros.nodes.messages import ns_to_stamp, stamp_to_ns
 
 log = logging.getLogger("stvg_ros.eval.replay")
 
@@ -131,8 +139,6 @@ class BagPlan:
 def plan_bag(sidecar: Sidecar, annotations: AnnotationSet) -> BagPlan:
     """EvalError/BagError for an unreadable bag, an unknown topic, queries the annotations lack,
     or a bag whose frame count differs from the annotation's."""
-    from stvg_ros.core.bag_io import BagError, bag_info
-
     info = bag_info(sidecar.bag)
     topics = info.image_topics
     topic = sidecar.topic or (topics[0] if len(topics) == 1 else None)
@@ -210,7 +216,7 @@ def rss_mb(pid: int | None = None) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
-# the replay driver (rclpy is imported only here)
+# the replay driver (rclpy is imported only here: the rest works without ROS)
 
 
 @dataclass
@@ -237,7 +243,7 @@ class ReplayConfig:
 
 
 class _Driver:
-    """One rclpy node in this process: camera + /clock publisher, tracks subscriber, ground client."""
+    """One rclpy node in this process: camera + /clock publisher, tracks subscriber, GroundClient."""
 
     def __init__(self, config: ReplayConfig) -> None:
         try:
@@ -248,7 +254,6 @@ class _Driver:
             from sensor_msgs.msg import CompressedImage, Image
 
             from stvg_ros_msgs.msg import TrackedObjectArray
-            from stvg_ros_msgs.srv import Ground
         except ImportError as exc:
             raise EvalError(
                 f"replay needs ROS 2 Python and the stvg_ros_msgs interfaces ({exc}); source scripts/env.sh "
@@ -269,8 +274,8 @@ class _Driver:
         self.clock_pub = self.node.create_publisher(Clock, "/clock", 10)
         tracks_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
         self.node.create_subscription(TrackedObjectArray, config.tracks_topic, self._on_tracks, tracks_qos)
-        self.client = self.node.create_client(Ground, config.service)
-        self.Ground, self.Clock, self.Image, self.CompressedImage = Ground, Clock, Image, CompressedImage
+        self.client = GroundClient(self.node, name=config.service)
+        self.Clock, self.Image, self.CompressedImage = Clock, Image, CompressedImage
         self._cond = threading.Condition()
         self._tracks: OrderedDict[int, object] = OrderedDict()  # stamp -> message, bounded
         self.executor = SingleThreadedExecutor()
@@ -305,22 +310,18 @@ class _Driver:
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while not self.client.service_is_ready():
-            if time.monotonic() > deadline:
-                raise EvalError(
-                    f"no grounding service {self.config.service!r} after {timeout_s:.0f} s: start the graph "
-                    "(`stvg-ros up --use-sim-time`) or pass --start-graph"
-                )
-            time.sleep(0.1)
+        if not self.client.wait_ready(timeout_s):
+            raise EvalError(
+                f"no grounding service {self.config.service!r} after {timeout_s:.0f} s: start the graph "
+                "(`stvg-ros up --use-sim-time`) or pass --start-graph"
+            )
         while self.image_pub.get_subscription_count() + self.compressed_pub.get_subscription_count() == 0:
             if time.monotonic() > deadline:
                 raise EvalError(f"nothing subscribes to {self.config.camera_topic!r} (is the tracker running?)")
             time.sleep(0.1)
 
     def publish(self, stamp_ns: int, msgtype: str, message) -> None:
-        from builtin_interfaces.msg import Time
-
-        stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+        stamp = ns_to_stamp(stamp_ns)
         self.clock_pub.publish(self.Clock(clock=stamp))
         if msgtype.endswith("CompressedImage"):
             # decoded when asked, or when nothing in the graph listens to compressed images
@@ -341,8 +342,6 @@ class _Driver:
 
     def publish_decoded(self, stamp, message) -> None:
         """A CompressedImage published as sensor_msgs/Image (for a graph that listens to raw images)."""
-        from stvg_ros.core.image_codec import decode_compressed
-
         rgb = decode_compressed(message)
         out = self.Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
                          step=rgb.shape[1] * 3)  # fmt: skip
@@ -352,18 +351,13 @@ class _Driver:
         self.image_pub.publish(out)
 
     def ground(self, text: str, window_s: float, timeout_s: float):
-        """Call the service; (response or None, error text, wall seconds)."""
-        request = self.Ground.Request(query=text, window_seconds=float(window_s), reasoning=self.config.reasoning)
+        """Call the service; (GroundingResult or None, error text, wall seconds)."""
         started = time.monotonic()
-        future = self.client.call_async(request)
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(timeout_s):
-            future.cancel()
-            return None, f"no answer within {timeout_s:.0f} s", time.monotonic() - started
-        if future.exception() is not None:
-            return None, f"service call failed: {future.exception()}", time.monotonic() - started
-        return future.result(), "", time.monotonic() - started
+        try:
+            result = self.client.ask(text, window_s, self.config.reasoning, timeout_s=timeout_s)
+        except GroundError as exc:  # GroundTimeout included
+            return None, str(exc), time.monotonic() - started
+        return result, "", time.monotonic() - started
 
     def close(self) -> None:
         import rclpy
@@ -386,8 +380,6 @@ def _start_graph(config: ReplayConfig, log_path: Path) -> subprocess.Popen:
 def _stop_graph(process: subprocess.Popen | None) -> None:
     if process is None or process.poll() is not None:
         return
-    import signal
-
     process.send_signal(signal.SIGINT)
     try:
         process.wait(timeout=15)
@@ -404,10 +396,6 @@ def _sample_memory(stats: dict, graph: subprocess.Popen | None) -> None:
         stats["graph_rss_mb"].append(round(value, 1))
 
 
-def _stamp_ns(time_msg) -> int:
-    return int(time_msg.sec) * 1_000_000_000 + int(time_msg.nanosec)
-
-
 def _result_to_prediction(query: Query, result, stamps: StampIndex, video_start_ns: int):
     """GroundingResult -> (Prediction, problems). Frames come from the source stamps."""
     problems: list[str] = []
@@ -421,17 +409,17 @@ def _result_to_prediction(query: Query, result, stamps: StampIndex, video_start_
             return None
         return hit[1]
 
-    span = stamps.span(_stamp_ns(result.start), _stamp_ns(result.end))
+    span = stamps.span(stamp_to_ns(result.start), stamp_to_ns(result.end))
     if span is None or span[0][0] != query.video_id or span[1][0] != query.video_id:
         problems.append(f"the answer's span is not inside the frames of {query.video_id}")
         return Prediction.failed(query.query_id), problems
     start, end = span[0][1], span[1][1]
     boxes = {}
     for box in result.tube:
-        frame = frame_of(_stamp_ns(box.header.stamp))
+        frame = frame_of(stamp_to_ns(box.header.stamp))
         if frame is not None:
             boxes[frame] = (float(box.x1), float(box.y1), float(box.x2), float(box.y2))
-    clip_offset_s = (_stamp_ns(result.clip_start) - video_start_ns) / 1e9
+    clip_offset_s = (stamp_to_ns(result.clip_start) - video_start_ns) / 1e9
     return (
         Prediction(
             query.query_id,
@@ -448,9 +436,6 @@ def _result_to_prediction(query: Query, result, stamps: StampIndex, video_start_
 
 def replay(config: ReplayConfig) -> dict:
     """Replay every sidecar's bag into the graph, ask its queries, score. Returns the summary."""
-    from stvg_ros.core.bag_io import iter_image_messages, stamp_ns_of
-    from stvg_ros.evaluation.scoring import score
-
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     sidecars = [load_sidecar(p, config.bag if i == 0 else None) for i, p in enumerate(config.sidecars)]
@@ -482,8 +467,6 @@ def replay(config: ReplayConfig) -> dict:
         driver.wait_ready(config.graph_timeout_s)
         if graph is not None and graph.poll() is not None:
             raise EvalError(f"the graph exited with code {graph.returncode}; see {out / 'graph.log'}")
-        from tqdm import tqdm
-
         total = sum(plan.frames for plan in plans)
         progress = tqdm(total=total, unit="frame", desc="replay", disable=not config.progress, file=sys.stderr)
         offset_ns = 0
@@ -492,7 +475,7 @@ def replay(config: ReplayConfig) -> dict:
         with TrackWriter(out / "tracks.jsonl") as tracks_file:
 
             def keep(msg) -> bool:
-                stamp = _stamp_ns(msg.header.stamp)
+                stamp = stamp_to_ns(msg.header.stamp)
                 hit = stamps.get(stamp)
                 if hit is None:
                     return False
@@ -553,7 +536,7 @@ def replay(config: ReplayConfig) -> dict:
                             prediction, problems = Prediction.failed(query.query_id), [error]
                         else:
                             prediction, problems = _result_to_prediction(
-                                query, result.result, stamps, video_start_ns + offset_ns
+                                query, result, stamps, video_start_ns + offset_ns
                             )
                         predictions[query.query_id] = prediction
                         records.append(_record(query, prediction, result, error, wall_s, problems, offset_ns))
@@ -582,92 +565,30 @@ def replay(config: ReplayConfig) -> dict:
     summary["replay"] = stats
     save_predictions(out / "predictions.json", predictions)
     write_records(out / "records.jsonl", records)
-    from stvg_ros.evaluation.report import write_report
-
     write_report(out, summary, subset, predictions)
     return summary
 
 
-def _record(query: Query, prediction: Prediction, response, error: str, wall_s: float, problems, offset_ns) -> dict:
+def _record(query: Query, prediction: Prediction, result, error: str, wall_s: float, problems, offset_ns) -> dict:
     record = {
         **query_record(query, prediction, wall_s),
         "problems": problems,
         "success": False,
         "failure": error,
     }
-    if response is not None:
-        result = response.result
+    if result is not None:
         record.update(
             success=bool(result.success),
             failure="" if result.success else str(result.message),
             message=str(result.message),
             # the graph's clock when it answered: sim time (the bag's stamps) when it runs on /clock
-            answered_stamp_ns=_stamp_ns(result.header.stamp) - offset_ns,
-            start_stamp_ns=_stamp_ns(result.start) - offset_ns,
-            end_stamp_ns=_stamp_ns(result.end) - offset_ns,
-            sampled_stamps_ns=[_stamp_ns(s) - offset_ns for s in result.sampled_stamps],
+            answered_stamp_ns=stamp_to_ns(result.header.stamp) - offset_ns,
+            start_stamp_ns=stamp_to_ns(result.start) - offset_ns,
+            end_stamp_ns=stamp_to_ns(result.end) - offset_ns,
+            sampled_stamps_ns=[stamp_to_ns(s) - offset_ns for s in result.sampled_stamps],
             raw_answer=str(result.raw_answer),
             reasoning=str(result.reasoning),
             model=str(result.model),
             confidence=float(result.confidence),
         )
     return record
-
-
-# --------------------------------------------------------------------------------------------
-# CLI glue
-
-
-def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--more-sidecars", nargs="*", default=[], metavar="S", help="further sidecars, played in order")
-    parser.add_argument("--pace", choices=("lockstep", "rate"), default="lockstep",
-                        help="lockstep: next frame once the tracker answered the last (default); rate: by stamps")  # fmt: skip
-    parser.add_argument("--rate", type=float, default=1.0, help="with --pace rate: x real time (0 = no waiting)")
-    parser.add_argument("--camera-topic", default="/camera/image_raw", help="topic the graph's tracker listens to")
-    parser.add_argument("--tracks-topic", default="/tracks", help="the tracker's TrackedObjectArray topic")
-    parser.add_argument("--service", default="/ground", help="the grounding node's Ground service")
-    parser.add_argument("--start-graph", action="store_true", help="start `stvg-ros up --use-sim-time` for the run")
-    parser.add_argument("--params", default=None, metavar="FILE",
-                        help="with --start-graph: the graph's ROS parameters file")  # fmt: skip
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="NODE:NAME=VALUE",
-                        help="with --start-graph: override one parameter of the graph, as `stvg-ros up -p` and "
-                        "`eval run -p` (repeatable)")  # fmt: skip
-    parser.add_argument("--graph-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for `stvg-ros up` (repeatable), e.g. --graph-arg=--backend=llama_cpp")  # fmt: skip
-    parser.add_argument("--graph-timeout", type=float, default=120.0, help="seconds to wait for the graph")
-    parser.add_argument(
-        "--frame-timeout", type=float, default=10.0, help="lockstep: seconds to wait for a frame's tracks"
-    )
-    parser.add_argument("--query-timeout", type=float, default=300.0, help="seconds to wait for one answer")
-    parser.add_argument("--decompress", action="store_true", help="publish CompressedImage bags as Image")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def replay_from_args(args: argparse.Namespace) -> dict:
-    graph_args = ["--params", args.params] if args.params else []
-    graph_args += [a for item in args.param for a in ("-p", item)] + list(args.graph_arg)
-    config = ReplayConfig(
-        sidecars=[Path(args.sidecar), *map(Path, args.more_sidecars)],
-        out=Path(args.out),
-        bag=Path(args.bag) if args.bag else None,
-        protocol=args.protocol,
-        annotation_format=args.annotation_format,
-        vidor_dir=args.vidor_dir,
-        pace=args.pace,
-        rate=args.rate,
-        camera_topic=args.camera_topic,
-        tracks_topic=args.tracks_topic,
-        service=args.service,
-        start_graph=args.start_graph,
-        graph_args=graph_args,
-        graph_timeout_s=args.graph_timeout,
-        frame_timeout_s=args.frame_timeout,
-        query_timeout_s=args.query_timeout,
-        decompress=args.decompress,
-        progress=not args.no_progress,
-    )
-    if config.pace == "rate" and config.rate < 0:
-        raise EvalError("--rate must be >= 0")
-    if config.graph_args and not config.start_graph:
-        raise EvalError("--params, -p and --graph-arg configure a graph that replay starts: add --start-graph")
-    return replay(config)

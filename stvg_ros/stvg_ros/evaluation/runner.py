@@ -3,11 +3,11 @@ metrics and a report, offline, without ROS.
 
 It runs the robot's own parts in the robot's order, in one process: every frame goes through the
 perception pipeline (detector + tracker) and into a ClipBuffer; each query of the video is then
-grounded over the whole video (the buffer is sized to hold it) with the GroundingPipeline. Both are
-built by the code the nodes use (`PerceptionConfig.from_node_parameters` + `build_perception`;
-`grounding.settings.grounding_settings` + `make_backend` + `GroundingPipeline`), from the graph's own
-parameters (`nodes.graph.graph_parameters`: the nodes' config files, `--params`,
-`-p` overrides), so `eval run` and `eval replay` with the same arguments run the same configuration.
+grounded over the whole video (the buffer is sized to hold it) with the GroundingPipeline: the
+`grounding.offline.OfflinePipeline`, configured from the graph's own parameters
+(`nodes.graph.graph_parameters`: the nodes' config files, `--params`, `-p` overrides) by the nodes'
+own schemas (`nodes.params`: TrackerParams, GroundingParams), so `eval run` and `eval replay` with the
+same arguments run the same configuration.
 
 Outputs in `--out`: predictions.json (annotation frame indexing), records.jsonl (one per query:
 answer, raw output, stamps, timings, failure reason, scores), tracks.jsonl (every frame's tracks),
@@ -19,16 +19,22 @@ and the player node's convention), so bag and video runs of the same scene agree
 
 from __future__ import annotations
 
-import argparse
+import json
 import logging
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from stvg_ros.core.bag_io import bag_info, iter_image_bag
+from stvg_ros.core.model_registry import ModelRegistryError
+from stvg_ros.core.prompt import QueryError, normalize_query
+from stvg_ros.core.types import Tracks, frame_stamp_ns
+from stvg_ros.core.video_io import iter_video, video_info
 from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, find_video, load_annotations
 from stvg_ros.evaluation.predictions import (
@@ -38,7 +44,18 @@ from stvg_ros.evaluation.predictions import (
     span_indices,
     write_records,
 )
+from stvg_ros.evaluation.report import write_report
+from stvg_ros.evaluation.scoring import score
 from stvg_ros.evaluation.tracks import TrackLog, TrackWriter
+from stvg_ros.grounding.backends import ModelLoadError, make_backend
+from stvg_ros.grounding.offline import OfflinePipeline
+from stvg_ros.grounding.pipeline import GroundingRequest
+from stvg_ros.nodes.graph import graph_parameters
+from stvg_ros.nodes.params import GroundingParams, TrackerParams, from_values
+from stvg_ros.perception.buffer import BufferConfig
+from stvg_ros.perception.detector import DetectorError
+from stvg_ros.perception.pipeline import PerceptionConfig
+from stvg_ros.perception.sam2_refine import Sam2Unavailable
 
 log = logging.getLogger("stvg_ros.eval.run")
 
@@ -70,8 +87,6 @@ class RunConfig:
 def node_parameters(params_file: str | None, overrides: dict) -> dict[str, dict]:
     """{node name: {parameter: value}} exactly as the graph applies them: the nodes' own config/
     files, then `params_file`, then the overrides (`nodes.graph.graph_parameters`, no ROS needed)."""
-    from stvg_ros.nodes.graph import graph_parameters
-
     if params_file and not Path(params_file).is_file():
         raise EvalError(f"parameters file not found: {params_file}")
     try:
@@ -80,15 +95,23 @@ def node_parameters(params_file: str | None, overrides: dict) -> dict[str, dict]
         raise EvalError(str(exc)) from None
 
 
-def perception_config(values: dict):
+def perception_config(values: dict) -> PerceptionConfig:
     """PerceptionConfig from the tracker node's parameters, as the tracker node builds it
-    (`PerceptionConfig.from_node_parameters`: `detector` names the model; ROS-only keys ignored)."""
-    from stvg_ros.perception.pipeline import PerceptionConfig
-
+    (`TrackerParams.perception_config`: `detector` names the model; ROS-only parameters left out)."""
     try:
-        return PerceptionConfig.from_node_parameters(values)
+        return from_values(TrackerParams, values).perception_config()
     except (TypeError, ValueError) as exc:
         raise EvalError(f"bad tracker_node parameters: {exc}") from None
+
+
+def grounding_params(values: dict) -> GroundingParams:
+    """The grounding node's parameters, checked as the node checks them."""
+    try:
+        params = from_values(GroundingParams, values)
+        params.check()
+    except (TypeError, ValueError) as exc:
+        raise EvalError(f"bad grounding_node parameters: {exc}") from None
+    return params
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,29 +132,20 @@ def _frame_source(config: RunConfig, query: Query) -> tuple[str, Path]:
 def iter_frames(kind: str, path: Path, fps: float) -> Iterator[tuple[int, int, str, np.ndarray]]:
     """(decoded index, stamp_ns, frame_id, rgb) of every frame of a video file or a bag's image topic."""
     if kind == "bag":
-        from stvg_ros.core.bag_io import iter_image_bag
-
         for index, frame in enumerate(iter_image_bag(path)):
             yield index, frame.stamp_ns, frame.frame_id, frame.rgb
     else:
-        from stvg_ros.core.types import frame_stamp_ns as stamp_ns
-        from stvg_ros.core.video_io import iter_video
-
         for index, _, rgb in iter_video(path):
-            yield index, stamp_ns(index, fps), "camera", rgb
+            yield index, frame_stamp_ns(index, fps), "camera", rgb
 
 
 def frame_count(kind: str, path: Path) -> int:
     if kind == "bag":
-        from stvg_ros.core.bag_io import bag_info
-
         info = bag_info(path)
         topics = info.image_topics
         if len(topics) != 1:
             raise EvalError(f"bag {path} needs exactly one image topic, has {topics}")
         return info.topics[topics[0]][1]
-    from stvg_ros.core.video_io import video_info
-
     return video_info(path).frames
 
 
@@ -139,58 +153,23 @@ def frame_count(kind: str, path: Path) -> int:
 # the run
 
 
-class OfflinePipeline:
-    """Perception + buffer + grounding, built from the graph's node parameters the way the tracker
-    and grounding nodes build them (`perception_config`, `grounding_settings`, `make_backend`)."""
-
-    def __init__(self, params: dict[str, dict], with_detector: bool = True) -> None:
-        from stvg_ros.grounding.backends import make_backend
-        from stvg_ros.grounding.pipeline import GroundingPipeline
-        from stvg_ros.grounding.settings import grounding_settings
-        from stvg_ros.perception.pipeline import build_perception
-
-        self.perception_config = perception_config(params.get("tracker_node", {}))
-        grounding = dict(params.get("grounding_node", {}))
-        self.buffer_seconds = float(grounding.get("buffer_seconds", 30.0))
-        self.buffer_sample_fps = float(grounding.get("buffer_sample_fps", 2.0))
-        self.buffer_max_bytes = int(float(grounding.get("buffer_max_mb", 64.0)) * 2**20)
-        self.backend_name, backend_kwargs, config = grounding_settings(grounding)
-        self.reasoning = config.reasoning
-        self.model_name = str(grounding.get("model", ""))
-        # the detector first: it is the cheaper of the two to find missing
-        self.perception = build_perception(self.perception_config) if with_detector else None
-        self.backend = make_backend(self.backend_name, **backend_kwargs)
-        self.grounding = GroundingPipeline(self.backend, config)
-
-    def start_video(self):
-        """The perception pipeline with fresh tracks for a new video. Track IDs continue (never
-        reused), as they do in the tracker node when a replay moves on to the next bag."""
-        self.perception.reset()
-        return self.perception
-
-    def new_buffer(self, min_seconds: float):
-        """A ClipBuffer as the grounding node makes it, holding at least `min_seconds`."""
-        from stvg_ros.perception.buffer import ClipBuffer
-
-        return ClipBuffer(max_seconds=max(self.buffer_seconds, min_seconds), sample_fps=self.buffer_sample_fps,
-                          max_bytes=self.buffer_max_bytes)  # fmt: skip
-
-    def close(self) -> None:
-        close = getattr(self.backend, "close", None)
-        if close is not None:
-            close()
-
-
-def _build_pipeline(params: dict[str, dict], with_detector: bool = True) -> OfflinePipeline:
-    """OfflinePipeline, with a missing or unloadable model turned into one clear EvalError."""
-    from stvg_ros.core.model_registry import ModelRegistryError
-    from stvg_ros.grounding.backends.base import ModelLoadError
-    from stvg_ros.perception.detector import DetectorError
-
+def build_pipeline(perception: PerceptionConfig | None, grounding: GroundingParams) -> OfflinePipeline:
+    """The OfflinePipeline of the tracker's PerceptionConfig (None: no detector) and the grounding
+    node's parameters, made as the nodes make their parts (the buffer is the node's; `video_buffer`
+    resizes it per video); a missing or unloadable model becomes one clear EvalError."""
     try:
-        return OfflinePipeline(params, with_detector)
-    except (ModelLoadError, ModelRegistryError, DetectorError) as exc:
+        return OfflinePipeline(
+            perception, grounding.buffer_config(), grounding.grounding_config(),
+            backend=lambda: make_backend(grounding.backend, **asdict(grounding.backend_settings())),
+        )  # fmt: skip
+    except (ModelLoadError, ModelRegistryError, DetectorError, Sam2Unavailable) as exc:
         raise EvalError(f"cannot load a model: {exc}") from None
+
+
+def video_buffer(node_buffer: BufferConfig, query: Query) -> BufferConfig:
+    """The node's buffer, made long enough to hold the whole video (each query is grounded over all of it)."""
+    seconds = query.num_frames / query.fps + BUFFER_MARGIN_S
+    return replace(node_buffer, max_seconds=max(node_buffer.max_seconds, seconds))
 
 
 class GroundTruthPerception:
@@ -200,16 +179,12 @@ class GroundTruthPerception:
     the model alone: `--perception gt`."""
 
     def __init__(self, gt_file: Path) -> None:
-        import json
-
         if not gt_file.is_file():
             raise EvalError(f"--perception gt needs the synthetic ground truth {gt_file}")
         self._frames = json.loads(gt_file.read_text())["frames"]
         self._next = 0
 
-    def process(self, stamp_ns: int, rgb: np.ndarray):
-        from stvg_ros.core.types import Tracks
-
+    def process(self, stamp_ns: int, rgb: np.ndarray) -> Tracks:
         if self._next >= len(self._frames):
             raise EvalError(f"the video has more frames than its ground truth ({len(self._frames)})")
         objects = self._frames[self._next]["objects"]
@@ -225,15 +200,6 @@ def _gt_file(config: RunConfig, video_id: str) -> Path:
     root = Path(config.annotations)
     root = root if root.is_dir() else root.parent
     return root / "gt" / f"{video_id}.json"
-
-
-def _tracks_of(result):
-    """Tracks from whatever the perception pipeline returns for a frame."""
-    from stvg_ros.core.types import Tracks
-
-    if isinstance(result, Tracks):
-        return result
-    return result.tracks
 
 
 def outcome_to_prediction(query: Query, outcome, stamps: list[int], frame_of: dict[int, int], video_start_ns: int):
@@ -278,13 +244,6 @@ def _record(query: Query, prediction: Prediction, outcome, wall_s: float, error:
 
 def run_dataset(config: RunConfig) -> dict:
     """Run the pipeline over every video of the annotations; write outputs; return the summary."""
-    from tqdm import tqdm
-
-    from stvg_ros.core.prompt import QueryError, normalize_query
-    from stvg_ros.evaluation.report import write_report
-    from stvg_ros.evaluation.scoring import score
-    from stvg_ros.grounding.pipeline import GroundingRequest
-
     annotations = load_annotations(config.annotations, config.annotation_format, config.vidor_dir)
     by_video: dict[str, list[Query]] = {}
     for query in annotations:
@@ -310,7 +269,10 @@ def run_dataset(config: RunConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     params = node_parameters(config.params_file, config.overrides)
-    pipeline = _build_pipeline(params, with_detector=config.perception == "tracker")
+    tracker = perception_config(params.get("tracker_node", {}))  # checked even when --perception gt leaves it out
+    grounding = grounding_params(params.get("grounding_node", {}))
+    pipeline = build_pipeline(tracker if config.perception == "tracker" else None, grounding)
+    node_buffer = pipeline.buffer_config
     # only the frames inside GT spans are kept in memory (the perception ceiling needs no others);
     # every frame's tracks go to tracks.jsonl as they come
     gt_frames = {(q.video_id, f) for v in videos for q in by_video[v] for f in range(q.gt_start, q.gt_end)}
@@ -319,7 +281,7 @@ def run_dataset(config: RunConfig) -> dict:
     records: list[dict] = []
     started = time.monotonic()
     n_frames = 0
-    perception_s = 0.0
+    gt_s = 0.0  # time spent reading ground-truth tracks (--perception gt)
     progress = tqdm(total=total_frames, desc="eval run", unit="frame", disable=not config.progress, file=sys.stderr)
     try:
         with TrackWriter(out / "tracks.jsonl") as track_file:
@@ -327,21 +289,20 @@ def run_dataset(config: RunConfig) -> dict:
                 kind, path = sources[video_id]
                 first = by_video[video_id][0]
                 progress.set_postfix_str(video_id[-24:], refresh=False)
-                if config.perception == "gt":
-                    perception = GroundTruthPerception(_gt_file(config, video_id))
-                else:
-                    perception = pipeline.start_video()
-                buffer = pipeline.new_buffer(first.num_frames / first.fps + BUFFER_MARGIN_S)
+                gt = GroundTruthPerception(_gt_file(config, video_id)) if config.perception == "gt" else None
+                pipeline.reset(video_buffer(node_buffer, first))
                 frame_of: dict[int, int] = {}
                 stamps: list[int] = []
                 video_start_ns = None
                 for index, stamp, frame_id, rgb in iter_frames(kind, path, first.fps):
                     video_start_ns = stamp if video_start_ns is None else video_start_ns
-                    tick = time.perf_counter()
-                    frame_tracks = _tracks_of(perception.process(stamp, rgb))
-                    perception_s += time.perf_counter() - tick
-                    buffer.add_frame(stamp, rgb, frame_id=frame_id)
-                    buffer.add_tracks(stamp, frame_tracks, frame_id=frame_id)
+                    if gt is None:
+                        frame_tracks = pipeline.feed(stamp, rgb, frame_id)
+                    else:
+                        tick = time.perf_counter()
+                        frame_tracks = gt.process(stamp, rgb)
+                        gt_s += time.perf_counter() - tick
+                        pipeline.feed_tracks(stamp, rgb, frame_tracks, frame_id)
                     frame = first.to_annotation(index)
                     frame_of[stamp] = frame
                     stamps.append(stamp)
@@ -355,7 +316,7 @@ def run_dataset(config: RunConfig) -> dict:
                     outcome, error = None, ""
                     try:
                         request = GroundingRequest(query=normalize_query(query.caption), window_s=0.0)
-                        outcome = pipeline.grounding.ground(buffer.snapshot(0.0), request)
+                        outcome = pipeline.ground(request)
                         prediction = outcome_to_prediction(query, outcome, stamps, frame_of, video_start_ns)
                     except QueryError as exc:
                         prediction, error = Prediction.failed(query.query_id), f"bad query: {exc}"
@@ -374,6 +335,7 @@ def run_dataset(config: RunConfig) -> dict:
         record.update(tIoU=entry["tIoU"], vIoU=entry["vIoU"], ceiling_vIoU=entry.get("ceiling_vIoU"),
                       error_source=entry.get("error_source"))  # fmt: skip
     wall_s = time.monotonic() - started
+    perception_s = pipeline.perception_s + gt_s
     summary["run"] = {
         "videos": len(videos),
         "frames": n_frames,
@@ -381,63 +343,10 @@ def run_dataset(config: RunConfig) -> dict:
         "perception": config.perception,
         "perception_fps": round(n_frames / perception_s, 2) if perception_s > 0 else None,
         "mean_query_latency_s": round(float(np.mean([r["latency_s"] for r in records])), 3) if records else None,
-        "backend": pipeline.backend_name,
-        "model": pipeline.model_name,
+        "backend": grounding.backend,
+        "model": grounding.model,
     }
     save_predictions(out / "predictions.json", predictions)
     write_records(out / "records.jsonl", records)
     write_report(out, summary, subset, predictions)
     return summary
-
-
-# --------------------------------------------------------------------------------------------
-# CLI glue
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", choices=("auto", "video", "bag"), default="auto",
-                        help="read <videos>/<video_id>/ rosbag2 folders or video files (default: what exists)")  # fmt: skip
-    parser.add_argument("--params", default=None, metavar="FILE",
-                        help="ROS parameters file for the graph's nodes, applied over their config/*.yaml "
-                        "(as `stvg-ros up --params`)")  # fmt: skip
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="NODE:NAME=VALUE",
-                        help="override one parameter, e.g. grounding_node:num_frames=8 (repeatable)")  # fmt: skip
-    parser.add_argument("--backend", default=None, help="grounding backend (llama_cpp, transformers, http)")
-    parser.add_argument("--model", default=None, help="grounding model: manifest name or path")
-    parser.add_argument("--perception", choices=("tracker", "gt"), default="tracker",
-                        help="tracker: the detector + tracker (default); gt: a synthetic set's ground-truth "
-                        "tracks, to judge the model alone")  # fmt: skip
-    parser.add_argument("--limit", type=int, default=None, help="only the first N videos")
-    parser.add_argument("--frame-tolerance", type=int, default=0,
-                        help="allowed difference between decoded and annotated frame counts")  # fmt: skip
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_from_args(args: argparse.Namespace) -> dict:
-    from stvg_ros.cli.up import parse_overrides
-
-    try:
-        overrides = parse_overrides(args.param)
-    except ValueError as exc:
-        raise EvalError(str(exc)) from None
-    grounding = overrides.setdefault("grounding_node", {})
-    if args.backend:
-        grounding["backend"] = args.backend
-    if args.model:
-        grounding["model"] = args.model
-    config = RunConfig(
-        videos=Path(args.videos),
-        annotations=Path(args.annotations),
-        out=Path(args.out),
-        protocol=args.protocol,
-        annotation_format=args.annotation_format,
-        vidor_dir=args.vidor_dir,
-        source=args.source,
-        perception=args.perception,
-        params_file=args.params,
-        overrides=overrides,
-        limit=args.limit,
-        frame_tolerance=args.frame_tolerance,
-        progress=not args.no_progress,
-    )
-    return run_dataset(config)

@@ -25,6 +25,10 @@ from typing import Any
 
 import yaml
 
+from stvg_ros.nodes.dds import use_large_image_dds
+from stvg_ros.nodes.lifecycle import autostart, executor_for
+from stvg_ros.nodes.paths import config_dir
+
 log = logging.getLogger(__name__)
 
 #: The camera topic the graph listens to unless told otherwise (a typical driver's raw image topic).
@@ -64,22 +68,6 @@ def graph_nodes(overlay: bool = True) -> list[GraphNode]:
     """The nodes to start; `overlay=False` leaves the overlay node out."""
     switches = {"overlay": overlay}
     return [node for node in GRAPH_NODES if not node.switch or switches.get(node.switch, True)]
-
-
-def config_dir() -> Path:
-    """config/ of this checkout, else of the installed package share."""
-    here = Path(__file__).resolve().parents[2] / "config"  # <pkg>/config in a checkout
-    if here.is_dir():
-        return here
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        shared = Path(get_package_share_directory("stvg_ros")) / "config"
-        if shared.is_dir():
-            return shared
-    except Exception:
-        pass
-    raise FileNotFoundError(f"cannot find the parameters folder: neither {here} nor the stvg_ros package share")
 
 
 def node_params_file(spec: GraphNode) -> Path | None:
@@ -175,7 +163,7 @@ def ros_arguments(
 class Graph:
     """Nodes built in this process, each spun by its own executor on its own thread.
 
-    One executor per node (`nodes.common.executor_for`), as separate processes would have: a node's
+    One executor per node (`nodes.lifecycle.executor_for`), as separate processes would have: a node's
     callbacks (the grounding node's queries and services, the overlay's images) never delay another
     node's camera frames, and each executor waits on a small set of entities (rclpy rebuilds the
     wait set on every spin, so one executor over every node's services and timers is slow to
@@ -200,8 +188,6 @@ class Graph:
             cls = getattr(importlib.import_module(spec.module), spec.class_name)
             self.nodes.append(cls())
         if self.autostart:
-            from stvg_ros.nodes.common import autostart
-
             for spec, node in zip(self.specs, self.nodes, strict=True):
                 if hasattr(node, "trigger_configure") and not autostart(node):
                     self.failed.append(spec.name)
@@ -210,8 +196,6 @@ class Graph:
         return self
 
     def _add_executor(self, node) -> None:
-        from stvg_ros.nodes.common import executor_for
-
         executor = executor_for(node)
         executor.add_node(node)
         self._executors.append(executor)
@@ -286,14 +270,12 @@ def run_graph(
     """Start the graph in this process and spin until SIGINT/SIGTERM; 0 on a clean stop.
 
     `large_image_dds` applies the package's Fast DDS profile to this process (see
-    nodes.common.large_image_dds_settings); otherwise the environment's transports stand.
+    nodes.dds.large_image_dds_settings); otherwise the environment's transports stand.
 
     Returns 1 when a node failed to configure or activate (it keeps running so its lifecycle
     services can be used, and the failure is logged), 0 otherwise.
     """
     import rclpy
-
-    from stvg_ros.nodes.common import use_large_image_dds
 
     merged = merged_params_file(params_file, overrides)
     if large_image_dds and not use_large_image_dds():
@@ -316,3 +298,15 @@ def run_graph(
         if rclpy.ok():
             rclpy.shutdown()
     return 1 if graph.failed else 0
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """['node:name=value', ...] (`-p` of `stvg-ros up` / `eval run`) -> {node: {name: value}}, YAML-typed values."""
+    overrides: dict[str, dict] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        node, colon, name = target.partition(":")
+        if not sep or not colon or not node or not name:
+            raise ValueError(f"--param {item!r}: expected NODE:NAME=VALUE, e.g. grounding_node:num_frames=8")
+        overrides.setdefault(node, {})[name] = yaml.safe_load(value) if value else ""
+    return overrides

@@ -18,109 +18,51 @@ The node configures and activates itself when `autostart` is true.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from stvg_ros.core.image_codec import ImageDecodeError
-from stvg_ros.core.prompt import QueryError, normalize_query
-from stvg_ros.nodes.common import (
-    RELIABILITIES,
-    NoPublisherWatchdog,
-    declare_parameters,
-    decode_ros_image,
-    diagnostic_array,
-    image_topic,
-    now_header,
-    ns_to_stamp,
-    param,
-    read_parameters,
-    run_lifecycle_node,
-    stamp_to_ns,
-    tracks_from_msg,
-)
-from stvg_ros.nodes.image_input import ImageInput, ReceivedFrame
-from stvg_ros.nodes.query_queue import (
+from stvg_ros.grounding.backends import make_backend, resolve_model_files
+from stvg_ros.grounding.backends.models import manifest_note
+from stvg_ros.grounding.pipeline import GroundingPipeline, GroundingRequest
+from stvg_ros.grounding.query_queue import (
     QueryJob,
     QueryQueue,
     TargetFollower,
     TargetUpdate,
-    check_window,
+    last_sighting,
+    query_problem,
     reasoning_for,
 )
+from stvg_ros.nodes.image_input import ImageInput, ReceivedFrame
+from stvg_ros.nodes.lifecycle import run_lifecycle_node
+from stvg_ros.nodes.messages import (
+    decode_ros_image,
+    diagnostic_array,
+    now_header,
+    result_msg,
+    stamp_to_ns,
+    target_msg,
+    tracks_from_msg,
+)
+from stvg_ros.nodes.params import GroundingParams
+from stvg_ros.nodes.qos import NoPublisherWatchdog, image_topic
+from stvg_ros.nodes.ros_params import declare_parameters, read_parameters
 from stvg_ros.nodes.stream_spinner import StreamSpinner
+from stvg_ros.perception.buffer import ClipBuffer
 from stvg_ros_msgs.action import Ground as GroundAction
-from stvg_ros_msgs.msg import GroundingResult, Target, TrackedObjectArray, TubeBox
+from stvg_ros_msgs.msg import GroundingResult, Target, TrackedObjectArray
 from stvg_ros_msgs.srv import Ground as GroundService
-
-BACKENDS = ("llama_cpp", "transformers", "http")
-#: Feedback stages of the action, in order.
-STAGES = ("queued", "sampling", "encoding", "reasoning", "parsing")
-
-
-@dataclass
-class GroundingParams:
-    """Parameters of the grounding node (config/grounding.yaml; table in docs/ros.md)."""
-
-    autostart: bool = param(True, "configure and activate on start (false: wait for a lifecycle manager)")
-    backend: str = param("llama_cpp", "VLM backend", choices=BACKENDS)
-    model: str = param(
-        "stvg-r1-7b-q4_k_m",
-        "model manifest name (models/*.yaml) or a path: GGUF file (llama_cpp), HF folder (transformers), "
-        "served model name (http)",
-    )
-    mmproj: str = param("", "vision projector GGUF for llama_cpp (empty: the one the manifest names)")
-    endpoint: str = param("", "OpenAI-compatible base URL for backend http, e.g. http://gpu-server:8080/v1")
-    n_ctx: int = param(8192, "llama.cpp context length in tokens (frames + prompt + answer must fit)")
-    n_threads: int = param(0, "llama.cpp CPU threads (0: all cores but one)")
-    n_gpu_layers: int = param(-1, "llama.cpp layers offloaded to the GPU (-1: all, 0: CPU only)")
-    flash_attn: bool = param(True, "llama.cpp flash attention (less memory and faster on GPU; false if a build lacks it)")
-    num_frames: int = param(16, "frames sampled from the query window and shown to the model")
-    reasoning: bool = param(True, "queries with REASONING_DEFAULT get a `<think>` block first (false: answer only)")
-    max_new_tokens: int = param(512, "longest model answer in tokens (reasoning included)")
-    buffer_seconds: float = param(30.0, "camera history kept for queries, in seconds of source time")
-    buffer_sample_fps: float = param(2.0, "frames per second kept in the history (STVG-R1 samples video at 2 fps)")
-    buffer_max_mb: float = param(64.0, "memory bound of the history in MB (oldest entries dropped first)")
-    query_timeout_s: float = param(120.0, "longest a query may take from arrival (queue wait included)")
-    queue_size: int = param(2, "queries that may wait while one runs; more are answered busy at once")
-    target_lost_timeout_s: float = param(3.0, "stop following when the target is unseen this long (source time)")
-    image_transport: str = param(
-        "raw",
-        "camera input: sensor_msgs/Image on `image` or CompressedImage on `image/compressed`",
-        choices=("raw", "compressed"),
-    )
-    image_reliability: str = param(
-        "best_effort",
-        "QoS reliability of the image subscription (best_effort also receives from reliable publishers)",
-        choices=RELIABILITIES,
-    )
-    image_depth: int = param(
-        10, "QoS depth (KEEP_LAST) of the image subscription: frames the DDS reader holds while the executor is busy"
-    )
-    no_image_warning_s: float = param(5.0, "warn when no image publisher has matched for this long (0: never)")
-    diagnostics_period_s: float = param(1.0, "period of /diagnostics messages (0: none)")
-    sam2_refine: bool = param(False, "draw IDs at SAM2 mask centres on the sampled frames (needs `sam2` + a checkpoint)")
-    sam2_checkpoint: str = param("", "SAM2.1 tiny checkpoint (.pt) for sam2_refine (required when it is on)")
-    sam2_image_size: int = param(512, "SAM2 image encoder input size (1024: SAM2's own; 512: ~7x faster on CPU)")
-
 
 # --------------------------------------------------------------------------------------------
 # The node
 
 
-STATUS_CODES = {
-    "tracking": Target.STATUS_TRACKING,
-    "occluded": Target.STATUS_OCCLUDED,
-    "lost": Target.STATUS_LOST,
-    "stopped": Target.STATUS_STOPPED,
-}
 RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
@@ -160,22 +102,15 @@ class GroundingNode(LifecycleNode):
     # ---------------------------------------------------------------- lifecycle
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from stvg_ros.grounding.backends import resolve_model_files
-        from stvg_ros.grounding.settings import backend_kwargs, grounding_config
-        from stvg_ros.perception.buffer import ClipBuffer
-
         try:
             self.params = p = read_parameters(self, GroundingParams)
-            if problems := _check_params(p):
-                raise ValueError("; ".join(problems))
-            self._model_files = resolve_model_files(backend=p.backend, **backend_kwargs(vars(p)))
-            grounding_config(vars(p))  # Sam2Unavailable when sam2_refine is on without sam2 or a checkpoint
+            p.check()
+            self._model_files = resolve_model_files(p.backend_settings(), backend=p.backend)
+            p.grounding_config()  # Sam2Unavailable when sam2_refine is on without sam2 or a checkpoint
         except Exception as exc:  # a missing model file, a bad parameter: fail the transition, say why
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        self._buffer = ClipBuffer(
-            max_seconds=p.buffer_seconds, sample_fps=p.buffer_sample_fps, max_bytes=int(p.buffer_max_mb * 2**20)
-        )
+        self._buffer = ClipBuffer.from_config(p.buffer_config())
         self._follower = TargetFollower(p.target_lost_timeout_s)
         self._result_pub = self.create_lifecycle_publisher(GroundingResult, "grounding_result", RESULTS_QOS)
         self._target_pub = self.create_lifecycle_publisher(Target, "target", 10)
@@ -212,16 +147,11 @@ class GroundingNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from stvg_ros.grounding.backends import make_backend
-        from stvg_ros.grounding.models import manifest_note
-        from stvg_ros.grounding.pipeline import GroundingPipeline
-        from stvg_ros.grounding.settings import grounding_settings
-
         started = time.monotonic()
+        p = self.params
         try:
-            backend, kwargs, config = grounding_settings(vars(self.params))
-            self._backend = make_backend(backend, **kwargs)
-            self._pipeline = GroundingPipeline(self._backend, config)
+            self._backend = make_backend(p.backend, p.backend_settings())
+            self._pipeline = GroundingPipeline(self._backend, p.grounding_config())
         except Exception as exc:  # ModelLoadError (mismatched mmproj, ...) and anything the loader raises
             self.get_logger().error(f"activate failed: could not load the model: {exc}")
             self._backend = self._pipeline = None
@@ -350,20 +280,7 @@ class GroundingNode(LifecycleNode):
     def _publish_target(self, update: TargetUpdate, header=None) -> None:
         if header is None:  # not tied to a camera frame (stop request, new answer)
             header = now_header(self, self._frame_id)
-        box = update.box if update.box is not None else np.zeros(4, np.float32)
-        self._target_pub.publish(
-            Target(
-                header=header,
-                target_id=int(update.target_id),
-                query=update.query,
-                status=STATUS_CODES[update.status],
-                seconds_since_seen=float(update.seconds_since_seen),
-                x1=float(box[0]),
-                y1=float(box[1]),
-                x2=float(box[2]),
-                y2=float(box[3]),
-            )
-        )
+        self._target_pub.publish(target_msg(update, header))
         if update.status == "lost":
             self.get_logger().info(
                 f"target {update.target_id} unseen for {update.seconds_since_seen:.1f} s: lost, stopped following"
@@ -392,17 +309,9 @@ class GroundingNode(LifecycleNode):
         return job, error
 
     def _queue_query(self, query: str, window_s: float, reasoning_flag: int) -> tuple[QueryJob | None, str]:
-        from stvg_ros.grounding.pipeline import GroundingRequest
-
         if not self._active or self._queue is None:
             return None, "the grounding node is not active (lifecycle); activate it and ask again"
-        if "\ufffd" in query:  # rclpy decodes strings with errors="replace": the sender's bytes were not UTF-8
-            return None, "bad query: the query is not valid UTF-8 (undecodable bytes arrived as U+FFFD)"
-        try:
-            normalize_query(query)  # refuse bad input before it takes a queue slot
-        except QueryError as exc:
-            return None, f"bad query: {exc}"
-        if problem := check_window(window_s):
+        if problem := query_problem(query, window_s):
             return None, problem
         if self._buffer is None or len(self._buffer) == 0:
             topic = self.resolve_topic_name(image_topic(self.params.image_transport))
@@ -475,62 +384,6 @@ class GroundingNode(LifecycleNode):
         else:
             goal_handle.abort()
         return GroundAction.Result(result=result)
-
-
-def result_msg(outcome, query: str, frame_id: str, now) -> GroundingResult:
-    """GroundingOutcome (pipeline) -> GroundingResult message; `now` stamps the answer."""
-    msg = GroundingResult(
-        query=query, success=bool(outcome.success), message=str(outcome.message or ""), model=str(outcome.model)
-    )
-    msg.header.stamp, msg.header.frame_id = now, frame_id
-    msg.target_id = int(outcome.target_id) if outcome.success and outcome.target_id is not None else -1
-    for name in ("start", "end", "clip_start"):
-        value = getattr(outcome, f"{name}_ns", None)
-        if value is not None:
-            setattr(msg, name, ns_to_stamp(value))
-    msg.start_offset = float(outcome.start_s or 0.0)
-    msg.end_offset = float(outcome.end_s or 0.0)
-    msg.confidence = float(outcome.confidence or 0.0)
-    msg.reasoning = str(outcome.reasoning or "")
-    msg.raw_answer = str(outcome.raw or "")
-    msg.tube = [
-        TubeBox(
-            header=Header(stamp=ns_to_stamp(entry.stamp_ns), frame_id=str(entry.frame_id or frame_id)),
-            x1=float(entry.xyxy[0]),
-            y1=float(entry.xyxy[1]),
-            x2=float(entry.xyxy[2]),
-            y2=float(entry.xyxy[3]),
-            interpolated=bool(entry.interpolated),
-        )
-        for entry in (outcome.tube or [])
-    ]
-    msg.sampled_stamps = [ns_to_stamp(s) for s in (outcome.sampled_stamps_ns or [])]
-    return msg
-
-
-def last_sighting(snapshot, target_id: int, default_ns: int | None) -> tuple[int, np.ndarray | None]:
-    """(stamp, box) of the newest frame in `snapshot` where `target_id` was detected."""
-    for frame in reversed(list(getattr(snapshot, "track_frames", []) or [])):
-        tracks = frame.tracks
-        rows = np.flatnonzero((tracks.track_id == target_id) & tracks.detected)
-        if len(rows):
-            return int(frame.stamp_ns), tracks.xyxy[rows[0]].copy()
-    return int(default_ns or 0), None
-
-
-def _check_params(p: GroundingParams) -> list[str]:
-    problems = []
-    if p.num_frames < 1:
-        problems.append(f"num_frames must be >= 1, got {p.num_frames}")
-    if p.buffer_seconds <= 0 or p.buffer_sample_fps <= 0 or p.buffer_max_mb <= 0:
-        problems.append("buffer_seconds, buffer_sample_fps and buffer_max_mb must be > 0")
-    if p.query_timeout_s <= 0:
-        problems.append(f"query_timeout_s must be > 0, got {p.query_timeout_s}")
-    if p.queue_size < 0:
-        problems.append(f"queue_size must be >= 0, got {p.queue_size}")
-    if p.backend == "http" and not p.endpoint:
-        problems.append("backend http needs `endpoint` (e.g. http://gpu-server:8080/v1)")
-    return problems
 
 
 def main(args: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 from rclpy.event_handler import SubscriptionEventCallbacks
 
 from stvg_ros.core.frame_queue import FrameWorker
-from stvg_ros.nodes.common import image_subscription
+from stvg_ros.nodes.qos import image_subscription
 
 #: Sequence-number gaps larger than this are not counted as losses (a publisher restart, a bag loop).
 MAX_COUNTED_GAP = 300

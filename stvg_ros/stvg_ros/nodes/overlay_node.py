@@ -14,105 +14,20 @@ costs CPU that the tracker and the VLM need when nobody looks.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass
-
-import cv2
-import numpy as np
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 
 from stvg_ros.core.image_codec import ImageDecodeError, encode_image
-from stvg_ros.core.render import IdStyle, render_ids
+from stvg_ros.core.render import IdStyle, annotate
+from stvg_ros.core.stamp_matcher import StampMatcher
 from stvg_ros.core.types import Tracks
-from stvg_ros.nodes.common import (
-    RELIABILITIES,
-    KeyedThrottle,
-    NoPublisherWatchdog,
-    declare_parameters,
-    decode_ros_image,
-    image_subscription,
-    param,
-    parameters_markdown,
-    read_parameters,
-    run_lifecycle_node,
-    stamp_to_ns,
-    tracks_from_msg,
-)
+from stvg_ros.nodes.lifecycle import run_lifecycle_node
+from stvg_ros.nodes.messages import decode_ros_image, stamp_to_ns, tracks_from_msg
+from stvg_ros.nodes.params import OverlayParams
+from stvg_ros.nodes.qos import KeyedThrottle, NoPublisherWatchdog, image_subscription
+from stvg_ros.nodes.ros_params import declare_parameters, read_parameters
 from stvg_ros_msgs.msg import TrackedObjectArray
-
-
-@dataclass
-class OverlayParams:
-    """Parameters of the overlay node (config/overlay.yaml; table in docs/perception.md)."""
-
-    autostart: bool = param(True, "configure and activate on start (false: wait for a lifecycle manager)")
-    image_transport: str = param(
-        "raw", "camera input: Image on `image` or CompressedImage on `image/compressed`", choices=("raw", "compressed")
-    )
-    image_reliability: str = param("best_effort", "QoS reliability of the image subscription", choices=RELIABILITIES)
-    cache_size: int = param(30, "images and track messages kept while waiting for their partner (each)")
-    max_wait_s: float = param(1.0, "longest an image waits for its tracks, in source time")
-    publish_unmatched: bool = param(False, "publish images whose tracks never came, without IDs")
-    draw_boxes: bool = param(False, "also draw thin boxes (debug; the model itself sees only IDs)")
-    min_box_side_px: float = param(0.0, "skip IDs of objects smaller than this (0: draw all, the trained drawing)")
-    no_image_warning_s: float = param(5.0, "warn when no image publisher has matched for this long (0: never)")
-    lazy: bool = param(True, "draw and publish only while `image_annotated` has a subscriber")
-
-
-def parameters_table() -> str:
-    return parameters_markdown(OverlayParams)
-
-
-class StampMatcher:
-    """Pairs items of two streams by stamp; bounded, oldest evicted first. ROS-free, thread-safe."""
-
-    def __init__(self, size: int = 30, max_wait_ns: int = 1_000_000_000) -> None:
-        self.size, self.max_wait_ns = max(1, int(size)), int(max_wait_ns)
-        self._images: OrderedDict[int, object] = OrderedDict()
-        self._tracks: OrderedDict[int, object] = OrderedDict()
-        self._lock = threading.Lock()
-        self.expired: list[tuple[int, object]] = []  # images that waited too long (drained by the caller)
-
-    def _put(self, own: OrderedDict, other: OrderedDict, stamp_ns: int, item) -> object | None:
-        with self._lock:
-            if stamp_ns in other:
-                return other.pop(stamp_ns)
-            own[stamp_ns] = item
-            own.move_to_end(stamp_ns)
-            while len(own) > self.size:
-                evicted = own.popitem(last=False)
-                if own is self._images:
-                    self.expired.append(evicted)
-            if own is self._tracks:  # images older than the newest tracks by max_wait will not be matched
-                for stamp in [s for s in self._images if s < stamp_ns - self.max_wait_ns]:
-                    self.expired.append((stamp, self._images.pop(stamp)))
-            return None
-
-    def add_image(self, stamp_ns: int, image) -> object | None:
-        """Returns the tracks of this stamp when they arrived first, else None (the image waits)."""
-        return self._put(self._images, self._tracks, stamp_ns, image)
-
-    def add_tracks(self, stamp_ns: int, tracks) -> object | None:
-        """Returns the image of this stamp when it arrived first, else None (the tracks wait)."""
-        return self._put(self._tracks, self._images, stamp_ns, tracks)
-
-    def drain_expired(self) -> list[tuple[int, object]]:
-        with self._lock:
-            out, self.expired = self.expired, []
-        return out
-
-
-def annotate(rgb: np.ndarray, tracks: Tracks, draw_boxes: bool = False, style: IdStyle = IdStyle()) -> np.ndarray:
-    """The overlay image: optional thin boxes, then the IDs exactly as the model sees them."""
-    if draw_boxes and len(tracks):
-        rgb = rgb.copy()
-        thickness = max(1, round(max(rgb.shape[:2]) / 640))
-        for x1, y1, x2, y2 in tracks.xyxy.astype(int):
-            cv2.rectangle(rgb, (x1, y1), (x2, y2), (0, 255, 0), thickness)
-    return render_ids(rgb, tracks, style)
 
 
 class OverlayNode(LifecycleNode):

@@ -32,34 +32,9 @@ from stvg_ros.core.bag_io import COMPRESSED_TYPE, BagError, bag_info, iter_image
 from stvg_ros.core.image_codec import ImageDecodeError, decode_compressed, encode_image
 from stvg_ros.core.types import EPOCH_NS
 from stvg_ros.core.video_io import VideoError, iter_video, video_info
-from stvg_ros.nodes.common import declare_parameters, ns_to_stamp, param, parameters_markdown
-
-
-@dataclass
-class PlayerParams:
-    bag: str = param("", "rosbag2 folder (or .db3/.mcap file) to play; set `bag` or `video`")
-    video: str = param("", "video file to play instead of a bag")
-    topic: str = param("", "image topic inside the bag ('' = the bag's only image topic)")
-    rate: float = param(1.0, "playback speed as a multiple of real time (0 = as fast as possible)")
-    loop: bool = param(False, "start again at the end (stamps keep increasing across loops)")
-    publish_clock: bool = param(False, "publish rosgraph_msgs/Clock on /clock with each frame's stamp")
-    stamp_mode: str = param(
-        "sim", "video stamps: `sim` = 1_700_000_000 s + frame time, `now` = wall clock", choices=("sim", "now")
-    )
-    frame_id: str = param("camera", "header frame_id of video frames (bags keep their own)")
-    decompress: bool = param(False, "publish a bag's CompressedImage frames decoded, as Image on `image`")
-    reliability: str = param("reliable", "QoS reliability of the image publisher", choices=("reliable", "best_effort"))
-    depth: int = param(10, "QoS depth (KEEP_LAST) of the image publisher")
-    start_delay_s: float = param(
-        1.0, "seconds to wait before the first frame (after wait_for_subscribers), so subscribers finish matching"
-    )
-    wait_for_subscribers: int = param(0, "before playing, wait until this many subscriptions match")
-    wait_timeout_s: float = param(10.0, "longest wait for `wait_for_subscribers` (then play anyway)")
-    exit_on_end: bool = param(True, "standalone: exit the process when playback ends")
-
-
-def parameters_table() -> str:
-    return parameters_markdown(PlayerParams)
+from stvg_ros.nodes.messages import ns_to_stamp
+from stvg_ros.nodes.params import PlayerParams
+from stvg_ros.nodes.ros_params import declare_parameters
 
 
 @dataclass
@@ -74,10 +49,8 @@ class PlayerNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("player_node", **kwargs)
         self.params = p = declare_parameters(self, PlayerParams)
-        if bool(p.bag) == bool(p.video):
-            raise ValueError("set exactly one of the parameters `bag` and `video`")
-        if p.rate < 0 or p.depth < 1:
-            raise ValueError(f"rate must be >= 0 and depth >= 1 (got rate={p.rate}, depth={p.depth})")
+        if problems := p.problems():
+            raise ValueError("; ".join(problems))
         self.compressed = False
         if p.bag:
             info = bag_info(p.bag)  # BagError names what is wrong before anything is published

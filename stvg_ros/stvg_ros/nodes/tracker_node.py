@@ -25,98 +25,35 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_srvs.srv import SetBool
 
 from stvg_ros.core.image_codec import ImageDecodeError
-from stvg_ros.nodes.common import (
-    RELIABILITIES,
-    KeyedThrottle,
-    NoPublisherWatchdog,
-    declare_parameters,
+from stvg_ros.core.model_registry import ModelRegistryError
+from stvg_ros.nodes.image_input import ImageInput, ReceivedFrame
+from stvg_ros.nodes.lifecycle import run_lifecycle_node
+from stvg_ros.nodes.messages import (
     decode_ros_image,
     diagnostic_array,
-    param,
-    parameters_markdown,
-    read_parameters,
-    run_lifecycle_node,
+    image_size,
     stamp_to_ns,
+    tracks_to_detection2d,
     tracks_to_msg,
 )
-from stvg_ros.nodes.image_input import ImageInput, ReceivedFrame
+from stvg_ros.nodes.params import TrackerParams
+from stvg_ros.nodes.qos import KeyedThrottle, NoPublisherWatchdog
+from stvg_ros.nodes.ros_params import declare_parameters, read_parameters
 from stvg_ros.perception.detector import DetectorError
-from stvg_ros.perception.pipeline import BACKENDS, PRECISIONS, PerceptionConfig
+from stvg_ros.perception.pipeline import build_perception, model_file
 from stvg_ros.perception.stats import LatencyMeter, RateMeter
 from stvg_ros_msgs.msg import TrackedObjectArray
 
 try:  # real ROS systems: also publish the standard detection message
-    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose  # type: ignore
+    from vision_msgs.msg import Detection2DArray  # type: ignore
 except ImportError:
     Detection2DArray = None
-
-
-@dataclass
-class TrackerParams:
-    """Parameters of the tracker node (config/tracker.yaml; table in docs/perception.md)."""
-
-    autostart: bool = param(True, "configure and activate on start (false: wait for a lifecycle manager)")
-    detector: str = param("yolo-synth-tiny", "detector: model manifest name (models/*.yaml) or a .onnx/.pt/.yaml path")
-    backend: str = param("onnx", "detector runtime: ONNX Runtime or ultralytics (torch)", choices=BACKENDS)
-    precision: str = param("int8", "ONNX file to load: static int8 (faster on CPU) or fp32", choices=PRECISIONS)
-    conf: float = param(0.1, "detector confidence threshold (ByteTrack uses boxes down to track_low_thresh)")
-    iou: float = param(0.5, "NMS IoU threshold (duplicate boxes would become competing tracks)")
-    classes: list[str] = field(
-        default_factory=list, metadata={"description": "class filter: names or ids (empty: all classes)"}
-    )
-    imgsz: int = param(0, "detector input size (0: the model's own)")
-    max_det: int = param(300, "most detections per frame")
-    threads: int = param(0, "ONNX Runtime threads (0: its default)")
-    detect_every: int = param(0, "run the detector every N frames, predict in between (0: adapt N to load)")
-    max_detect_every: int = param(6, "largest N when adapting")
-    cpu_budget: float = param(0.6, "share of the frame interval the tracker may use on average when adapting")
-    track_high_thresh: float = param(0.25, "ByteTrack: first-association score threshold")
-    track_low_thresh: float = param(0.1, "ByteTrack: second-association score threshold")
-    new_track_thresh: float = param(0.25, "ByteTrack: score needed to start a track")
-    match_thresh: float = param(0.8, "ByteTrack: association cost threshold")
-    lost_buffer_s: float = param(1.0, "ByteTrack keeps a lost track this long for IoU re-matching")
-    reid_max_gap_s: float = param(
-        3.0, "re-associate a new track with one lost at most this long ago, in seconds without detections (0: off)"
-    )
-    reid_min_similarity: float = param(0.6, "re-association: minimum colour-histogram similarity (0..1)")
-    reid_gate_sizes: float = param(2.5, "re-association: motion gate radius in object sizes")
-    reid_low_score: bool = param(
-        True, "re-association: low-score detections (track_low_thresh..new_track_thresh) may revive a lost ID"
-    )
-    image_transport: str = param(
-        "raw", "camera input: Image on `image` or CompressedImage on `image/compressed`", choices=("raw", "compressed")
-    )
-    image_reliability: str = param(
-        "best_effort",
-        "QoS reliability of the image subscription (best_effort also receives from reliable publishers)",
-        choices=RELIABILITIES,
-    )
-    image_depth: int = param(
-        10, "QoS depth (KEEP_LAST) of the image subscription: frames the DDS reader holds while the executor is busy"
-    )
-    image_backlog: int = param(
-        30, "frames queued for the processing thread; when it falls further behind the oldest are dropped (counted)"
-    )
-    no_image_warning_s: float = param(5.0, "warn when no image publisher has matched for this long (0: never)")
-    diagnostics_period_s: float = param(1.0, "period of /diagnostics messages (0: none)")
-    publish_detection2d: bool = param(
-        True, "also publish vision_msgs/Detection2DArray on `detections` where vision_msgs is installed"
-    )
-
-
-def parameters_table() -> str:
-    return parameters_markdown(TrackerParams)
-
-
-def perception_config(p: TrackerParams) -> PerceptionConfig:
-    return PerceptionConfig.from_node_parameters(vars(p))
 
 
 class TrackerNode(LifecycleNode):
@@ -138,14 +75,11 @@ class TrackerNode(LifecycleNode):
     # ---- lifecycle
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from stvg_ros.core import model_registry
-        from stvg_ros.perception.pipeline import model_file
-
         try:
             self.params = p = read_parameters(self, TrackerParams)
-            self.config = perception_config(p)
+            self.config = p.perception_config()
             model = model_file(self.config)
-        except (ValueError, model_registry.ModelRegistryError, DetectorError) as exc:
+        except (ValueError, ModelRegistryError, DetectorError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info(f"detector file: {model}")
@@ -156,8 +90,6 @@ class TrackerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from stvg_ros.perception.pipeline import build_perception
-
         try:
             self.pipeline = build_perception(self.config)
         except Exception as exc:  # any loader error: fail the transition with its message
@@ -241,7 +173,7 @@ class TrackerNode(LifecycleNode):
                 return
             runs_before = self.pipeline.stats.detector_runs
             if rgb is None:
-                tracks = self.pipeline.catch_up(stamp_ns, _image_size(msg), frame.lost_before)
+                tracks = self.pipeline.catch_up(stamp_ns, image_size(msg), frame.lost_before)
             else:
                 tracks = self.pipeline.process(stamp_ns, rgb, frame.lost_before)
             if self.pipeline.stats.detector_runs > runs_before:
@@ -249,7 +181,7 @@ class TrackerNode(LifecycleNode):
             names = self.pipeline.class_names
         self._tracks_pub.publish(tracks_to_msg(tracks, msg.header, names))
         if self._det_pub is not None:
-            self._det_pub.publish(_detection2d_array(tracks, msg.header, names))
+            self._det_pub.publish(tracks_to_detection2d(tracks, msg.header, names))
         self._output.tick()
         self._processing.add(time.monotonic() - started)
         self._latency.add(max(0.0, (self.get_clock().now().nanoseconds - stamp_ns) / 1e9))
@@ -277,28 +209,6 @@ class TrackerNode(LifecycleNode):
         elif self.counts["processing_errors"] or counts.get("decode_errors"):
             level, message = DiagnosticStatus.WARN, "some frames failed (see the log)"
         self._diag_pub.publish(diagnostic_array(self, "tracker", level, message, values))
-
-
-def _detection2d_array(tracks, header, class_names):
-    out = Detection2DArray(header=header)
-    for i in range(len(tracks)):
-        x1, y1, x2, y2 = (float(v) for v in tracks.xyxy[i])
-        det = Detection2D(header=header, id=str(int(tracks.track_id[i])))
-        det.bbox.center.position.x, det.bbox.center.position.y = (x1 + x2) / 2, (y1 + y2) / 2
-        det.bbox.size_x, det.bbox.size_y = x2 - x1, y2 - y1
-        hypothesis = ObjectHypothesisWithPose()
-        class_id = int(tracks.class_id[i])
-        hypothesis.hypothesis.class_id = class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
-        hypothesis.hypothesis.score = float(tracks.score[i])
-        det.results.append(hypothesis)
-        out.detections.append(det)
-    return out
-
-
-def _image_size(msg) -> tuple[int, int] | None:
-    """(width, height) of an Image; None for a CompressedImage (no size without decoding: boxes stay unclipped)."""
-    width, height = int(getattr(msg, "width", 0)), int(getattr(msg, "height", 0))
-    return (width, height) if width > 0 and height > 0 else None
 
 
 def main(args: list[str] | None = None) -> int:

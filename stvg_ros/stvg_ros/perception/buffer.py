@@ -128,7 +128,7 @@ class ClipSnapshot:
 @dataclass(frozen=True)
 class BufferConfig:
     """How much camera history a ClipBuffer keeps: the defaults of the grounding node, the offline
-    pipeline and every other caller (defined here only)."""
+    pipeline (grounding/offline.py) and every other caller, ClipBuffer's own included (defined here only)."""
 
     #: seconds of source time kept for queries
     max_seconds: float = 30.0
@@ -154,10 +154,10 @@ class ClipBuffer:
 
     def __init__(
         self,
-        max_seconds: float = 60.0,
-        sample_fps: float = 2.0,
-        frame_long_side: int = 448,
-        max_bytes: int = 64 * 2**20,
+        max_seconds: float = BufferConfig.max_seconds,
+        sample_fps: float = BufferConfig.sample_fps,
+        frame_long_side: int = BufferConfig.frame_long_side,
+        max_bytes: int = int(BufferConfig.max_mb * 2**20),
         jump_reset_s: float = 1.0,
     ) -> None:
         if max_seconds <= 0 or sample_fps <= 0 or frame_long_side < 16 or max_bytes <= 0:

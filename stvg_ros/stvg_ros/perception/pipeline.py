@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stvg_ros.core import model_registry as registry
 from stvg_ros.core.types import Tracks
 from stvg_ros.perception.detector import (
     Detector,
@@ -84,17 +85,8 @@ class PerceptionConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> PerceptionConfig:
-        """From flat keys; tracker fields may be given at the top level. Unknown keys raise.
-
-        A ROS parameters file's content (`{"/**/tracker_node": {"ros__parameters": {...}}}`, e.g.
-        config/tracker.yaml) is accepted too: the tracker node's section is read, its `detector`
-        is the model and its ROS-only parameters (QoS, autostart, ...) are ignored. Flat keys next
-        to the sections (e.g. `model` added by a command-line option) override the section.
-        """
-        sections = [k for k, v in values.items() if isinstance(v, dict) and "ros__parameters" in v]
-        if sections:
-            overrides = {k: v for k, v in values.items() if k not in sections}
-            return cls.from_dict({**_node_settings(_tracker_section(values)), **overrides})
+        """From flat keys; tracker fields may be given at the top level (or as `tracker`, a
+        TrackerConfig or a mapping). Unknown keys raise."""
         own = {f.name for f in fields(cls)} - {"tracker"}
         tracker_keys = {f.name for f in fields(TrackerConfig)}
         tracker = values.get("tracker")
@@ -104,44 +96,6 @@ class PerceptionConfig:
         if unknown:
             raise ValueError(f"unknown perception settings: {sorted(unknown)}")
         return cls(**{k: v for k, v in values.items() if k in own}, tracker=tracker)
-
-    @classmethod
-    def from_node_parameters(cls, values: dict) -> PerceptionConfig:
-        """From the tracker node's parameters (`detector` names the model; keys that only the
-        node uses, such as QoS settings, are ignored)."""
-        return cls.from_dict(_node_settings(values))
-
-
-def _node_settings(values: dict) -> dict:
-    """The PerceptionConfig keys among the tracker node's parameters (`detector` -> `model`)."""
-    known = ({f.name for f in fields(PerceptionConfig)} | {f.name for f in fields(TrackerConfig)}) - {"model", "tracker"}
-    settings = {k: v for k, v in values.items() if k in known}
-    if "detector" in values or "model" in values:
-        settings["model"] = values.get("detector", values.get("model"))
-    if isinstance(settings.get("classes"), (list, tuple)):
-        settings["classes"] = list(settings["classes"])
-    return settings
-
-
-def _tracker_section(params_file: dict, node_name: str = "tracker_node") -> dict:
-    """The ros__parameters of `node_name` in a ROS parameters file's content ({} when absent)."""
-    for key, section in params_file.items():
-        if str(key).rstrip("/").split("/")[-1] == node_name and isinstance(section, dict):
-            return dict(section.get("ros__parameters") or {})
-    return {}
-
-
-def load_perception_config(path: str | Path) -> PerceptionConfig:
-    """PerceptionConfig from a YAML file: flat PerceptionConfig keys or a ROS parameters file."""
-    import yaml
-
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read perception settings from {path}: {exc}") from exc
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must be a mapping of settings")
-    return PerceptionConfig.from_dict(values)
 
 
 @dataclass
@@ -272,8 +226,6 @@ def build_detector(config: PerceptionConfig) -> Detector:
 def model_file(config: PerceptionConfig) -> Path:
     """Which file of the model to load for the backend/precision (raises ModelFileMissing, whose
     message names the file and how to get it, when it is not on this machine)."""
-    from stvg_ros.core import model_registry as registry
-
     candidate = Path(config.model).expanduser()
     if candidate.is_file():
         if config.backend == "onnx" and candidate.suffix != ".onnx":

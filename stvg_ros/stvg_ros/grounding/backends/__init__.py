@@ -1,6 +1,6 @@
 """VLM backends behind one interface (`VlmBackend`): llama.cpp, transformers, OpenAI-compatible HTTP.
 
-    backend = make_backend("llama_cpp", model="stvg-r1-7b-q4_k_m")   # a manifest name or a path
+    backend = make_backend("llama_cpp", BackendSettings(model="stvg-r1-7b-q4_k_m"))  # a manifest name or a path
     result = backend.generate(frames, timestamps_s, question, reasoning=True, max_new_tokens=512)
 
 `resolve_model_files` turns a manifest name or a path into the files a backend needs (without
@@ -10,15 +10,19 @@ loading anything), so a node can fail its configure step with a clear message.
 from __future__ import annotations
 
 import logging
+from dataclasses import fields, replace
 from pathlib import Path
 
 from stvg_ros.grounding.backends.base import (
+    BackendSettings,
     CancelToken,
     GenerationError,
     GenerationResult,
     ModelLoadError,
     VlmBackend,
 )
+from stvg_ros.grounding.backends.http import HttpBackend
+from stvg_ros.grounding.backends.models import manifest_files
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,7 @@ BACKENDS = ("llama_cpp", "transformers", "http")
 
 __all__ = [
     "BACKENDS",
+    "BackendSettings",
     "CancelToken",
     "GenerationError",
     "GenerationResult",
@@ -59,24 +64,26 @@ def _mmproj_beside(model_path: Path) -> Path:
 
 def _from_manifest(name: str, backend: str) -> dict | None:
     """Files of manifest `name` for `backend` via the model registry, or None if no such manifest."""
-    from stvg_ros.grounding.models import manifest_files
-
     return manifest_files(name, backend)
 
 
 def resolve_model_files(
+    settings: BackendSettings | None = None,
+    backend: str | None = None,
+    *,
     model: str = "",
     mmproj: str = "",
     endpoint: str = "",
-    backend: str | None = None,
-    **_ignored,
 ) -> dict[str, str]:
     """What a backend will load, as {"backend", "name", "model", "mmproj"} (or "endpoint" for http).
 
-    `model` is a manifest name (models/*.yaml) or a path: a GGUF file for llama_cpp (its mmproj is
-    `mmproj` or the single mmproj*.gguf beside it), a Hugging Face folder for transformers, or the
-    served model name for http. Raises ModelLoadError naming what is missing and how to get it.
+    The files come from `settings` (or, without it, `model` / `mmproj` / `endpoint`): `model` is a
+    manifest name (models/*.yaml) or a path: a GGUF file for llama_cpp (its mmproj is `mmproj` or the
+    single mmproj*.gguf beside it), a Hugging Face folder for transformers, or the served model name
+    for http. Raises ModelLoadError naming what is missing and how to get it.
     """
+    if settings is not None:
+        model, mmproj, endpoint = settings.model, settings.mmproj, settings.endpoint
     model, mmproj, endpoint = str(model or ""), str(mmproj or ""), str(endpoint or "")
     backend = backend or _guess_backend(model, endpoint)
     if backend not in BACKENDS:
@@ -109,35 +116,41 @@ def resolve_model_files(
     return {"backend": backend, "name": path.stem, "model": str(path), "mmproj": str(mmproj_path)}
 
 
-def make_backend(kind: str, *, load: bool = True, **params) -> VlmBackend:
-    """A backend of `kind` for the given parameters (irrelevant ones are ignored), loaded by default.
+def make_backend(kind: str, settings: BackendSettings | None = None, *, load: bool = True, **options) -> VlmBackend:
+    """A backend of `kind` for `settings`, loaded by default. Raises ModelLoadError with a clear message.
 
-    Common parameters: model, mmproj, endpoint, timeout_s; llama_cpp: n_ctx, n_threads, n_gpu_layers,
-    n_batch, image_format, flash_attn; transformers: device, dtype, use_video; http: api_key, constraint,
-    image_format. Raises ModelLoadError with a clear message.
+    `options` may give BackendSettings fields one by one (`model="..."`, in place of or over
+    `settings`; None keeps the setting) and backend-specific extras: llama_cpp: n_batch, temperature,
+    repeat_penalty, seed, constrained, image_format; transformers: device, dtype, use_video,
+    constrained, attn_implementation; http: api_key, connect_timeout_s, image_format, constraint,
+    temperature (extras another backend would take are ignored).
     """
     if kind not in BACKENDS:
         raise ModelLoadError(f"unknown backend {kind!r}; use one of {', '.join(BACKENDS)}")
-    files = resolve_model_files(backend=kind, **params)
-    pick = {key: params[key] for key in params if params[key] is not None}
+    own = {f.name for f in fields(BackendSettings)}
+    settings = replace(settings or BackendSettings(), **{k: v for k, v in options.items() if k in own and v is not None})
+    extra = {k: v for k, v in options.items() if k not in own and v is not None}
+    files = resolve_model_files(settings, backend=kind)
     if kind == "llama_cpp":
-        from stvg_ros.grounding.backends.llama_cpp import LlamaCppBackend
+        from stvg_ros.grounding.backends.llama_cpp import LlamaCppBackend  # imports llama_cpp
 
-        options = {k: pick[k] for k in ("n_ctx", "n_threads", "n_gpu_layers", "n_batch", "temperature",
-                                        "repeat_penalty", "seed", "constrained", "image_format", "flash_attn") if k in pick}
-        backend = LlamaCppBackend(files["model"], files["mmproj"], model_name=files["name"], **options)
+        picked = {k: extra[k] for k in ("n_batch", "temperature", "repeat_penalty", "seed", "constrained",
+                                        "image_format") if k in extra}  # fmt: skip
+        backend: VlmBackend = LlamaCppBackend(
+            files["model"], files["mmproj"], model_name=files["name"], n_ctx=settings.n_ctx,
+            n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers, flash_attn=settings.flash_attn, **picked,
+        )  # fmt: skip
     elif kind == "transformers":
-        from stvg_ros.grounding.backends.transformers_backend import TransformersBackend
+        from stvg_ros.grounding.backends.transformers_backend import TransformersBackend  # imports torch
 
-        options = {k: pick[k] for k in ("device", "dtype", "use_video", "constrained", "attn_implementation")
-                   if k in pick}
-        backend = TransformersBackend(files["model"], model_name=files["name"], **options)
+        picked = {k: extra[k] for k in ("device", "dtype", "use_video", "constrained", "attn_implementation")
+                  if k in extra}  # fmt: skip
+        backend = TransformersBackend(files["model"], model_name=files["name"], **picked)
     else:
-        from stvg_ros.grounding.backends.http import HttpBackend
-
-        options = {k: pick[k] for k in ("api_key", "timeout_s", "connect_timeout_s", "image_format", "constraint",
-                                        "temperature") if k in pick}
-        backend = HttpBackend(files["endpoint"], model=files["model"], model_name=files["name"], **options)
+        picked = {k: extra[k] for k in ("api_key", "connect_timeout_s", "image_format", "constraint", "temperature")
+                  if k in extra}  # fmt: skip
+        backend = HttpBackend(files["endpoint"], model=files["model"], model_name=files["name"],
+                              timeout_s=settings.timeout_s, **picked)  # fmt: skip
     if load:
         backend.load()
     return backend

@@ -23,6 +23,26 @@ class GenerationError(RuntimeError):
     """Generation failed inside the backend (context overflow, server error, ...)."""
 
 
+@dataclass(frozen=True)
+class BackendSettings:
+    """What `make_backend` / `resolve_model_files` load and how (the grounding node's parameters).
+
+    `model`: a manifest name (models/*.yaml) or a path (GGUF file, Hugging Face folder, or the served
+    model name for http); `mmproj`: llama_cpp's vision projector (empty: the manifest's or the one
+    beside the model); `endpoint`: the http backend's base URL. n_ctx, n_threads, n_gpu_layers and
+    flash_attn are llama.cpp's; `timeout_s` bounds an http request.
+    """
+
+    model: str = ""
+    mmproj: str = ""
+    endpoint: str = ""
+    n_ctx: int = 8192
+    n_threads: int = 0
+    n_gpu_layers: int = -1
+    flash_attn: bool = True
+    timeout_s: float = 120.0
+
+
 class CancelToken(Protocol):
     """Anything with `is_set()`: a threading.Event, or the pipeline's cancel-or-deadline check."""
 

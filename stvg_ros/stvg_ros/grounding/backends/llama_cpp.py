@@ -30,6 +30,7 @@ from stvg_ros.grounding.backends.base import (
     image_data_uri,
     is_cancelled,
 )
+from stvg_ros.grounding.gguf import GgufError, gguf_summary
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ def check_model_files(model_path: str | Path, mmproj_path: str | Path) -> dict:
     GGUF, a text model given as mmproj, and an mmproj whose projection size differs from the text
     model's embedding size (made for another model). Returns both files' header summaries.
     """
-    from stvg_ros.grounding.gguf import GgufError, gguf_summary
-
     model_path, mmproj_path = Path(model_path), Path(mmproj_path)
     for role, path in (("model", model_path), ("mmproj", mmproj_path)):
         if not path.is_file():

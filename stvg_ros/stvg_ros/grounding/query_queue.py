@@ -3,7 +3,8 @@
 `QueryQueue` runs queries one at a time on its own worker thread; at most `waiting` more may wait,
 and `submit` never blocks (False = no room: the node answers "busy"). `TargetFollower` turns each
 new frame's tracks into the followed target's state (tracking, occluded, lost once, stopped).
-Imported by nodes/grounding_node.py; no rclpy here, so it is tested without ROS.
+`last_sighting` finds where an answer's target was last seen. Used by nodes/grounding_node.py; no
+rclpy here, so it is tested without ROS.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from stvg_ros.core.prompt import QueryError, normalize_query
 from stvg_ros.core.types import Tracks
 
 #: Share of the whole query each stage covers: (stage, start, end) for the action's `progress`.
@@ -195,3 +197,27 @@ def check_window(window_s: float) -> str:
     if not math.isfinite(window_s) or window_s < 0:
         return f"window_seconds must be a finite number >= 0 (0 = the whole buffer), got {window_s}"
     return ""
+
+
+def last_sighting(snapshot, target_id: int, default_ns: int | None) -> tuple[int, np.ndarray | None]:
+    """(stamp, box) of the newest frame in `snapshot` where `target_id` was detected
+    ((default_ns or 0, None) when it never was)."""
+    for frame in reversed(list(getattr(snapshot, "track_frames", []) or [])):
+        tracks = frame.tracks
+        rows = np.flatnonzero((tracks.track_id == target_id) & tracks.detected)
+        if len(rows):
+            return int(frame.stamp_ns), tracks.xyxy[rows[0]].copy()
+    return int(default_ns or 0), None
+
+
+def query_problem(query: str, window_s: float) -> str:
+    """Why a query is refused before it takes a queue slot ("" when it is fine): text that is not
+    UTF-8 (rclpy decodes with errors="replace", so the sender's bad bytes arrive as U+FFFD), a query
+    `normalize_query` rejects, or a bad window."""
+    if "\ufffd" in query:
+        return "bad query: the query is not valid UTF-8 (undecodable bytes arrived as U+FFFD)"
+    try:
+        normalize_query(query)
+    except QueryError as exc:
+        return f"bad query: {exc}"
+    return check_window(window_s)

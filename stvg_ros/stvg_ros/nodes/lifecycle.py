@@ -1,0 +1,66 @@
+"""Starting a lifecycle node: autostart, its executor, and a node module's `main()`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def autostart(node) -> bool:
+    """Configure then activate a lifecycle node (what `ros2 lifecycle set` would do); True on success.
+
+    A failed transition is logged by the node's callback; the node stays unconfigured/inactive and
+    can be driven by a lifecycle manager afterwards.
+    """
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error("configure failed; the node stays unconfigured (see the message above)")
+        return False
+    if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error("activate failed; the node stays inactive (see the message above)")
+        return False
+    return True
+
+
+def executor_for(node):
+    """The executor a node is spun by, alone or in a graph: a SingleThreadedExecutor, unless the node
+    needs concurrent callbacks (`executor_threads` > 1: the grounding node's waiting queries hold one
+    thread each), then a MultiThreadedExecutor with that many threads. Camera-rate streams never go
+    on a MultiThreadedExecutor (see stream_spinner.py)."""
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+
+    threads = int(getattr(node, "executor_threads", 1))
+    return MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+
+
+def run_lifecycle_node(make_node: Callable[[], Any], args: list[str] | None = None) -> int:
+    """`main()` of a node module: init rclpy, build the node, self-activate when its `autostart`
+    parameter is true (a failure is logged; the node stays up for a lifecycle manager), spin until
+    SIGINT/SIGTERM. Returns the process exit code (1 when autostart failed and `exit_on_failure` is
+    set on the node). The DDS transports are the process environment's (see large_image_dds_settings)."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = make_node()
+        wants_autostart = node.has_parameter("autostart") and bool(node.get_parameter("autostart").value)
+        if wants_autostart and not autostart(node) and getattr(node, "exit_on_failure", False):
+            return 1
+        executor = executor_for(node)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return code

@@ -28,13 +28,14 @@ from stvg_ros.grounding.backends import ModelLoadError, make_backend
 from stvg_ros.grounding.backends.models import manifest_note
 from stvg_ros.grounding.offline import VIDEO_FRAME_ID, OfflinePipeline
 from stvg_ros.grounding.pipeline import GroundingConfig, GroundingOutcome, GroundingRequest
+from stvg_ros.nodes.params import GroundingParams
 from stvg_ros.perception.buffer import BufferConfig
 from stvg_ros.perception.pipeline import PerceptionConfig
 from stvg_ros.synthetic.tiny_vlm import TINY_DISCLAIMER, is_tiny_model
 
 log = logging.getLogger("stvg_ros.ground")
 
-DEFAULT_MODEL = "stvg-r1-7b-q4_k_m"
+DEFAULT_MODEL = GroundingParams.model  # the grounding node's default, defined once
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -53,7 +54,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                              "(transformers), served model name (http, default: the one the server serves)")
     parser.add_argument("--mmproj", default="", help="vision projector GGUF (llama_cpp; default: the manifest's)")
     parser.add_argument("--endpoint", default="", help="OpenAI-compatible base URL (http backend)")
-    parser.add_argument("--detector", default="yolo-synth-tiny", help="detector manifest name or model path")
+    parser.add_argument("--detector", default=PerceptionConfig.model, help="detector manifest name or model path")
     parser.add_argument("--detect-every", type=int, default=1, help="run the detector every N frames (default 1)")
     parser.add_argument("--window", type=float, default=0.0, help="answer over the last N seconds (0: whole video)")
     parser.add_argument("--num-frames", type=int, default=defaults.num_frames, help="frames shown to the model")

@@ -235,3 +235,27 @@ def tracks_msg(boxes: dict[int, tuple[float, float, float, float]], stamp_ns: in
         for tid, b in boxes.items()
     ]
     return msg
+
+
+def run_publisher_and_subscriber(
+    subscriber: str, publisher: str, publisher_args: list[str], env: dict[str, str], logs: Path
+) -> dict:
+    """Run two Python scripts (`python -c`) as separate processes in `env`: the subscriber prints one
+    JSON line last, which is returned; both must exit 0 (their logs in `logs`), within timeouts."""
+    import json
+
+    run = {"cwd": REPO, "env": {**env, "PYTHONUNBUFFERED": "1"}, "start_new_session": True}
+    with open(logs / "subscriber.log", "wb") as sub_err, open(logs / "publisher.log", "wb") as pub_log:
+        sub = subprocess.Popen([sys.executable, "-c", subscriber], stdout=subprocess.PIPE, stderr=sub_err, **run)
+        pub = subprocess.Popen([sys.executable, "-c", publisher, *publisher_args], stdout=pub_log, stderr=pub_log,
+                               **run)  # fmt: skip
+        try:
+            out, _ = sub.communicate(timeout=150)
+            assert pub.wait(timeout=30) == 0, (logs / "publisher.log").read_text()
+        finally:
+            for process in (sub, pub):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(timeout=10)
+    assert sub.returncode == 0, (logs / "subscriber.log").read_text()[-3000:]
+    return json.loads(out.decode().strip().splitlines()[-1])

@@ -8,16 +8,14 @@ fallback a best-effort subscriber loses most of them, and with ROS_AUTOMATIC_DIS
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from stvg_ros.nodes.dds import DDS_USER_VARIABLES, large_image_dds_settings
+from tests.ros_support import run_publisher_and_subscriber
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "stvg_ros" / "config" / "fastdds_large_images.xml"
@@ -134,23 +132,9 @@ def test_nodes_leave_the_process_transports_alone(monkeypatch):
 @pytest.mark.ros
 def test_vga_frames_reach_a_best_effort_depth_1_subscriber_in_another_process(tmp_path):
     pytest.importorskip("rclpy", reason="rclpy is not installed (run scripts/setup.sh)")
-    env = {**_clean_environment(), "PYTHONUNBUFFERED": "1"}
-    run = {"cwd": REPO, "env": env, "start_new_session": True}
-    with open(tmp_path / "subscriber.log", "wb") as sub_err, open(tmp_path / "publisher.log", "wb") as pub_log:
-        subscriber = subprocess.Popen([sys.executable, "-c", SUBSCRIBER], stdout=subprocess.PIPE, stderr=sub_err, **run)
-        publisher = subprocess.Popen(
-            [sys.executable, "-c", PUBLISHER, str(FRAMES), str(RATE_HZ)], stdout=pub_log, stderr=pub_log, **run
-        )
-        try:
-            out, _ = subscriber.communicate(timeout=150)
-            assert publisher.wait(timeout=30) == 0, (tmp_path / "publisher.log").read_text()
-        finally:
-            for process in (subscriber, publisher):
-                if process.poll() is None:
-                    process.kill()
-                    process.wait(timeout=10)
-    assert subscriber.returncode == 0, (tmp_path / "subscriber.log").read_text()[-3000:]
-    report = json.loads(out.decode().strip().splitlines()[-1])
+    report = run_publisher_and_subscriber(
+        SUBSCRIBER, PUBLISHER, [str(FRAMES), str(RATE_HZ)], _clean_environment(), tmp_path
+    )
     assert report["settings"] == {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
     assert report["range"] == os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")  # the tests' discovery range
     # 10 frames/s to a subscriber that does nothing else: every frame should arrive; before the

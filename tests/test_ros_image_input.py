@@ -8,15 +8,12 @@ lost (reader queue, backlog).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from stvg_ros.nodes.dds import DDS_USER_VARIABLES
-from tests.ros_support import REPO
+from tests.ros_support import run_publisher_and_subscriber
 
 pytestmark = pytest.mark.ros
 pytest.importorskip("rclpy", reason="rclpy is not installed (run scripts/setup.sh)")
@@ -70,21 +67,7 @@ rclpy.shutdown()
 
 def test_frames_lost_on_the_wire_are_counted_as_transport_losses(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in DDS_USER_VARIABLES}  # default transports: UDP fallback
-    run = {"cwd": REPO, "env": {**env, "PYTHONUNBUFFERED": "1"}, "start_new_session": True}
-    with open(tmp_path / "subscriber.log", "wb") as sub_err, open(tmp_path / "publisher.log", "wb") as pub_log:
-        subscriber = subprocess.Popen([sys.executable, "-c", SUBSCRIBER], stdout=subprocess.PIPE, stderr=sub_err, **run)
-        publisher = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(FRAMES)], stdout=pub_log, stderr=pub_log,
-                                     **run)  # fmt: skip
-        try:
-            out, _ = subscriber.communicate(timeout=150)
-            assert publisher.wait(timeout=30) == 0, (tmp_path / "publisher.log").read_text()
-        finally:
-            for process in (subscriber, publisher):
-                if process.poll() is None:
-                    process.kill()
-                    process.wait(timeout=10)
-    assert subscriber.returncode == 0, (tmp_path / "subscriber.log").read_text()[-3000:]
-    counts = json.loads(out.decode().strip().splitlines()[-1])
+    counts = run_publisher_and_subscriber(SUBSCRIBER, PUBLISHER, [str(FRAMES)], env, tmp_path)
     # every frame the reader got reached the handler; the losses are the transport's, and say so
     assert counts["handled"] == counts["frames_received"] < FRAMES
     assert counts["lost_in_transport"] > 0 and counts["dropped_backlog"] == counts["decode_errors"] == 0

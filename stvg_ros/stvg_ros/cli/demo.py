@@ -306,17 +306,15 @@ def _settle(count, expected: int, timeout_s: float) -> None:
 
 def _frame_counts(graph, played: int) -> dict:
     """Camera frames each node received and lost (by cause), and the grounding buffer's sampled frames."""
-    out: dict = {"played": played}
-    for name in ("tracker_node", "grounding_node"):
-        images = getattr(graph.node(name), "_images", None)
-        if images is not None:
-            out[name] = images.counts()
-    grounding = graph.node("grounding_node")
-    buffer = grounding._buffer.stats() if grounding._buffer is not None else {}
-    out["buffer_frames"] = buffer.get("frames", 0)
-    out["buffer_missed_samples"] = buffer.get("missed_samples", 0)
-    out["frames_lost"] = sum(out.get(name, {}).get("frames_lost", 0) for name in ("tracker_node", "grounding_node"))
-    return out
+    tracker, grounding = graph.node("tracker_node").frame_counts(), graph.node("grounding_node").frame_counts()
+    return {
+        "played": played,
+        "tracker_node": tracker,
+        "grounding_node": {k: v for k, v in grounding.items() if not k.startswith("buffer_")},
+        "buffer_frames": grounding.get("buffer_frames", 0),
+        "buffer_missed_samples": grounding.get("buffer_missed_samples", 0),
+        "frames_lost": tracker.get("frames_lost", 0) + grounding.get("frames_lost", 0),
+    }
 
 
 def _make_player(spec):

@@ -254,15 +254,21 @@ class GroundingNode(LifecycleNode):
         if (update := self._follower.update(stamp_ns, tracks)) is not None:
             self._publish_target(update, msg.header)
 
+    def frame_counts(self) -> dict[str, int]:
+        """Camera frames received and lost by cause (ImageInput.counts), and the frames the buffer
+        holds and the sampling slots it missed (empty while unconfigured)."""
+        if self._images is None or self._buffer is None:
+            return {}
+        buffer = self._buffer.stats()
+        return {**self._images.counts(), "buffer_frames": buffer["frames"],
+                "buffer_missed_samples": buffer["missed_samples"]}  # fmt: skip
+
     def _publish_diagnostics(self) -> None:
         buffer = self._buffer.stats() if self._buffer is not None else {}
         since_image = time.monotonic() - self._last_image if self._last_image else None
-        images = self._images.counts() if self._images is not None else {}
         values = {
-            **{k: str(v) for k, v in images.items()},
+            **{k: str(v) for k, v in self.frame_counts().items()},
             **{k: str(v) for k, v in self.counts.items()},
-            "buffer_frames": str(buffer.get("frames", 0)),
-            "buffer_missed_samples": str(buffer.get("missed_samples", 0)),
             "buffer_track_frames": str(buffer.get("track_frames", 0)),
             "buffer_mb": f"{buffer.get('nbytes', 0) / 2**20:.1f}",
             "seconds_since_image": f"{since_image:.1f}" if since_image is not None else "never",

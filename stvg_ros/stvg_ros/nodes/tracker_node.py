@@ -186,9 +186,13 @@ class TrackerNode(LifecycleNode):
         self._processing.add(time.monotonic() - started)
         self._latency.add(max(0.0, (self.get_clock().now().nanoseconds - stamp_ns) / 1e9))
 
+    def frame_counts(self) -> dict[str, int]:
+        """Camera frames received and lost by cause (ImageInput.counts; empty while inactive)."""
+        return self._images.counts() if self._images is not None else {}
+
     def _publish_diagnostics(self) -> None:
         stats = self.pipeline.stats if self.pipeline is not None else None
-        counts = {**(self._images.counts() if self._images is not None else {}), **self.counts}
+        counts = {**self.frame_counts(), **self.counts}
         counts["caught_up"] = stats.caught_up if stats else 0
         values = {
             "input_hz": f"{self._input.rate():.1f}",

@@ -188,3 +188,46 @@ def test_stvg_ros_up_starts_the_graph_with_remaps_namespace_and_overrides(tiny_d
         code = up.stop(timeout_s=20)
     assert code == 0, up.log()
     assert "Traceback" not in up.log()
+
+
+_TEARDOWN_SCRIPT = """
+import json, sys, threading
+import rclpy
+from stvg_ros.nodes.graph import Graph, graph_nodes, merged_params_file, ros_arguments
+
+detector, model, mmproj, out_dir = sys.argv[1:5]
+overrides = {
+    "tracker_node": {"detector": detector, "threads": 1},
+    "grounding_node": {"model": model, "mmproj": mmproj, "n_gpu_layers": 0, "n_threads": 1},
+}
+rclpy.init(args=ros_arguments(merged_params_file(None, overrides, out_dir), "/teardown_cam/image_raw", "teardown"))
+graph = Graph(graph_nodes()).build().start()
+grounding = graph.node("grounding_node")
+backend = grounding._backend
+llm_before = backend._llm is not None
+rclpy.shutdown()  # what SIGINT does: the context ends, every executor returns
+graph.spin()
+graph.stop()
+alive = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+print(json.dumps({"failed": graph.failed, "llm_before": llm_before, "llm_after": backend._llm is not None,
+                  "threads": alive}))
+"""
+
+
+def test_graph_stop_ends_every_thread_and_frees_the_model_before_exit(tiny_detector, tiny_vlm, tmp_path):
+    """What SIGINT leads to in `stvg-ros up`: after `Graph.stop()` no thread of the nodes is left running
+    and the model is freed; a model or a frame thread left for the interpreter's exit crashed it
+    (SIGSEGV, once in ~30 runs on a loaded machine)."""
+    import json
+    import subprocess
+    import sys
+
+    args = [str(tiny_detector["onnx-int8"]), str(tiny_vlm.gguf_q8_0), str(tiny_vlm.mmproj_f32), str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-c", _TEARDOWN_SCRIPT, *args], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["failed"] == [] and result["llm_before"] is True
+    assert result["llm_after"] is False, "the model was left for the interpreter's exit"
+    assert result["threads"] == [], f"threads still running after Graph.stop(): {result['threads']}"

@@ -7,6 +7,7 @@ Each subcommand module defines `add_parser(subparsers) -> argparse.ArgumentParse
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import logging
 import sys
@@ -40,6 +41,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    faulthandler.enable()  # a crash in native code (DDS, ONNX Runtime, llama.cpp) prints every thread's stack
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -114,13 +114,16 @@ class QueryQueue:
                 self._running = None
                 self._slots.release()
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Cancel the running query, fail the waiting ones, and end the worker."""
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """Cancel the running query, fail the waiting ones, and end the worker; False when the
+        worker is still running after `timeout_s` (a backend that ignores the cancel)."""
         self._stopping.set()
         if (running := self._running) is not None:
             running.cancel.set()
         self._jobs.put(None)
-        self._thread.join(timeout=timeout_s)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=timeout_s)
+        return not self._thread.is_alive()
 
 
 @dataclass

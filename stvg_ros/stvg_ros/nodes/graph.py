@@ -243,15 +243,17 @@ class Graph:
             pass
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop every executor and wait for its thread, then destroy the nodes (each stops its own
+        threads and frees its model first), newest first."""
         for executor in self._executors:
             executor.shutdown(timeout_sec=timeout_s)
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
         for node in reversed(self.nodes):
             try:
                 node.destroy_node()
             except Exception as exc:
                 log.warning("destroying %s failed: %s", getattr(node, "get_name", lambda: "?")(), exc)
-        for thread in self._threads:
-            thread.join(timeout=timeout_s)
         self.nodes.clear()
         self._executors.clear()
         self._threads.clear()

@@ -167,16 +167,23 @@ class GroundingNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_model()
+        return super().on_deactivate(state)
+
+    def _release_model(self, timeout_s: float = 10.0) -> None:
+        """Stop serving: cancel the query in flight, fail the waiting ones, then free the model."""
         self._active = False
         self._stop_following()
-        if self._queue is not None:
-            self._queue.stop()
-            self._queue = None
+        queue, self._queue = self._queue, None
+        if queue is not None and not queue.stop(timeout_s=timeout_s):
+            # Freeing the model under a running inference would crash the process: leave it to the OS.
+            self.get_logger().error(f"a query did not stop within {timeout_s:.0f} s; the model is not freed")
+            self._backend = self._pipeline = None
+            return
         self._pipeline = None
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
-        return super().on_deactivate(state)
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._destroy_entities()
@@ -189,10 +196,10 @@ class GroundingNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self) -> None:
-        self._active = False
-        if self._queue is not None:
-            self._queue.stop(timeout_s=2.0)
-            self._queue = None
+        """Stop the node's threads and free the model before the node goes: a model left for the
+        interpreter's exit is freed after the libraries it needs (llama.cpp then crashes the process)."""
+        self._release_model(timeout_s=5.0)
+        self._destroy_entities()
         super().destroy_node()
 
     def _destroy_entities(self) -> None:

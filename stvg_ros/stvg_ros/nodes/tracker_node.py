@@ -122,6 +122,11 @@ class TrackerNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    def destroy_node(self) -> None:
+        """Stop the frame thread (a detection in progress finishes) before the node goes."""
+        self._release()
+        super().destroy_node()
+
     def _release(self) -> None:
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)

@@ -1,6 +1,6 @@
 """HTTP backend against a REAL OpenAI-compatible server on loopback: llama-cpp-python's
 `llama_cpp.server` serving the tiny GGUF model (started as a separate process), plus a server that
-hangs and a port where nothing listens."""
+hangs and a port where nothing listens. Servers that misbehave in other ways: test_grounding_http_faults.py."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import pytest
 
 from stvg_ros.core.answer import parse_answer
 from stvg_ros.core.prompt import build_question
-from stvg_ros.grounding.backends import GenerationError, ModelLoadError, make_backend
-from stvg_ros.grounding.backends.http import HttpBackend
+from stvg_ros.grounding.backends import ModelLoadError, make_backend
+from stvg_ros.grounding.backends.http import HttpBackend, ServerTimeout
 from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline, GroundingRequest
 from tests.fixtures.vlm import synthetic_snapshot
 
@@ -140,7 +140,7 @@ def test_a_server_that_hangs_times_out(clip):
         backend = HttpBackend(f"http://127.0.0.1:{port}/v1", timeout_s=1.0)
         backend._loaded = True  # skip /models: the hang under test is in generation
         started = time.monotonic()
-        with pytest.raises(GenerationError, match="did not answer within 1 s"):
+        with pytest.raises(ServerTimeout, match=r"/v1/chat/completions did not answer within 1 s \(timeout_s\)"):
             backend.generate(*clip, QUESTION, max_new_tokens=20)
         assert time.monotonic() - started < 10
         outcome = GroundingPipeline(backend, GroundingConfig(num_frames=2, timeout_s=30)).ground(

@@ -49,11 +49,14 @@ def sha256_of(path: str | Path) -> str:
 
 def _download_checkpoint(repo_id: str) -> Path:
     """A Hugging Face hub checkpoint (e.g. XiaowenZhang/stvg-r1-model-7b) on a machine with a network."""
-    from stvg_ros.core.model_registry import is_offline
+    from stvg_ros.core.model_registry import offline_reason
 
-    if repo_id.count("/") != 1 or Path(repo_id).exists() or is_offline():
-        raise FileNotFoundError(f"model folder not found: {repo_id} (and no hub download: give a local folder, "
-                                "or run online with a hub id such as XiaowenZhang/stvg-r1-model-7b)")
+    if repo_id.count("/") != 1 or Path(repo_id).exists():
+        raise FileNotFoundError(f"model folder not found: {repo_id} (give a local folder, or a hub id such as "
+                                "XiaowenZhang/stvg-r1-model-7b on a machine with a network)")
+    if offline := offline_reason():
+        raise FileNotFoundError(f"model folder not found: {repo_id}, and hub downloads are disabled ({offline} in "
+                                "the environment): unset it, or give a local folder")
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(repo_id))

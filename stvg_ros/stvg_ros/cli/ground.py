@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         video_info(args.video)
     except VideoError as exc:
         return _error(str(exc), args.json)
+    if problems := _argument_problems(args):
+        return _error("; ".join(problems), args.json)
     if args.model is None:
         args.model = DEFAULT_MODEL if args.backend == "llama_cpp" else ""
     try:
@@ -119,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
                                flash_attn=not args.no_flash_attn, timeout_s=args.timeout)
     except (ModelLoadError, ValueError) as exc:
         return _error(f"cannot load the model: {exc}", args.json)
-    config = GroundingConfig(num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
-                             reasoning=not args.no_reasoning, strict=args.strict, timeout_s=args.timeout)
+    config = _grounding_config(args)
     perception = PerceptionConfig(model=args.detector, detect_every=max(1, args.detect_every))
     try:
         try:
@@ -143,6 +144,36 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_summary(result))
     return 0 if outcome.success else 1
+
+
+def _grounding_config(args: argparse.Namespace) -> GroundingConfig:
+    return GroundingConfig(num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
+                           reasoning=not args.no_reasoning, strict=args.strict, timeout_s=args.timeout)  # fmt: skip
+
+
+#: The smallest llama.cpp context that holds the prompt and one small frame.
+MIN_N_CTX = 512
+
+
+def _argument_problems(args: argparse.Namespace) -> list[str]:
+    """Bad option values, found before any model loads (exit 2)."""
+    options = {"num_frames": "--num-frames", "max_new_tokens": "--max-new-tokens", "timeout_s": "--timeout"}
+    problems = []
+    for problem in _grounding_config(args).problems():
+        for name, option in options.items():
+            problem = problem.replace(name, option)
+        problems.append(problem)
+    if not args.window >= 0:
+        problems.append(f"--window must be >= 0 seconds (0: the whole video), got {args.window}")
+    if not args.sample_fps > 0:
+        problems.append(f"--sample-fps must be > 0, got {args.sample_fps}")
+    if args.n_ctx < MIN_N_CTX:
+        problems.append(f"--n-ctx must be >= {MIN_N_CTX}, got {args.n_ctx}")
+    if args.max_frames is not None and args.max_frames < 1:
+        problems.append(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.detect_every < 1:
+        problems.append(f"--detect-every must be >= 1, got {args.detect_every}")
+    return problems
 
 
 def _model_note(model: str) -> str:

@@ -7,6 +7,7 @@ Each subcommand module defines `add_parser(subparsers) -> argparse.ArgumentParse
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import importlib
 import logging
@@ -41,7 +42,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    faulthandler.enable()  # a crash in native code (DDS, ONNX Runtime, llama.cpp) prints every thread's stack
+    with contextlib.suppress(OSError, ValueError):  # no stderr file (captured by a test)
+        faulthandler.enable()  # a crash in native code (DDS, ONNX Runtime, llama.cpp) prints every thread's stack
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -57,6 +59,24 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        if args.verbose:
+            raise
+        print(f"stvg-ros {args.command}: error: {error_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an error that reached the entry point: the file and what the OS said for an OS
+    error (disk full, read-only folder, missing file), else the exception's own message; errors
+    nobody expected say how to get the traceback."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (ValueError, LookupError, RuntimeError)):
+        return message
+    return f"unexpected {type(exc).__name__}: {message} (run with -v for the traceback, and please report it)"
 
 
 if __name__ == "__main__":

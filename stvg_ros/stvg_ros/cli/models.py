@@ -85,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
                         print(f"{name:28s} {c['name']:36s} {c['status']:9s} {c['message']}")
             return 1 if bad else 0
         if args.action == "path":
+            if args.name not in registry.load_manifests():  # a name, never a path to echo back
+                print(f"stvg-ros models path: error: no model named {args.name!r}; see `stvg-ros models list`",
+                      file=sys.stderr)  # fmt: skip
+                return 2
             print(registry.resolve(args.name, args.file))
             return 0
     except registry.ModelRegistryError as exc:

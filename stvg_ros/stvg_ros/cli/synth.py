@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
+from pathlib import Path
 
 from stvg_ros.core.bag_io import BagError
 from stvg_ros.core.video_io import VideoError
@@ -48,7 +50,26 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3", help="bag storage")
     parser.add_argument("--compressed", action="store_true", help="CompressedImage (JPEG) instead of raw Image")
     parser.add_argument("--json", action="store_true", help="print what was written as one JSON object")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a dataset already in --out (its videos, bags, gt, indexes)"
+    )
     return parser
+
+
+#: What `write_dataset` writes into --out: a dataset there is replaced whole, never mixed with a new one.
+DATASET_ENTRIES = ("videos", "bags", "gt", "annotations.json", "queries.json", "index.json")
+
+
+def _clear_dataset(out: Path, overwrite: bool) -> None:
+    """ValueError when --out holds a dataset and --overwrite is not given; with it, remove that dataset."""
+    present = [name for name in DATASET_ENTRIES if (out / name).exists()]
+    if not present:
+        return
+    if not overwrite:
+        raise ValueError(f"{out} already holds a dataset ({', '.join(present)}); use another --out, or --overwrite")
+    for name in present:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         spec.validate()
         if args.videos < 1:
             raise ValueError("--videos must be at least 1")
+        _clear_dataset(Path(args.out), args.overwrite)
         index = write_dataset(
             args.out,
             args.seed,

@@ -7,8 +7,16 @@ for machines without the `ros2` CLI. Runs until Ctrl-C / SIGTERM.
 from __future__ import annotations
 
 import argparse
+import sys
 
-from stvg_ros.nodes.graph import DEFAULT_CAMERA_TOPIC, parse_overrides, run_graph
+from stvg_ros.nodes.graph import (
+    DEFAULT_CAMERA_TOPIC,
+    check_graph_parameters,
+    graph_nodes,
+    graph_parameters,
+    parse_overrides,
+    run_graph,
+)
 from stvg_ros.nodes.params import VLM_BACKENDS
 
 
@@ -49,14 +57,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         overrides = parse_overrides(args.param)
+        grounding = overrides.setdefault("grounding_node", {})
+        if args.backend:
+            grounding["backend"] = args.backend
+        if args.model:
+            grounding["model"] = args.model
+        # a missing or malformed --params file, a typo in a name, a wrong value: say so before ROS starts
+        check_graph_parameters(graph_parameters(args.params, overrides), graph_nodes(not args.no_overlay))
     except ValueError as exc:
-        print(f"stvg-ros up: {exc}")
+        print(f"stvg-ros up: error: {exc}", file=sys.stderr)
         return 2
-    grounding = overrides.setdefault("grounding_node", {})
-    if args.backend:
-        grounding["backend"] = args.backend
-    if args.model:
-        grounding["model"] = args.model
     return run_graph(
         params_file=args.params,
         camera_topic=args.camera_topic,

@@ -41,8 +41,9 @@ from stvg_ros.core.paths import cache_dir, manifest_dirs
 log = logging.getLogger(__name__)
 
 KINDS = ("detector", "vlm", "mmproj")
-#: Env vars that mean "never touch the network" (any of them set to 1/true).
-OFFLINE_ENV = ("STVG_OFFLINE", "HF_HUB_OFFLINE", "YOLO_OFFLINE")
+#: Env vars that mean "never download model files" (any of them set to 1/true). Not YOLO_OFFLINE:
+#: scripts/env.sh sets it to keep ultralytics from phoning home, which says nothing about our downloads.
+OFFLINE_ENV = ("STVG_OFFLINE", "HF_HUB_OFFLINE")
 
 
 class ModelRegistryError(RuntimeError):
@@ -170,8 +171,16 @@ def model_cache_dir(name: str) -> Path:
     return cache_dir("models", name)
 
 
+def offline_reason() -> str:
+    """"" when downloads are allowed, else which env var forbids them (e.g. "STVG_OFFLINE=1")."""
+    for name in OFFLINE_ENV:
+        if os.environ.get(name, "").lower() in ("1", "true", "yes"):
+            return f"{name}={os.environ[name]}"
+    return ""
+
+
 def is_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in OFFLINE_ENV)
+    return bool(offline_reason())
 
 
 def pull_command(name: str) -> str:
@@ -251,12 +260,17 @@ def _download(manifest: ModelManifest, file: ModelFile, timeout_s: float = 60.0)
         if Path(got) != out:
             shutil.move(got, out)
     else:
-        with (
-            tempfile.NamedTemporaryFile(dir=out.parent, delete=False) as tmp,
-            urllib.request.urlopen(file.source["url"], timeout=timeout_s) as response,
-        ):
-            shutil.copyfileobj(response, tmp)
-        Path(tmp.name).replace(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{file.name}.", suffix=".part", delete=False) as tmp:
+            partial = Path(tmp.name)
+            try:
+                with urllib.request.urlopen(file.source["url"], timeout=timeout_s) as response:
+                    shutil.copyfileobj(response, tmp)
+            except BaseException:  # a failed or interrupted download leaves nothing behind
+                tmp.close()
+                partial.unlink(missing_ok=True)
+                raise
+        partial.replace(out)
     if file.sha256 and sha256_of(out) != file.sha256:
         bad = out.with_suffix(out.suffix + ".bad")
         out.replace(bad)
@@ -301,7 +315,9 @@ def resolve(
         return found
     if wanted.source_kind in ("url", "hf") and download:
         if is_offline():
-            raise ModelFileMissing(_missing_message(manifest, wanted, " and downloads are disabled (offline env vars)"))
+            raise ModelFileMissing(
+                _missing_message(manifest, wanted, f" and downloads are disabled ({offline_reason()} in the environment)")
+            )
         try:
             return _download(manifest, wanted)
         except OSError as exc:

@@ -50,6 +50,19 @@ class GroundingConfig:
     sam2: Sam2Config = field(default_factory=Sam2Config)  # IDs at SAM2 mask centres on the sampled frames (off)
     anchors: AnchorProvider | None = None  # a ready ID-placement provider; used instead of `sam2` when set
 
+    def problems(self) -> list[str]:
+        """What is wrong with these settings (empty when nothing is)."""
+        problems = []
+        if self.num_frames < 1:
+            problems.append(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens} (0 would not bound generation)")
+        if not self.timeout_s > 0:
+            problems.append(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            problems.append(f"pixels per frame: need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        return problems
+
 
 @dataclass
 class GroundingRequest:

@@ -81,11 +81,42 @@ def node_params_file(spec: GraphNode) -> Path | None:
 def _load_params(path: Path) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read parameters file {path}: {exc}") from exc
+    except OSError as exc:
+        raise ValueError(f"cannot read parameters file {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ValueError(f"cannot read parameters file {path}: not valid YAML{where}: "
+                         f"{getattr(exc, 'problem', None) or exc}") from exc  # fmt: skip
     if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
         raise ValueError(f"parameters file {path} must map node names to {{ros__parameters: ...}}")
+    for key, section in data.items():
+        if not isinstance((section or {}).get("ros__parameters") or {}, dict):
+            raise ValueError(f"parameters file {path}: {key}: ros__parameters must map parameter names to values")
     return data
+
+
+def check_graph_parameters(params: Mapping[str, Mapping[str, Any]], nodes: Iterable[GraphNode] = GRAPH_NODES) -> None:
+    """ValueError naming the node and the parameter for a node the graph does not have, an unknown
+    parameter, a value of the wrong type or a value the node would refuse (`problems()`), so a
+    typo in `--params` or `-p` is reported before anything starts instead of by a node that fails."""
+    from stvg_ros.nodes.params import SCHEMAS, from_values
+
+    known = {spec.name for spec in nodes}
+    for node_name, values in params.items():
+        if node_name == "**":
+            continue
+        if node_name not in known:
+            raise ValueError(f"no node {node_name!r} in the graph (nodes: {', '.join(sorted(known))})")
+        schema = SCHEMAS.get(node_name)
+        if schema is None:
+            continue
+        try:
+            instance = from_values(schema, values)
+        except ValueError as exc:
+            raise ValueError(f"{node_name}: {exc}") from None
+        if problems := getattr(instance, "problems", lambda: [])():
+            raise ValueError(f"{node_name}: {'; '.join(problems)}")
 
 
 def _section(data: dict, node_name: str) -> dict:

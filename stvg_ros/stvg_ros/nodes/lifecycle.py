@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import sys
@@ -46,7 +47,8 @@ def run_lifecycle_node(make_node: Callable[[], Any], args: list[str] | None = No
     from rclpy.executors import ExternalShutdownException
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    faulthandler.enable()  # a crash in native code prints every thread's stack to the node's log
+    with contextlib.suppress(OSError, ValueError):  # no stderr file (captured by a test)
+        faulthandler.enable()  # a crash in native code prints every thread's stack to the node's log
     rclpy.init(args=args)
     node = None
     code = 0

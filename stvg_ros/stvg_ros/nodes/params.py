@@ -77,10 +77,17 @@ def convert(field: dataclasses.Field, kind: type, element: type | None, value: A
     """`value` (None: the default) as the field's type; ValueError when outside its `choices`."""
     if value is None:
         value = field_default(field)
-    if kind is float:
+    label = name or field.name
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = float(value)
-    elif kind is list:
-        value = [element(v) for v in value]
+    elif kind is list and not isinstance(value, (str, bytes, dict)):  # ROS gives arrays as array.array
+        try:
+            value = [element(v) for v in value]
+        except (TypeError, ValueError):
+            raise ValueError(f"parameter {label!r} = {value!r} must be a list of {element.__name__}") from None
+    wrong_bool = isinstance(value, bool) != (kind is bool)
+    if wrong_bool or not isinstance(value, kind):
+        raise ValueError(f"parameter {label!r} = {value!r} must be {kind.__name__}, not {type(value).__name__}")
     choices = field.metadata.get("choices")
     if choices and value not in choices:
         raise ValueError(f"parameter {name or field.name!r} = {value!r} is not one of {list(choices)}")
@@ -161,6 +168,9 @@ class TrackerParams:
     detector: str = param(_P.model, "detector: model manifest name (models/*.yaml) or a .onnx/.pt/.yaml path")
     backend: str = param(_P.backend, "detector runtime: ONNX Runtime or ultralytics (torch)", choices=DETECTOR_BACKENDS)
     precision: str = param(_P.precision, "ONNX file to load: static int8 (faster on CPU) or fp32", choices=PRECISIONS)
+    allow_pickle: bool = param(
+        _P.allow_pickle, "load a .pt detector given as a path (unpickling runs code from the file: trusted files only)"
+    )
     conf: float = param(_P.conf, "detector confidence threshold (ByteTrack uses boxes down to track_low_thresh)")
     iou: float = param(_P.iou, "NMS IoU threshold (duplicate boxes would become competing tracks)")
     classes: list[str] = dataclasses.field(
@@ -211,7 +221,7 @@ class TrackerParams:
             model=self.detector, backend=self.backend, precision=self.precision, conf=self.conf, iou=self.iou,
             classes=list(self.classes), imgsz=self.imgsz, max_det=self.max_det, threads=self.threads,
             detect_every=self.detect_every, max_detect_every=self.max_detect_every, cpu_budget=self.cpu_budget,
-            tracker=tracker,
+            allow_pickle=self.allow_pickle, tracker=tracker,
         )  # fmt: skip
 
 
@@ -318,6 +328,8 @@ class GroundingParams:
         problems = []
         if self.num_frames < 1:
             problems.append(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.buffer_seconds <= 0 or self.buffer_sample_fps <= 0 or self.buffer_max_mb <= 0:
             problems.append("buffer_seconds, buffer_sample_fps and buffer_max_mb must be > 0")
         if self.query_timeout_s <= 0:

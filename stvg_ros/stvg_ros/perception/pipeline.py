@@ -71,6 +71,9 @@ class PerceptionConfig:
     cpu_budget: float = 0.6
     #: allow `build_perception` to build a locally-built model (e.g. train yolo-synth-tiny) when missing
     build_missing: bool = False
+    #: load a .pt checkpoint given as a path (ultralytics unpickles it: the file can run code); manifest
+    #: models, built here or pinned by checksum, need no opt-in
+    allow_pickle: bool = False
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
     def __post_init__(self) -> None:
@@ -223,6 +226,10 @@ def build_detector(config: PerceptionConfig) -> Detector:
     return detector
 
 
+#: Checkpoint suffixes that torch/ultralytics load with pickle.
+PICKLED_SUFFIXES = (".pt", ".pth")
+
+
 def model_file(config: PerceptionConfig) -> Path:
     """Which file of the model to load for the backend/precision (raises ModelFileMissing, whose
     message names the file and how to get it, when it is not on this machine)."""
@@ -230,6 +237,12 @@ def model_file(config: PerceptionConfig) -> Path:
     if candidate.is_file():
         if config.backend == "onnx" and candidate.suffix != ".onnx":
             raise DetectorError(f"backend 'onnx' needs an .onnx file, got {candidate}; use backend 'ultralytics'")
+        if candidate.suffix in PICKLED_SUFFIXES and not config.allow_pickle:
+            raise DetectorError(
+                f"{candidate} is a pickled PyTorch checkpoint: loading it runs code stored in the file. Export it "
+                "to ONNX where you trust it (`yolo export model=FILE format=onnx`) and use the .onnx, or set "
+                "allow_pickle true (tracker parameter; --allow-pickle) for a file you trust"
+            )
         return candidate
     if candidate.suffix == ".yaml" and config.backend == "ultralytics" and not candidate.exists():
         return candidate  # an ultralytics architecture name such as yolo11n.yaml (random weights)

@@ -122,8 +122,8 @@ def make_backend(kind: str, settings: BackendSettings | None = None, *, load: bo
     `options` may give BackendSettings fields one by one (`model="..."`, in place of or over
     `settings`; None keeps the setting) and backend-specific extras: llama_cpp: n_batch, temperature,
     repeat_penalty, seed, constrained, image_format; transformers: device, dtype, use_video,
-    constrained, attn_implementation; http: api_key, connect_timeout_s, image_format, constraint,
-    temperature (extras another backend would take are ignored).
+    constrained, attn_implementation; http: api_key, connect_timeout_s, stall_timeout_s, image_format,
+    constraint, temperature (extras another backend would take are ignored).
     """
     if kind not in BACKENDS:
         raise ModelLoadError(f"unknown backend {kind!r}; use one of {', '.join(BACKENDS)}")
@@ -147,8 +147,8 @@ def make_backend(kind: str, settings: BackendSettings | None = None, *, load: bo
                   if k in extra}  # fmt: skip
         backend = TransformersBackend(files["model"], model_name=files["name"], **picked)
     else:
-        picked = {k: extra[k] for k in ("api_key", "connect_timeout_s", "image_format", "constraint", "temperature")
-                  if k in extra}  # fmt: skip
+        http_extras = ("api_key", "connect_timeout_s", "stall_timeout_s", "image_format", "constraint", "temperature")
+        picked = {k: extra[k] for k in http_extras if k in extra}
         backend = HttpBackend(files["endpoint"], model=files["model"], model_name=files["name"],
                               timeout_s=settings.timeout_s, **picked)  # fmt: skip
     if load:

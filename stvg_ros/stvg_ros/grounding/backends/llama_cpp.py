@@ -205,6 +205,12 @@ class LlamaCppBackend(VlmBackend):
         if is_cancelled(cancel):
             result.finish_reason = "cancelled"
             return result
+        needed = self._prompt_tokens(messages, frames)
+        if needed >= self.n_ctx:
+            raise GenerationError(
+                f"the clip needs about {needed} tokens ({len(frames)} frames) but the context holds {self.n_ctx}: "
+                "lower num_frames or the pixel budget, or raise n_ctx"
+            )
         try:
             stream = self._llm.create_chat_completion(
                 messages=messages,
@@ -233,7 +239,7 @@ class LlamaCppBackend(VlmBackend):
                     result.finish_reason = "cancelled"
                     break
         except ValueError as exc:
-            if "n_ctx" in str(exc) or "context window" in str(exc):
+            if any(hint in str(exc) for hint in ("n_ctx", "context window", "could not broadcast")):
                 raise GenerationError(
                     f"the clip does not fit the context: {exc}. Lower num_frames or the pixel budget, or raise n_ctx"
                 ) from exc
@@ -246,5 +252,5 @@ class LlamaCppBackend(VlmBackend):
             result.generate_ms = watch.lap()
         result.text = "".join(pieces)
         result.completion_tokens = max(0, int(self._llm.n_tokens) - positions)
-        result.prompt_tokens = self._prompt_tokens(messages, frames)
+        result.prompt_tokens = needed
         return result

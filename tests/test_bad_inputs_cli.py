@@ -57,7 +57,6 @@ def assert_one_clear_line(err: str, *fragments: str) -> None:
         (None, ["-p", "tracker_node:threads=1.5"], ["'threads'", "must be int"]),
         (None, ["-p", "tracker_node:allow_pickle=maybe"], ["'allow_pickle'", "must be bool"]),
         (None, ["-p", "tracker_node:precision=int4"], ["'precision'", "is not one of"]),
-        (None, ["--no-overlay", "-p", "overlay_node:lazy=false"], ["no node 'overlay_node'"]),
     ],
 )
 def test_up_refuses_bad_parameters_before_starting(capsys, tmp_path, params_text, args, expected):

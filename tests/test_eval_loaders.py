@@ -33,14 +33,28 @@ def test_hcstvg_v1_and_v2(tmp_path):
     assert v1.format == "hcstvg" and q.caption == "The man in red sits down."
     assert (q.gt_start, q.gt_end) == (51, 53)  # end-exclusive
     assert q.gt_boxes == {51: (10.0, 20.0, 40.0, 60.0), 52: (11.0, 21.0, 41.0, 61.0)}  # xywh -> xyxy
-    assert (q.width, q.height, q.num_frames, q.frame_base) == (640, 360, 500, 1)
+    assert (q.width, q.height, q.num_frames, q.frame_base, q.frame_ids) == (640, 360, 500, 0, "decoded")
     assert q.fps == 25.0  # img_num / 20 s
-    assert (q.eval_start, q.eval_end, q.sampling_fps) == (0, 499, 25.0)
+    assert (q.eval_start, q.eval_end, q.sampling_fps) == (0, 499, 25.0)  # TubeDETR: range(0, img_num - 1)
+    assert v1.benchmark == "hcstvg_v1" and v1.frame_ids == "decoded"
     v2 = load_annotations(write(tmp_path / "v2.json", HCSTVG_V2))
     q = v2.queries["20_xyz"]
     assert (q.width, q.height) == (1280, 720) and q.caption == "A woman walks."
     assert (q.gt_start, q.gt_end, q.gt_start_s, q.gt_end_s) == (31, 34, 1.0, 1.1)
-    assert q.to_decoded(31) == 30  # HC-STVG st_frame is 1-based
+    assert q.to_decoded(31) == 31 and q.to_annotation(0) == 0  # st_frame used as written (TubeDETR)
+    assert v2.benchmark == "hcstvg_v2"
+
+
+def test_one_based_frame_ids_are_an_explicit_option(tmp_path):
+    path = write(tmp_path / "v2.json", HCSTVG_V2)
+    decoded, one_based = load_annotations(path).queries["20_xyz"], load_annotations(path, frame_ids="one_based")
+    q = one_based.queries["20_xyz"]
+    assert one_based.frame_ids == "one_based" and (q.frame_base, q.first_frame, q.end_frame) == (1, 1, 301)
+    assert (q.gt_start, q.gt_end) == (decoded.gt_start, decoded.gt_end) == (31, 34)  # same ids, other frames
+    assert q.to_decoded(31) == 30 and q.to_annotation(0) == 1
+    assert (q.eval_start, q.eval_end) == (1, 300)  # TubeDETR's decoded 0..298, in one_based ids
+    with pytest.raises(EvalError, match="unknown frame-id convention 'zero'"):
+        load_annotations(path, frame_ids="zero")
 
 
 def test_tubedetr_processed_list(tmp_path):
@@ -50,7 +64,9 @@ def test_tubedetr_processed_list(tmp_path):
              "trajectory": [[10, 20, 30, 40], [11, 21, 30, 40]]}]  # fmt: skip
     tubedetr = load_annotations(write(tmp_path / "test_proc.json", data))
     original = load_annotations(write(tmp_path / "v1.json", HCSTVG_V1))
-    assert tubedetr.format == "tubedetr"
+    assert tubedetr.format == "tubedetr" and tubedetr.benchmark == "hcstvg_v1"
+    assert load_annotations(write(tmp_path / "valv2_proc.json", data)).benchmark == "hcstvg_v2"
+    assert load_annotations(write(tmp_path / "mine.json", data)).benchmark == ""  # not guessed
     a, b = tubedetr.queries["10_abc"], original.queries["10_abc"]
     assert (a.gt_start, a.gt_end, dict(a.gt_boxes), a.num_frames) == (b.gt_start, b.gt_end, dict(b.gt_boxes), 500)
 
@@ -82,6 +98,9 @@ def test_vidstg_original_with_vidor_boxes_and_tubedetr_file(tmp_path):
     p = tubedetr.queries["0"]
     assert (p.gt_start, p.gt_end, dict(p.gt_boxes), p.eval_start, p.eval_end) == (
         q.gt_start, q.gt_end, dict(q.gt_boxes), q.eval_start, q.eval_end)  # fmt: skip
+    assert tubedetr.benchmark == raw.benchmark == "vidstg" and tubedetr.frame_ids == "decoded"
+    with pytest.raises(EvalError, match="VidSTG frame ids are 0-based"):
+        load_annotations(tmp_path / "test.json", frame_ids="one_based")
     with pytest.raises(EvalError, match="--vidor-dir"):
         load_annotations(tmp_path / "val_annotations.json")
     # VidSTG is reported per sentence type; the question is answered exactly, the caption not at all
@@ -102,12 +121,16 @@ def test_synthetic_set_gives_every_query(tmp_path):
     assert annotations.format == "synth" and len(annotations) == len(listing)
     for rank, (query, item) in enumerate(zip(annotations, listing, strict=True)):
         assert query.query_id == ("synth_5_000" if rank == 0 else f"synth_5_000#{rank}")
-        # queries.json counts frames from 0, inclusive; the evaluation from 1, end-exclusive
+        # queries.json counts frames from 0, inclusive; synthetic sets use one_based ids, end-exclusive
+        assert query.frame_ids == "one_based" and (query.eval_start, query.eval_end) == (1, 60)
         assert (query.gt_start, query.gt_end) == (item["start_frame"] + 1, item["end_frame"] + 2)
         assert query.target_id == item["target_id"] and query.fps == 10.0 and query.num_frames == 60
         assert len(query.gt_boxes) == item["end_frame"] - item["start_frame"] + 1
     primary = load_annotations(index.annotations)  # the HC-STVG v2 file alone: one query per video
     assert list(primary.queries) == ["synth_5_000"] and primary.format == "synth"
+    assert annotations.benchmark == "synth" and primary.frame_ids == "one_based"
+    with pytest.raises(EvalError, match="one_based"):
+        load_annotations(tmp_path / "set", frame_ids="decoded")
 
 
 @pytest.mark.parametrize(
@@ -119,7 +142,7 @@ def test_synthetic_set_gives_every_query(tmp_path):
         ('{"a.mp4": {"foo": 1}}', "unrecognised annotation format"),
         ('{"a.mp4": {"bbox": [[0, 0, 1, 1]], "st_frame": "x", "img_num": 10, "English": "q"}}', "wrong type"),
         ('{"a.mp4": {"bbox": [], "st_frame": 1, "img_num": 10, "English": "q"}}', "empty"),
-        ('{"a.mp4": {"bbox": [[0, 0, 1, 1]], "st_frame": 0, "img_num": 10, "English": "q"}}', "before the video"),
+        ('{"a.mp4": {"bbox": [[0, 0, 1, 1]], "st_frame": -1, "img_num": 10, "English": "q"}}', "before the video"),
         ('{"a.mp4": {"bbox": [[0, 0, 1]], "st_frame": 1, "img_num": 10, "English": "q"}}', r"\[x, y, w, h\]"),
         ('{"a.mp4": {"bbox": [[0, 0, 1, 1]], "st_frame": 1, "img_num": 10}}', "no caption"),
     ],
@@ -153,8 +176,9 @@ def test_prediction_files_and_their_errors(tmp_path):
             check_predictions(load_predictions(write(tmp_path / "bad.json", {key: entry})), annotations)
 
     fails({"sted": [1, 2]}, "not in the annotations", key="other_video")
-    fails({"sted": [0, 10]}, "frame-index mismatch.*frame 0 is outside the video's frames 1..500")
-    fails({"sted": [51, 53], "boxes": {"501": [0, 0, 1, 1]}}, "frame-index mismatch.*501")
+    check_predictions(load_predictions(write(tmp_path / "zero.json", {"10_abc": {"sted": [0, 10]}})), annotations)
+    fails({"sted": [0, 501]}, "frame-index mismatch.*frame 500 is outside the video's frames 0..499")
+    fails({"sted": [51, 53], "boxes": {"500": [0, 0, 1, 1]}}, "frame-index mismatch.*500")
     fails({"sted": [53, 51]}, "ends before it starts")
     fails({"sted": [51, 53], "boxes": {"51": [5, 5, 1, 1]}}, "x2 < x1")
     fails({"sted": [51, 53], "boxes": {"x": [0, 0, 1, 1]}}, "not an integer")

@@ -1,8 +1,8 @@
 """Hand-computed metric cases for the three protocols (METHOD.md §9).
 
 The reference query: a 100-frame HC-STVG clip (20 s, so 5 fps and TubeDETR samples every frame
-0..98), GT tube on annotation frames 11..20 (st_frame 11, 10 boxes of 10x10 at the origin),
-st_time 2.05 s / ed_time 3.85 s (decoded frames 10..19 = annotation 11..20).
+0..98), GT tube on frames 11..20 (st_frame 11 as written, 10 boxes of 10x10 at the origin; frame
+ids are decoded frame numbers), st_time 2.25 s / ed_time 4.05 s (int(t * 5) = frames 11 and 20).
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ FULL = (0.0, 0.0, 10.0, 10.0)
 HALF = (0.0, 0.0, 10.0, 5.0)  # IoU with FULL = 50 / 100
 
 
-def make_query(img_num: int = 100, st_frame: int = 11, n: int = 10, st_time: float = 2.05, ed_time: float = 3.85):
+def make_query(
+    img_num: int = 100, st_frame: int = 11, n: int = 10, st_time: float = 2.25, ed_time: float = 4.05, frame_base=0
+):
     data = {"clip.mp4": {"st_frame": st_frame, "bbox": [[0, 0, 10, 10]] * n, "img_num": img_num,
                          "img_size": [100, 200], "English": "a man", "st_time": st_time, "ed_time": ed_time}}  # fmt: skip
     from pathlib import Path
 
-    return load_hcstvg(data, Path("hand.json")).queries["clip"]
+    return load_hcstvg(data, Path("hand.json"), frame_base=frame_base).queries["clip"]
 
 
 def pred(start, end, box=FULL, frames=None, **kw) -> Prediction:
@@ -157,13 +159,21 @@ def test_official_ignores_boxes_outside_the_predicted_span():
 
 
 # --------------------------------------------------------------------------------------------
-# STVG-R1 script (seconds, int(t * fps), the one-frame GT shift, >= thresholds)
+# STVG-R1 script (seconds, int(t * fps), inclusive ends, GT bbox[d - st_frame], >= thresholds)
 
 
-def test_stvgr1_identical_span_misses_the_first_gt_frame():
-    # decoded frames 10..19 (union 10); the script pairs decoded d with GT annotation frame d,
-    # so d = 10 has no GT box: 9 of 10 frames score.
+def test_stvgr1_identical_span_scores_one_with_decoded_ids():
+    # span 2.25..4.05 s -> frames int(11.25) = 11 .. int(20.25) = 20, inclusive: 10 frames, all matched
     q = make_query()
+    s = score_stvgr1(q, pred(11, 21, start_s=2.25, end_s=4.05))
+    assert s.tiou == pytest.approx(1.0)
+    assert (s.union_frames, s.inter_frames) == (10, 10) and s.viou == pytest.approx(1.0)
+
+
+def test_stvgr1_one_based_ids_miss_the_first_gt_frame():
+    # one_based: st_frame 11 is decoded frame 10, and boxes are keyed by decoded + 1. The script reads
+    # GT bbox[d - st_frame] with the decoded d, so decoded 10 finds no GT box: 9 of 10 frames score.
+    q = make_query(st_time=2.05, ed_time=3.85, frame_base=1)
     s = score_stvgr1(q, pred(11, 21, start_s=2.05, end_s=3.85))
     assert s.tiou == pytest.approx(1.0)
     assert s.union_frames == 10 and s.viou == pytest.approx(0.9)
@@ -173,26 +183,33 @@ def test_stvgr1_disjoint_nested_and_one_frame_overlap():
     q = make_query()
     s = score_stvgr1(q, pred(40, 50, start_s=6.0, end_s=8.0))
     assert (s.tiou, s.viou) == (0.0, 0.0)
-    # nested 2.65..3.45 s -> decoded 13..17, boxes at annotation 14..18
-    s = score_stvgr1(q, pred(14, 19, start_s=2.65, end_s=3.45))
+    # nested 2.65..3.45 s -> frames 13..17 (5 of the union 11..20)
+    s = score_stvgr1(q, pred(13, 18, start_s=2.65, end_s=3.45))
     assert s.tiou == pytest.approx(0.8 / 1.8)
     assert s.viou == pytest.approx(5 / 10)
-    # one shared frame (decoded 19): the script's `overlap_start >= overlap_end` gives 0
-    s = score_stvgr1(q, pred(20, 27, start_s=3.85, end_s=5.0))
+    # one shared frame (20): the script's `overlap_start >= overlap_end` gives 0
+    s = score_stvgr1(q, pred(20, 26, start_s=4.05, end_s=5.0))
     assert s.viou == 0.0 and s.tiou == 0.0
 
 
+def test_stvgr1_span_seconds_rule_the_frames():
+    # int(t * fps) truncates: 2.39 s -> frame 11, 4.19 s -> frame 20; the frame span in `sted` is ignored
+    q = make_query()
+    s = score_stvgr1(q, pred(0, 5, frames=range(11, 21), start_s=2.39, end_s=4.19))
+    assert s.viou == pytest.approx(1.0) and s.tiou == pytest.approx((4.05 - 2.39) / (4.19 - 2.25))
+
+
 def test_stvgr1_frames_without_span_seconds():
-    # no span_s: the predicted frames are used directly (decoded 15..24), tIoU from their times
+    # no span_s: the predicted frames 16..25 are used directly, tIoU from their times 3.2..5.0 s
     q = make_query()
     s = score_stvgr1(q, pred(16, 26, HALF))
-    assert s.tiou == pytest.approx((3.85 - 3.0) / (4.8 - 2.05))
+    assert s.tiou == pytest.approx((4.05 - 3.2) / (5.0 - 2.25))
     assert s.union_frames == 15 and s.viou == pytest.approx(2.5 / 15)
 
 
 def test_stvgr1_thresholds_are_inclusive():
     q = make_query()
-    scores = [score_stvgr1(q, pred(14, 19, start_s=2.65, end_s=3.45))]  # vIoU exactly 0.5
+    scores = [score_stvgr1(q, pred(13, 18, start_s=2.65, end_s=3.45))]  # vIoU exactly 0.5
     summary = summarize(scores, "stvgr1")
     assert summary["vIoU@0.5"] == 1.0 and summary["vIoU@0.7"] == 0.0
     assert summary["tIoU@0.3"] == 1.0 and summary["tIoU@0.5"] == 0.0
@@ -209,7 +226,7 @@ def test_missing_and_failed_predictions_score_zero(protocol):
     for prediction in (None, Prediction.failed("clip")):
         s = score_query(q, prediction, protocol)
         assert (s.tiou, s.viou, s.predicted) == (0.0, 0.0, False)
-    summary = summarize([score_query(q, None, protocol), score_query(q, pred(11, 21, start_s=2.05, end_s=3.85),
+    summary = summarize([score_query(q, None, protocol), score_query(q, pred(11, 21, start_s=2.25, end_s=4.05),
                                                                      protocol)], protocol)  # fmt: skip
     assert summary["n_queries"] == 2 and summary["n_missing"] == 1
     assert 0.0 <= summary["m_vIoU"] <= 0.5

@@ -48,6 +48,9 @@ def test_run_with_ground_truth_tracks_and_rescoring(tmp_path, synth_dataset, tin
     assert "progress" not in done.stdout and "eval run" in done.stderr  # the bar is on stderr
     for file in ("predictions.json", "tracks.jsonl", "report.json", "report.md", "report.html", "hist_viou.png"):
         assert (out / file).is_file(), file
+    manifest = json.loads((out / "run.json").read_text())  # the run's manifest (tests/test_eval_resume.py)
+    assert manifest["status"] == "complete" and manifest["queries_done"] == manifest["queries_total"] == 1
+    assert record["tIoU"] == summary["per_video"][name]["tIoU"]  # the scores are added once the run completes
     again = eval_cli("score", "--annotations", synth_dataset.annotations, "--predictions", out / "predictions.json",
                      "--tracks", out / "tracks.jsonl", "--json")  # fmt: skip
     assert again.returncode == 0, again.stderr

@@ -39,7 +39,7 @@ def make_dataset(seed=0, n=24):
         img_num = int(rng.integers(60, 700))
         fps = img_num / 20
         length = int(rng.integers(5, img_num // 2))
-        st_frame = int(rng.integers(1, img_num - length + 1))
+        st_frame = int(rng.integers(0, img_num - length + 1))  # decoded frame ids, as TubeDETR
         boxes = []  # a smooth tube: a random walk of the corner, a slowly changing size
         x, y, w, h = *rng.uniform(0, 300, 2), *rng.uniform(20, 80, 2)
         for _ in range(length):
@@ -53,7 +53,7 @@ def make_dataset(seed=0, n=24):
         name = f"{i}_clip"
         annotations[f"{name}.mp4"] = {
             "bbox": boxes, "st_frame": st_frame, "img_num": img_num, "img_size": [480, 640], "English": f"q {i}",
-            "st_time": (st_frame - 1 + 0.3) / fps, "ed_time": (st_frame + length - 2 + 0.3) / fps,
+            "st_time": (st_frame + 0.3) / fps, "ed_time": (st_frame + length - 1 + 0.3) / fps,
         }  # fmt: skip
         kind = i % 7
         if kind == 6:
@@ -61,12 +61,12 @@ def make_dataset(seed=0, n=24):
         if kind == 5:
             predictions[name] = {"sted": [0, 0], "boxes": {}}  # failed query
             continue
-        start = {0: st_frame, 1: st_frame + length // 3, 2: max(1, st_frame - length), 3: st_frame + length // 4,
+        start = {0: st_frame, 1: st_frame + length // 3, 2: max(0, st_frame - length), 3: st_frame + length // 4,
                  4: st_frame}[kind]  # fmt: skip
-        end = {0: st_frame + length, 1: min(img_num + 1, st_frame + length + length // 2), 2: st_frame + 1,
+        end = {0: st_frame + length, 1: min(img_num, st_frame + length + length // 2), 2: st_frame + 1,
                3: st_frame + length - length // 4, 4: st_frame + length}[kind]  # fmt: skip
         if kind == 2 and rng.random() < 0.5:  # disjoint: before the tube
-            start, end = 1, max(2, st_frame - 3)
+            start, end = 0, max(1, st_frame - 3)
         pred_boxes = {}
         for f in range(start, end):
             if kind == 4 and rng.random() < 0.4:
@@ -78,7 +78,7 @@ def make_dataset(seed=0, n=24):
             pred_boxes[str(f)] = [x + jitter[0], y + jitter[1], x + w + abs(jitter[2]) + 1, y + h + abs(jitter[3]) + 1]
         entry = {"sted": [start, end], "boxes": pred_boxes, "target_id": int(rng.integers(1, 4))}
         if i % 2:
-            entry["span_s"] = [(start - 1) / fps + 0.01, (end - 2) / fps + 0.01]
+            entry["span_s"] = [start / fps + 0.01, (end - 1) / fps + 0.01]
         predictions[name] = entry
     return annotations, predictions
 
@@ -146,7 +146,7 @@ def recompute_stvgr1(annotations, predictions):
             sp, ep = p["span_s"]
             p0, p1 = int(sp * fps), int(ep * fps)
         else:
-            p0, p1 = p["sted"][0] - 1, p["sted"][1] - 2  # decoded frames of the 1-based span
+            p0, p1 = p["sted"][0], p["sted"][1] - 1  # inclusive frames of the end-exclusive span
             sp, ep = p0 / fps, p1 / fps
         tious.append(max((min(e, ep) - max(s, sp)) / (max(e, ep) - min(s, sp)), 0))
         g0, g1 = int(s * fps), int(e * fps)
@@ -157,7 +157,7 @@ def recompute_stvgr1(annotations, predictions):
             continue
         total = 0.0
         for d in range(lo, hi + 1):
-            box = p["boxes"].get(str(d + 1))
+            box = p["boxes"].get(str(d))
             g = d - ann["st_frame"]
             if box is not None and 0 <= g < len(ann["bbox"]):
                 x, y, w, h = ann["bbox"][g]
@@ -224,7 +224,7 @@ def _error_cases(tmp_path):
         return path
 
     unknown = pred_file("unknown.json", {**good, "999_nope": {"sted": [1, 2], "boxes": {}}})
-    zero_based = pred_file("zero.json", {"0_clip": {"sted": [0, 5], "boxes": {}}})
+    zero_based = pred_file("zero.json", {"0_clip": {"sted": [0, 5], "boxes": {"100000": [0, 0, 1, 1]}}})
     return [
         (["--annotations", tmp_path / "missing.json", "--predictions", unknown], "annotation file not found"),
         (["--annotations", ann, "--predictions", tmp_path / "nope.json"], "prediction file not found"),

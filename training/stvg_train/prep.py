@@ -187,6 +187,10 @@ def _load_jobs(opts: PrepOptions) -> tuple[list[VideoJob], str]:
         videos_dir = Path(opts.videos)
         source = ""
     annotations = load_annotations(annotations_path)
+    if annotations.format in ("hcstvg", "tubedetr") and annotations.frame_ids != "one_based":
+        # Training pairs HC-STVG's GT boxes with frames the corrected way (st_frame 1-based,
+        # docs/training.md); evaluation reads st_frame as TubeDETR does (a decoded frame).
+        annotations = load_annotations(annotations_path, frame_ids="one_based")
     source = source or annotations.format
     by_video: dict[str, list] = {}
     for query in annotations:

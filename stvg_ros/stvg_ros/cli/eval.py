@@ -1,8 +1,9 @@
 """`stvg-ros eval`: score prediction files, run the pipeline over a dataset, replay bags, make sets.
 
-    stvg-ros eval score --annotations A --predictions P [--protocol tubedetr|hcstvg_official|stvgr1] [--json]
-    stvg-ros eval run --videos DIR --annotations A --out DIR [--backend B --model M]
-    stvg-ros eval replay --bag B --sidecar S --out DIR
+    stvg-ros eval score --annotations A --predictions P [--protocol tubedetr|hcstvg_official|stvgr1]
+                        [--frame-ids decoded|one_based] [--json]
+    stvg-ros eval run --videos DIR --annotations A --out DIR [--backend B --model M] [--resume]
+    stvg-ros eval replay --bag B --sidecar S --out DIR [--resume]
     stvg-ros eval make-set --out DIR --level occlusion [--count N --seed S]
 
 Bad input ends with exit code 2 and one line on stderr (`stvg-ros eval: error: ...`).
@@ -20,16 +21,21 @@ from stvg_ros.core.bag_io import BagError
 from stvg_ros.core.video_io import VideoError
 from stvg_ros.evaluation.benchsets import LEVELS, make_set
 from stvg_ros.evaluation.errors import EvalError
-from stvg_ros.evaluation.loaders import FORMATS
+from stvg_ros.evaluation.loaders import FORMATS, FRAME_ID_CONVENTIONS
 from stvg_ros.evaluation.metrics import DEFAULT_PROTOCOL, PROTOCOLS
 from stvg_ros.evaluation.replay import ReplayConfig, replay
 from stvg_ros.evaluation.report import summary_lines
+from stvg_ros.evaluation.run_store import RunInterrupted
 from stvg_ros.evaluation.runner import RunConfig, run_dataset
 from stvg_ros.evaluation.scoring import score_files
 from stvg_ros.nodes.graph import parse_overrides
 
 log = logging.getLogger("stvg_ros.eval")
 
+RESUME_HELP = (
+    "continue the stopped or failed run in --out (same arguments): finished queries are kept, the rest "
+    "are run; without it, an --out that holds another run's results is refused"
+)
 PROTOCOL_HELP = (
     "tubedetr (default; TubeDETR's evaluator, 5 fps sampling, end-exclusive spans), "
     "hcstvg_official (HC-STVG eval_hcvg.py: all frames, inclusive ends), "
@@ -54,6 +60,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     score.add_argument("--tracks", default=None, help="tracks.jsonl of the run: adds the perception ceiling")
     score.add_argument("--require-all", action="store_true", help="fail when a query has no prediction")
     score.add_argument("--report", default=None, metavar="DIR", help="also write report.json/.md and plots here")
+    score.add_argument("--frame-ids", choices=tuple(FRAME_ID_CONVENTIONS), default=None,
+                       help="frame ids of the annotations and predictions: decoded (0-based decoded frames, "
+                       "st_frame as written: TubeDETR's; default for HC-STVG, TubeDETR lists, VidSTG) or "
+                       "one_based (decoded frame d has id d + 1; default for stvg-ros synthetic sets)")  # fmt: skip
     common(score)
 
     run = actions.add_parser("run", help="videos + annotations -> the pipeline -> predictions, metrics, report")
@@ -93,6 +103,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-tolerance", type=int, default=0,
                         help="allowed difference between decoded and annotated frame counts")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--resume", action="store_true", help=RESUME_HELP)
 
 
 def add_make_set_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +146,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         limit=args.limit,
         frame_tolerance=args.frame_tolerance,
         progress=not args.no_progress,
+        resume=args.resume,
     )
 
 
@@ -161,6 +173,7 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query-timeout", type=float, default=300.0, help="seconds to wait for one answer")
     parser.add_argument("--decompress", action="store_true", help="publish CompressedImage bags as Image")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--resume", action="store_true", help=RESUME_HELP)
 
 
 def replay_config(args: argparse.Namespace) -> ReplayConfig:
@@ -186,6 +199,7 @@ def replay_config(args: argparse.Namespace) -> ReplayConfig:
         query_timeout_s=args.query_timeout,
         decompress=args.decompress,
         progress=not args.no_progress,
+        resume=args.resume,
     )
     if config.pace == "rate" and config.rate < 0:
         raise EvalError("--rate must be >= 0")
@@ -212,18 +226,34 @@ def _score(args: argparse.Namespace) -> int:
         tracks=args.tracks,
         require_all=args.require_all,
         report_dir=args.report,
+        frame_ids=args.frame_ids,
     )
     _print_summary(summary, args.json)
     return 0
 
 
+def _interrupted(exc: RunInterrupted) -> int:
+    """One line for a run stopped by SIGINT/SIGTERM; the shell's exit code (130 / 143)."""
+    print(f"stvg-ros eval: {exc}: {exc.done} of {exc.total} queries finished and kept in {exc.out} "
+          "(predictions.json is scoreable); continue with the same arguments and --resume", file=sys.stderr)  # fmt: skip
+    return exc.exit_code
+
+
 def _run(args: argparse.Namespace) -> int:
-    _print_summary(run_dataset(run_config(args)), args.json)
+    try:
+        summary = run_dataset(run_config(args))
+    except RunInterrupted as exc:
+        return _interrupted(exc)
+    _print_summary(summary, args.json)
     return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
-    _print_summary(replay(replay_config(args)), args.json)
+    try:
+        summary = replay(replay_config(args))
+    except RunInterrupted as exc:
+        return _interrupted(exc)
+    _print_summary(summary, args.json)
     return 0
 
 

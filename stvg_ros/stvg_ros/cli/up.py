@@ -12,7 +12,6 @@ import sys
 from stvg_ros.nodes.graph import (
     DEFAULT_CAMERA_TOPIC,
     check_graph_parameters,
-    graph_nodes,
     graph_parameters,
     parse_overrides,
     run_graph,
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model:
             grounding["model"] = args.model
         # a missing or malformed --params file, a typo in a name, a wrong value: say so before ROS starts
-        check_graph_parameters(graph_parameters(args.params, overrides), graph_nodes(not args.no_overlay))
+        check_graph_parameters(graph_parameters(args.params, overrides))
     except ValueError as exc:
         print(f"stvg-ros up: error: {exc}", file=sys.stderr)
         return 2

@@ -165,7 +165,7 @@ def write_long_case(
     first, end = frames - gt_frames, frames - 10  # decoded [first, end)
     annotation = {
         f"{LONG_CASE_ID}.mp4": {
-            "st_frame": first + 1,  # HC-STVG counts from 1
+            "st_frame": first,  # a decoded frame, as TubeDETR reads HC-STVG (frame ids: decoded)
             "bbox": [[*long_case_square(f, width, height, side), side, side] for f in range(first, end)],
             "img_num": frames,
             "img_size": [height, width],

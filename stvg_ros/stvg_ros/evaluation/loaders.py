@@ -1,17 +1,21 @@
 """Annotation loaders: HC-STVG v1/v2, TubeDETR's processed lists, VidSTG and our synthetic sets,
 all into one `Query` representation.
 
-Frame-index conventions (the whole evaluation package uses them):
+Frame ids (the numbers prediction files, GT spans and GT boxes use) follow one of two named
+conventions (`FRAME_ID_CONVENTIONS`, METHOD.md §9):
 
-- **Annotation index**: the frame number as the annotation file writes it. Prediction files use
-  it too. HC-STVG's `st_frame` is 1-based (index 1 is the first decoded frame of the video);
-  VidSTG's `begin_fid`/`end_fid` are 0-based; our synthetic sets follow HC-STVG (see
-  `SYNTH_FRAME_BASE`).
-- `Query.frame_base` is the annotation index of the first decoded frame, so the decoded (0-based)
-  frame `d` of the video file has annotation index `d + frame_base`.
-- GT spans are end-exclusive: `[gt_start, gt_end)`, with `gt_end = st_frame + len(bbox)` for
-  HC-STVG (as TubeDETR's preprocessing writes `tube_end_frame`) and `temporal_gt.end_fid` for VidSTG.
-- GT boxes are `xyxy` pixels keyed by annotation index (`[x, y, w, h]` -> `[x, y, x + w, y + h]`).
+- ``decoded`` (default for HC-STVG, TubeDETR's lists and VidSTG): frame id = 0-based decoded frame
+  number, and HC-STVG's `st_frame` is used as written, exactly as TubeDETR's evaluator does. A
+  prediction file keyed by TubeDETR's frame ids scores as TubeDETR scores it.
+- ``one_based``: decoded frame `d` has id `d + 1` (HC-STVG's `st_frame` read as 1-based, the shift
+  CG-STVG applies). Opt-in for HC-STVG files; the format of `stvg-ros synth` sets, whose writer
+  stores `st_frame` counting from 1.
+
+`Query.frame_base` is the id of decoded frame 0 (0 or 1). GT spans are end-exclusive:
+`[gt_start, gt_end)`, with `gt_end = st_frame + len(bbox)` (TubeDETR's `tube_end_frame`) for HC-STVG
+and `temporal_gt.end_fid` for VidSTG. GT boxes are `xyxy` pixels keyed by frame id
+(`[x, y, w, h]` -> `[x, y, x + w, y + h]`). Nothing is re-indexed silently: the convention is chosen
+by name and travels with every query and score summary.
 """
 
 from __future__ import annotations
@@ -28,17 +32,20 @@ Box = tuple[float, float, float, float]
 
 #: HC-STVG clips are 20 s long; TubeDETR derives their frame rate as img_num / 20.
 HCSTVG_CLIP_SECONDS = 20.0
-#: Annotation index of the first decoded frame in each supported format.
-HCSTVG_FRAME_BASE = 1
+#: Frame-id conventions: name -> id of the first decoded frame (see the module docstring).
+FRAME_ID_CONVENTIONS = {"decoded": 0, "one_based": 1}
+DEFAULT_FRAME_IDS = "decoded"
+#: Frame id of the first decoded frame in each supported format, by default.
+HCSTVG_FRAME_BASE = FRAME_ID_CONVENTIONS[DEFAULT_FRAME_IDS]
 VIDSTG_FRAME_BASE = 0
-SYNTH_FRAME_BASE = HCSTVG_FRAME_BASE
+SYNTH_FRAME_BASE = FRAME_ID_CONVENTIONS["one_based"]  # `stvg-ros synth` writes st_frame counting from 1
 FORMATS = ("auto", "hcstvg", "tubedetr", "vidstg", "synth")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 
 
 @dataclass(frozen=True)
 class Query:
-    """One grounding query with its ground truth, in annotation frame indexing.
+    """One grounding query with its ground truth, in frame ids of its convention (`frame_ids`).
 
     `eval_start`/`eval_end` bound the frames TubeDETR's evaluator samples (the loop runs over
     `range(eval_start, eval_end)`), and `sampling_fps` is the frame rate that sampler assumes.
@@ -47,7 +54,7 @@ class Query:
     query_id: str  # key of this query in prediction files
     video_id: str  # video file name without extension
     caption: str
-    gt_start: int  # first GT frame (annotation index)
+    gt_start: int  # first GT frame (frame id)
     gt_end: int  # one past the last GT frame
     gt_boxes: Mapping[int, Box]
     num_frames: int  # frames in the video (img_num / frame_count)
@@ -65,20 +72,42 @@ class Query:
     dataset: str = ""
 
     @property
+    def frame_ids(self) -> str:
+        """Name of the frame-id convention (`FRAME_ID_CONVENTIONS`)."""
+        return frame_ids_name(self.frame_base)
+
+    @property
     def first_frame(self) -> int:
-        """Annotation index of the video's first frame."""
+        """Frame id of the video's first frame."""
         return self.frame_base
 
     @property
     def end_frame(self) -> int:
-        """One past the annotation index of the video's last frame."""
+        """One past the frame id of the video's last frame."""
         return self.frame_base + self.num_frames
 
     def to_decoded(self, frame: int) -> int:
+        """Frame id -> 0-based decoded frame number."""
         return frame - self.frame_base
 
     def to_annotation(self, decoded: int) -> int:
+        """0-based decoded frame number -> frame id (what prediction files hold)."""
         return decoded + self.frame_base
+
+
+def frame_ids_name(frame_base: int) -> str:
+    """The convention whose first decoded frame has id `frame_base`."""
+    for name, base in FRAME_ID_CONVENTIONS.items():
+        if base == frame_base:
+            return name
+    return f"first frame {frame_base}"
+
+
+def check_frame_ids(frame_ids: str) -> int:
+    """The frame base of a convention name; EvalError for an unknown one."""
+    if frame_ids not in FRAME_ID_CONVENTIONS:
+        raise EvalError(f"unknown frame-id convention {frame_ids!r}; use one of {', '.join(FRAME_ID_CONVENTIONS)}")
+    return FRAME_ID_CONVENTIONS[frame_ids]
 
 
 @dataclass
@@ -89,6 +118,13 @@ class AnnotationSet:
     format: str
     path: Path
     warnings: list[str] = field(default_factory=list)
+    benchmark: str = ""  # hcstvg_v1 | hcstvg_v2 | vidstg | synth | "" (not known)
+
+    @property
+    def frame_ids(self) -> str:
+        """The frame-id convention of the queries (one per set)."""
+        names = sorted({q.frame_ids for q in self.queries.values()})
+        return names[0] if len(names) == 1 else "mixed: " + ", ".join(names)
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -183,7 +219,7 @@ def _check_tube(query: Query, where: str, warnings: list[str]) -> None:
     if query.gt_start < query.first_frame:
         raise EvalError(
             f"{where}: GT starts at frame {query.gt_start}, before the video's first frame {query.first_frame} "
-            f"(this format counts frames from {query.frame_base})"
+            f"(frame ids: {query.frame_ids})"
         )
     if query.gt_end > query.end_frame:
         warnings.append(
@@ -232,9 +268,11 @@ def _hcstvg_query(name: str, entry: Mapping, dataset: str, frame_base: int, warn
         width=width,
         height=height,
         frame_base=frame_base,
-        eval_start=0,  # TubeDETR samples from frame 0 up to img_num - 2 (it uses st_frame as is)
-        eval_end=num_frames - 1,
-        sampling_fps=fps,
+        # TubeDETR samples decoded frames 0 .. img_num - 2, here in this convention's ids
+        eval_start=frame_base,
+        eval_end=frame_base + num_frames - 1,
+        # TubeDETR samples HC-STVG at img_num / 20 whatever the real rate; synthetic sets give theirs
+        sampling_fps=fps if dataset == "synth" else num_frames / HCSTVG_CLIP_SECONDS,
         gt_start_s=_number(entry["st_time"], f"{where} st_time") if "st_time" in entry else None,
         gt_end_s=_number(entry["ed_time"], f"{where} ed_time") if "ed_time" in entry else None,
         target_id=int(target_id) if isinstance(target_id, (int, float)) and not isinstance(target_id, bool) else None,
@@ -247,7 +285,9 @@ def _hcstvg_query(name: str, entry: Mapping, dataset: str, frame_base: int, warn
 def load_hcstvg(
     data: Mapping, path: Path, dataset: str = "hcstvg", frame_base: int = HCSTVG_FRAME_BASE
 ) -> AnnotationSet:
-    """HC-STVG v1/v2: `{"<name>.mp4": {"st_frame", "bbox": [[x, y, w, h], ...], "img_num", ...}}`."""
+    """HC-STVG v1/v2: `{"<name>.mp4": {"st_frame", "bbox": [[x, y, w, h], ...], "img_num", ...}}`.
+
+    `frame_base`: the frame id of decoded frame 0 (0: TubeDETR's reading, the default)."""
     warnings: list[str] = []
     queries: dict[str, Query] = {}
     for name, entry in data.items():
@@ -255,14 +295,26 @@ def load_hcstvg(
         if query.query_id in queries:
             raise EvalError(f"annotation file {path}: video {query.query_id!r} appears twice")
         queries[query.query_id] = query
-    return AnnotationSet(queries, dataset, path, warnings)
+    return AnnotationSet(queries, dataset, path, warnings, benchmark=_hcstvg_version(data, dataset))
+
+
+def _hcstvg_version(data: Mapping, dataset: str) -> str:
+    """hcstvg_v2 (`img_size` + `English`), hcstvg_v1 (`width`/`height` + `caption`), synth, or ""."""
+    if dataset != "hcstvg":
+        return dataset
+    entries = [e for e in data.values() if isinstance(e, Mapping)]
+    if entries and all("img_size" in e and "English" in e for e in entries):
+        return "hcstvg_v2"
+    if entries and all("width" in e and "caption" in e for e in entries):
+        return "hcstvg_v1"
+    return ""
 
 
 # --------------------------------------------------------------------------------------------
 # TubeDETR processed HC-STVG list
 
 
-def load_tubedetr_hcstvg(data: list, path: Path) -> AnnotationSet:
+def load_tubedetr_hcstvg(data: list, path: Path, frame_base: int = HCSTVG_FRAME_BASE) -> AnnotationSet:
     """TubeDETR's `*_proc.json`: a list of {original_video_id, frame_count, tube_start_frame,
     tube_end_frame (exclusive), trajectory ([x, y, w, h] per GT frame), caption, ...}."""
     warnings: list[str] = []
@@ -290,10 +342,10 @@ def load_tubedetr_hcstvg(data: list, path: Path) -> AnnotationSet:
             fps=fps,
             width=int(entry.get("width", 0) or 0),
             height=int(entry.get("height", 0) or 0),
-            frame_base=HCSTVG_FRAME_BASE,
-            eval_start=0,
-            eval_end=num_frames - 1,
-            sampling_fps=fps,
+            frame_base=frame_base,
+            eval_start=frame_base,
+            eval_end=frame_base + num_frames - 1,
+            sampling_fps=num_frames / HCSTVG_CLIP_SECONDS,  # as TubeDETR's hcstvg_eval.py
             gt_start_s=entry.get("tube_start_time"),
             gt_end_s=entry.get("tube_end_time"),
             dataset="hcstvg",
@@ -302,7 +354,10 @@ def load_tubedetr_hcstvg(data: list, path: Path) -> AnnotationSet:
         if query.query_id in queries:
             raise EvalError(f"{where}: video {query.query_id!r} appears twice")
         queries[query.query_id] = query
-    return AnnotationSet(queries, "tubedetr", path, warnings)
+    # TubeDETR names its lists {train,test}_proc.json (v1) and {train,val}v2_proc.json (v2)
+    name = path.name.lower()
+    benchmark = "hcstvg_v2" if "v2" in name else "hcstvg_v1" if name in ("train_proc.json", "test_proc.json") else ""
+    return AnnotationSet(queries, "tubedetr", path, warnings, benchmark=benchmark)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +419,7 @@ def load_tubedetr_vidstg(data: Mapping, path: Path) -> AnnotationSet:
         if query.query_id in queries:
             raise EvalError(f"{where}: query id {query.query_id!r} appears twice")
         queries[query.query_id] = query
-    return AnnotationSet(queries, "vidstg", path, warnings)
+    return AnnotationSet(queries, "vidstg", path, warnings, benchmark="vidstg")
 
 
 def _vidor_trajectories(vidor_dir: Path, vid: str, cache: dict) -> dict:
@@ -423,7 +478,7 @@ def load_vidstg_original(data: list, path: Path, vidor_dir: Path | None) -> Anno
                 if tid not in tracks:
                     raise EvalError(f"{where}: VidOR video {vid} has no object {tid}")
                 queries[str(index)] = _vidstg_query(index, video, tracks[tid], f"{where} {key}", warnings)
-    return AnnotationSet(queries, "vidstg", path, warnings)
+    return AnnotationSet(queries, "vidstg", path, warnings, benchmark="vidstg")
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,7 +495,8 @@ def load_synth_dataset(root: Path) -> AnnotationSet:
     """All queries of a synthetic set (`index.json`, `annotations.json`, `queries.json`, `gt/`).
 
     The first query of each video comes from annotations.json (HC-STVG v2 + fps, target_id);
-    the others take their boxes from gt/<name>.json. Frames are 1-based like HC-STVG."""
+    the others take their boxes from gt/<name>.json. Frame ids are `one_based` (the writer
+    stores st_frame counting from 1)."""
     index = _read_json(root / "index.json", "synthetic set index")
     primary = load_hcstvg(_read_json(root / index.get("annotations", "annotations.json"), "annotation file"),
                           root / "annotations.json", dataset="synth", frame_base=SYNTH_FRAME_BASE)  # fmt: skip
@@ -485,8 +541,8 @@ def load_synth_dataset(root: Path) -> AnnotationSet:
             width=int(gt.get("width", 0)),
             height=int(gt.get("height", 0)),
             frame_base=SYNTH_FRAME_BASE,
-            eval_start=0,
-            eval_end=int(gt["num_frames"]) - 1,
+            eval_start=SYNTH_FRAME_BASE,
+            eval_end=SYNTH_FRAME_BASE + int(gt["num_frames"]) - 1,
             sampling_fps=fps,
             gt_start_s=item.get("start_s"),
             gt_end_s=item.get("end_s"),
@@ -495,7 +551,7 @@ def load_synth_dataset(root: Path) -> AnnotationSet:
         )
         _check_tube(query, where, primary.warnings)
         queries[query_id] = query
-    return AnnotationSet(queries, "synth", root, primary.warnings)
+    return AnnotationSet(queries, "synth", root, primary.warnings, benchmark="synth")
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,15 +591,25 @@ def resolve_annotation_path(path: str | Path) -> Path:
     return path
 
 
-def load_annotations(path: str | Path, fmt: str = "auto", vidor_dir: str | Path | None = None) -> AnnotationSet:
+def load_annotations(
+    path: str | Path, fmt: str = "auto", vidor_dir: str | Path | None = None, frame_ids: str | None = None
+) -> AnnotationSet:
     """Load any supported annotation file into queries keyed by query id. A synthetic set's
     folder (with index.json) gives every query of its queries.json.
+
+    `frame_ids` names the frame-id convention (`FRAME_ID_CONVENTIONS`); None takes the format's
+    own: ``decoded`` for HC-STVG, TubeDETR lists and VidSTG, ``one_based`` for synthetic sets.
+    Only files with HC-STVG's `st_frame` (HC-STVG, TubeDETR lists, a synthetic annotations.json)
+    can be read in the other convention.
 
     Raises EvalError naming the file and the problem (missing, not JSON, unknown format, a field
     missing or of the wrong type, a GT span outside the video)."""
     if fmt not in FORMATS:
         raise EvalError(f"unknown annotation format {fmt!r}; use one of {', '.join(FORMATS)}")
+    base = None if frame_ids is None else check_frame_ids(frame_ids)
     if Path(path).is_dir() and (Path(path) / "index.json").is_file() and fmt in ("auto", "synth"):
+        if base not in (None, SYNTH_FRAME_BASE):
+            raise EvalError(f"{path}: a synthetic set's queries.json counts frames one way only (frame ids: one_based)")
         return load_synth_dataset(Path(path))
     path = resolve_annotation_path(path)
     data = _read_json(path, "annotation file")
@@ -553,16 +619,18 @@ def load_annotations(path: str | Path, fmt: str = "auto", vidor_dir: str | Path 
         raise EvalError(f"{path}: {exc}") from None
     if fmt != "auto" and not detected.startswith(fmt) and not (fmt == "hcstvg" and detected == "synth"):
         raise EvalError(f"{path} looks like {detected}, not {fmt}")
+    if detected.startswith("vidstg") and base not in (None, VIDSTG_FRAME_BASE):
+        raise EvalError(f"{path}: VidSTG frame ids are 0-based decoded frames (frame ids: decoded) only")
     if detected == "vidstg":
         result = load_tubedetr_vidstg(data, path)
     elif detected == "vidstg-original":
         result = load_vidstg_original(data, path, Path(vidor_dir) if vidor_dir else None)
     elif detected == "tubedetr":
-        result = load_tubedetr_hcstvg(data, path)
+        result = load_tubedetr_hcstvg(data, path, HCSTVG_FRAME_BASE if base is None else base)
     elif detected == "synth":
-        result = load_hcstvg(data, path, dataset="synth", frame_base=SYNTH_FRAME_BASE)
+        result = load_hcstvg(data, path, dataset="synth", frame_base=SYNTH_FRAME_BASE if base is None else base)
     else:
-        result = load_hcstvg(data, path)
+        result = load_hcstvg(data, path, frame_base=HCSTVG_FRAME_BASE if base is None else base)
     if not result.queries:
         raise EvalError(f"{path}: no queries")
     return result

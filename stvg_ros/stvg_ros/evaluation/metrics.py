@@ -4,14 +4,17 @@ Pure functions over `Query` (ground truth) and `Prediction`. Three protocols, na
 whose numbers they reproduce:
 
 - ``tubedetr`` (default; the published baselines): frames sampled at 5 fps from the clip
-  (`tubedetr_frames`), spans end-exclusive, tIoU on the raw frame spans, vIoU over the sampled
-  frames of the union, vIoU@R strict (>).
+  (`tubedetr_frames`: decoded frames 0 .. img_num − 2 for HC-STVG), spans end-exclusive, tIoU on the
+  raw frame spans, vIoU over the sampled frames of the union, vIoU@R strict (>). With the default
+  ``decoded`` frame ids this is TubeDETR's `hcstvg_eval.py` number for number.
 - ``hcstvg_official`` (HC-STVG's `eval_hcvg.py`, the PIC challenge): every frame, inclusive ends,
   vIoU = Σ IoU over GT frames that have a predicted box / (max end − min start + 1), and tIoU =
   (number of those frames) / the same union. vIoU@R strict.
 - ``stvgr1`` (STVG-R1's `evaluate.py`): spans in seconds, tIoU in seconds, frames = int(t · fps)
-  with inclusive ends, all frames, the GT box of decoded frame d is `bbox[d − st_frame]` (the
-  script's one-frame shift on 1-based HC-STVG), thresholds inclusive (≥) at 0.3 / 0.5 / 0.7.
+  (0-based decoded) with inclusive ends, all frames of the intersection, the GT box of decoded frame
+  d is `bbox[d − st_frame]` (`st_frame` as written, like TubeDETR; under ``one_based`` frame ids
+  this pairs each predicted box with the GT box one frame earlier), thresholds inclusive (≥) at
+  0.3 / 0.5 / 0.7.
 
 A query without a prediction, or with an empty span, scores 0 (as `eval_hcvg.py` counts it).
 Box IoU is plain area IoU on [x1, y1, x2, y2] without "+1"; 0 when the union is empty.
@@ -104,8 +107,10 @@ def tubedetr_frames(
 
 
 def tubedetr_query_frames(query: Query) -> list[int]:
-    """The evaluation frames of a query under the TubeDETR protocol."""
-    return tubedetr_frames(query.eval_start, query.eval_end, query.sampling_fps)
+    """The evaluation frames (frame ids) of a query under the TubeDETR protocol: sampled on decoded
+    frame numbers, as TubeDETR samples, then written in the query's frame ids."""
+    base = query.frame_base
+    return [f + base for f in tubedetr_frames(query.eval_start - base, query.eval_end - base, query.sampling_fps)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,7 +189,7 @@ def score_stvgr1(query: Query, pred: Prediction | None) -> QueryScore:
         return QueryScore(query.query_id, tiou, 0.0, True, max(union, 0), 0, pred.target_id)
     total = 0.0
     for decoded in range(lo, hi + 1):
-        # the script reads GT bbox[d - st_frame] with a 0-based d: annotation index d, not d + base
+        # the script reads GT bbox[d - st_frame] with a 0-based d: GT frame id d, whatever the convention
         total += box_iou(pred.boxes.get(query.to_annotation(decoded)), query.gt_boxes.get(decoded))
     return QueryScore(query.query_id, tiou, total / union, True, union, hi - lo + 1, pred.target_id)
 
@@ -261,7 +266,7 @@ def evaluate(
 # --------------------------------------------------------------------------------------------
 # diagnostics: the perception ceiling and ID accuracy
 
-#: frame (annotation index) -> (track IDs (N,), boxes (N, 4) xyxy) of the tracker on that frame
+#: frame id -> (track IDs (N,), boxes (N, 4) xyxy) of the tracker on that frame
 FrameTracks = Mapping[int, tuple[np.ndarray, np.ndarray]]
 
 

@@ -1,17 +1,19 @@
 """Prediction files and per-query records.
 
-Prediction file (JSON), one entry per query, frames in the annotation's indexing
-(see `loaders.py`), spans end-exclusive as in TubeDETR::
+Prediction file (JSON), one entry per query, keyed by the annotations' frame ids (by default the
+0-based decoded frame numbers TubeDETR uses, see `loaders.py`), spans end-exclusive as in TubeDETR::
 
     {"<query_id>": {"sted": [start_frame, end_frame],
-                    "boxes": {"<frame>": [x1, y1, x2, y2], ...},
+                    "boxes": {"<frame>": [x1, y1, x2, y2], ...},   # or [[x1, y1, x2, y2]] as TubeDETR
                     "target_id": 3,              # optional: the predicted object/track ID
                     "span_s": [12.54, 17.83]}}   # optional: the span in seconds as the model said it
 
 `query_id` is the video file name without extension for HC-STVG and the synthetic sets (one query
-per video) and TubeDETR's query index for VidSTG. The official HC-STVG submission layout
-(`{"st_frame", "ed_frame" (inclusive), "bbox": {...}}`) is read too. A failed query is written
-as `"sted": [0, 0]` with no boxes, or left out: either scores 0.
+per video) and TubeDETR's query index for VidSTG. Also read: the official HC-STVG submission
+layout (`{"st_frame", "ed_frame" (inclusive), "bbox": {...}}`) and TubeDETR's own evaluator output
+(`predictions` + `video_predictions`, bare or inside its log_stats.json, keyed by TubeDETR's video
+index). A failed query is written as `"sted": [0, 0]` with no boxes, or left out: either scores 0.
+Unknown fields are ignored; a malformed known field is an EvalError naming file, query and field.
 
 Per-query records (JSONL, `records.jsonl`) carry what a prediction file cannot: the query, the
 parsed answer, the raw model output, stamps, timings, the failure reason and the scores.
@@ -32,7 +34,7 @@ from stvg_ros.evaluation.loaders import AnnotationSet, Box, Query
 
 @dataclass(frozen=True)
 class Prediction:
-    """A predicted tube: span `[start, end)` and boxes, in annotation frame indexing."""
+    """A predicted tube: span `[start, end)` and boxes, in the annotations' frame ids."""
 
     query_id: str
     start: int
@@ -69,19 +71,26 @@ def span_indices(stamps_ns: Sequence[int], start_ns: int, end_ns: int) -> tuple[
     return nearest, nearest
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value) -> str:
+    return json.dumps(value, default=str)[:60]
+
+
 def _box(value, where: str) -> Box:
+    """[x1, y1, x2, y2], or TubeDETR's [[x1, y1, x2, y2]] (one box per frame)."""
     if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], (list, tuple)):
-        value = value[0]  # TubeDETR writes [[x1, y1, x2, y2]]
-    if not isinstance(value, (list, tuple)) or len(value) != 4:
-        raise EvalError(f"{where}: a box must be [x1, y1, x2, y2], got {str(value)[:60]}")
-    numbers = []
+        value = value[0]
+    if not isinstance(value, (list, tuple)) or len(value) != 4 or any(isinstance(v, (list, tuple)) for v in value):
+        raise EvalError(f"{where} must be one box [x1, y1, x2, y2] (or [[x1, y1, x2, y2]]), got {_shown(value)}")
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise EvalError(f"{where}: box coordinate {v!r} is not a finite number")
-        numbers.append(float(v))
-    x1, y1, x2, y2 = numbers
+        if not _finite(v):
+            raise EvalError(f"{where}: box coordinate {_shown(v)} is not a finite number")
+    x1, y1, x2, y2 = (float(v) for v in value)
     if x2 < x1 or y2 < y1:
-        raise EvalError(f"{where}: box {numbers} has x2 < x1 or y2 < y1 (boxes are [x1, y1, x2, y2])")
+        raise EvalError(f"{where}: box {[x1, y1, x2, y2]} has x2 < x1 or y2 < y1 (boxes are [x1, y1, x2, y2])")
     return (x1, y1, x2, y2)
 
 
@@ -91,52 +100,128 @@ def _frame(key, where: str) -> int:
     text = str(key).strip()
     if text.lstrip("-").isdigit():
         return int(text)
-    raise EvalError(f"{where}: frame key {key!r} is not an integer")
+    raise EvalError(f"{where}: frame key {_shown(key)} is not an integer frame id")
 
 
 def _int(value, where: str) -> int:
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise EvalError(f"{where}: {value!r} is not an integer frame index")
+        raise EvalError(f"{where}: {_shown(value)} is not an integer frame id")
     return value
 
 
-def parse_prediction(query_id: str, entry) -> Prediction:
-    """One prediction-file entry -> Prediction (either layout); EvalError when malformed."""
-    where = f"prediction {query_id!r}"
+def _pair(entry: Mapping, key: str, where: str, what: str) -> list:
+    value = entry[key]
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise EvalError(f"{where} field {key!r} must be {what}, got {_shown(value)}")
+    return list(value)
+
+
+def parse_prediction(query_id: str, entry, source: str = "prediction file") -> Prediction:
+    """One prediction-file entry -> Prediction (either layout).
+
+    EvalError for any malformed field, one line naming `source`, the query and the field."""
+    where = f"{source}: prediction {query_id!r}"
     if not isinstance(entry, Mapping):
-        raise EvalError(f"{where}: expected an object, got {type(entry).__name__}")
+        raise EvalError(f"{where}: expected an object with 'sted' and 'boxes', got {type(entry).__name__}")
     if "sted" in entry:
-        sted = entry["sted"]
-        if not isinstance(sted, (list, tuple)) or len(sted) != 2:
-            raise EvalError(f"{where}: 'sted' must be [start_frame, end_frame]")
-        start, end = _int(sted[0], where), _int(sted[1], where)
-        raw_boxes = entry.get("boxes", {})
+        sted = _pair(entry, "sted", where, "[start_frame, end_frame] (end exclusive)")
+        start, end = (_int(v, f"{where} field 'sted'") for v in sted)
+        boxes_key = "boxes"
     elif "st_frame" in entry and "ed_frame" in entry:  # official HC-STVG layout, inclusive end
-        start, end = _int(entry["st_frame"], where), _int(entry["ed_frame"], where) + 1
-        raw_boxes = entry.get("bbox", {})
+        start = _int(entry["st_frame"], f"{where} field 'st_frame'")
+        end = _int(entry["ed_frame"], f"{where} field 'ed_frame'") + 1
+        boxes_key = "bbox"
     else:
         raise EvalError(f"{where}: no span (expected 'sted': [start, end] or 'st_frame'/'ed_frame')")
     if end < start:
-        raise EvalError(f"{where}: span [{start}, {end}) ends before it starts")
+        raise EvalError(f"{where} field 'sted': span [{start}, {end}) ends before it starts")
+    raw_boxes = entry.get(boxes_key, {})
+    if raw_boxes is None:
+        raw_boxes = {}
     if not isinstance(raw_boxes, Mapping):
-        raise EvalError(f"{where}: 'boxes' must map frame -> [x1, y1, x2, y2]")
-    boxes = {_frame(k, where): _box(v, f"{where} frame {k}") for k, v in raw_boxes.items()}
-    span_s = entry.get("span_s")
+        raise EvalError(f"{where} field {boxes_key!r} must map frame id -> [x1, y1, x2, y2], got {_shown(raw_boxes)}")
+    boxes = {}
+    for key, value in raw_boxes.items():
+        frame_where = f"{where} field {boxes_key!r} frame {key}"
+        boxes[_frame(key, frame_where)] = _box(value, frame_where)
     start_s = end_s = None
-    if span_s is not None:
-        if not isinstance(span_s, (list, tuple)) or len(span_s) != 2:
-            raise EvalError(f"{where}: 'span_s' must be [start_seconds, end_seconds]")
+    if entry.get("span_s") is not None:
+        span_s = _pair(entry, "span_s", where, "[start_seconds, end_seconds]")
+        for v in span_s:
+            if not _finite(v):
+                raise EvalError(f"{where} field 'span_s': {_shown(v)} is not a finite number of seconds")
         start_s, end_s = (float(v) for v in span_s)
     target_id = entry.get("target_id")
-    if target_id is not None and (isinstance(target_id, bool) or not isinstance(target_id, int)):
-        raise EvalError(f"{where}: 'target_id' must be an integer")
+    if target_id is not None:
+        if isinstance(target_id, float) and math.isfinite(target_id) and target_id.is_integer():
+            target_id = int(target_id)
+        if isinstance(target_id, bool) or not isinstance(target_id, int):
+            raise EvalError(f"{where} field 'target_id' must be an integer object ID, got {_shown(target_id)}")
     return Prediction(str(query_id), start, end, boxes, start_s, end_s, target_id)
 
 
-def load_predictions(path: str | Path) -> dict[str, Prediction]:
-    """Read a prediction file; EvalError when missing, not JSON or malformed."""
+def _tubedetr_key(data: Mapping, suffix: str) -> str | None:
+    """The key of TubeDETR's `predictions` / `video_predictions` (also `test_<dataset>_...`)."""
+    keys = [k for k in data if k == suffix or (k.startswith("test_") and k.endswith(f"_{suffix}"))]
+    if suffix == "predictions":
+        keys = [k for k in keys if not k.endswith("video_predictions")]
+    return keys[0] if len(keys) == 1 else None
+
+
+def is_tubedetr_dump(data) -> bool:
+    """True for TubeDETR's evaluator output: `predictions` ({"<video>_<frame>": {"boxes"}}) and
+    `video_predictions` ({"<video>": {"sted"}}), bare or as `test_<dataset>_...` in log_stats.json."""
+    return (
+        isinstance(data, Mapping)
+        and _tubedetr_key(data, "video_predictions") is not None
+        and _tubedetr_key(data, "predictions") is not None
+    )
+
+
+def from_tubedetr_dump(data: Mapping, source: str, query_ids: Sequence[str] | None) -> dict[str, dict]:
+    """TubeDETR's evaluator output -> our layout {query_id: {"sted", "boxes"}}.
+
+    TubeDETR keys videos by its `video_id`: the position in the annotation file for HC-STVG
+    (`query_ids` in file order maps it), the query id itself for VidSTG (`query_ids` None)."""
+    videos = data[_tubedetr_key(data, "video_predictions")]
+    frames = data[_tubedetr_key(data, "predictions")]
+    if not isinstance(videos, Mapping) or not isinstance(frames, Mapping):
+        raise EvalError(f"{source}: TubeDETR's 'predictions' and 'video_predictions' must be objects")
+
+    def query_of(video: str, where: str) -> str:
+        if query_ids is None:
+            return video
+        if not video.strip().isdigit() or int(video) >= len(query_ids):
+            raise EvalError(f"{where}: TubeDETR video id {video!r} is not an index of the {len(query_ids)} annotations")
+        return query_ids[int(video)]
+
+    entries: dict[str, dict] = {}
+    for video, prediction in videos.items():
+        where = f"{source}: video_predictions {video!r}"
+        if not isinstance(prediction, Mapping) or "sted" not in prediction:
+            raise EvalError(f"{where}: expected an object with 'sted', got {_shown(prediction)}")
+        entries[query_of(str(video), where)] = {"sted": prediction["sted"], "boxes": {}}
+    for image_id, prediction in frames.items():
+        where = f"{source}: predictions {image_id!r}"
+        video, _, frame = str(image_id).rpartition("_")
+        if not video or not frame.strip().isdigit():
+            raise EvalError(f"{where}: key must be '<video_id>_<frame_id>'")
+        if not isinstance(prediction, Mapping) or "boxes" not in prediction:
+            raise EvalError(f"{where}: expected an object with 'boxes', got {_shown(prediction)}")
+        query_id = query_of(video, where)
+        if query_id not in entries:
+            raise EvalError(f"{where}: no video_predictions entry for video {video!r}")
+        entries[query_id]["boxes"][frame] = prediction["boxes"]
+    return entries
+
+
+def load_predictions(path: str | Path, annotations: AnnotationSet | None = None) -> dict[str, Prediction]:
+    """Read a prediction file: our layout, the official HC-STVG layout, or TubeDETR's evaluator
+    output (which needs `annotations` to map TubeDETR's video index to query ids).
+
+    EvalError, one line naming the file, the query and the field, when anything is malformed."""
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"prediction file not found: {path}")
@@ -145,8 +230,13 @@ def load_predictions(path: str | Path) -> dict[str, Prediction]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EvalError(f"prediction file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, Mapping):
-        raise EvalError(f"prediction file {path} must be a JSON object keyed by query id")
-    return {str(k): parse_prediction(str(k), v) for k, v in data.items()}
+        raise EvalError(f"prediction file {path} must be a JSON object keyed by query id, got {type(data).__name__}")
+    if is_tubedetr_dump(data):
+        if annotations is None:
+            raise EvalError(f"{path}: TubeDETR's output is keyed by its video index; score it against the annotations")
+        query_ids = None if annotations.format == "vidstg" else list(annotations.queries)
+        data = from_tubedetr_dump(data, str(path), query_ids)
+    return {str(k): parse_prediction(str(k), v, str(path)) for k, v in data.items()}
 
 
 def prediction_to_json(prediction: Prediction) -> dict:
@@ -187,8 +277,8 @@ def check_predictions(predictions: Mapping[str, Prediction], annotations: Annota
         if bad:
             raise EvalError(
                 f"frame-index mismatch in prediction {query_id!r}: frame {min(bad) if min(bad) < lo else max(bad)} "
-                f"is outside the video's frames {lo}..{hi - 1} ({annotations.format} annotations count frames "
-                f"from {query.frame_base})"
+                f"is outside the video's frames {lo}..{hi - 1} (frame ids: {query.frame_ids}, the first decoded "
+                f"frame is {lo})"
             )
 
 

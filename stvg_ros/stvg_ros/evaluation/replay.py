@@ -23,6 +23,15 @@ mapped back to each bag's frames).
 
 Memory stays bounded: frames are streamed one at a time, tracks are kept only for frames inside a
 GT span (the perception ceiling needs no others) and written to tracks.jsonl as they come.
+
+Outputs are those of `eval run` (`run_store`: run.json, predictions.json, records.jsonl and
+tracks.jsonl written as each query finishes; reports at the end). `--resume` skips the bags whose
+queries are all done and plays the others whole, asking only their unfinished queries; against a
+graph that keeps running between the two, sim time then starts over: prefer `--start-graph`. The
+graph's tracker numbers its tracks afresh after a restart, so the bags played after a resume may
+show the model other ID numbers than an uninterrupted replay would (`eval run` restores them). The
+fingerprint covers what replay is given (sidecars, bags, pacing, topics, the started graph's
+arguments), not the settings of a graph started elsewhere.
 """
 
 from __future__ import annotations
@@ -47,14 +56,9 @@ from stvg_ros.core.bag_io import BagError, bag_info, iter_image_messages, stamp_
 from stvg_ros.core.image_codec import decode_compressed
 from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, load_annotations
-from stvg_ros.evaluation.predictions import (
-    Prediction,
-    query_record,
-    save_predictions,
-    span_indices,
-    write_records,
-)
+from stvg_ros.evaluation.predictions import Prediction, query_record, span_indices
 from stvg_ros.evaluation.report import write_report
+from stvg_ros.evaluation.run_store import RunInterrupted, RunStore
 from stvg_ros.evaluation.scoring import score
 from stvg_ros.evaluation.tracks import TrackLog, TrackWriter
 from stvg_ros.nodes.ground_client import GroundClient, GroundError
@@ -240,6 +244,7 @@ class ReplayConfig:
     reasoning: int = 0  # Ground.srv REASONING_DEFAULT
     decompress: bool = False  # publish CompressedImage bags as sensor_msgs/Image
     progress: bool = True
+    resume: bool = False  # continue the run in `out` (run_store)
 
 
 class _Driver:
@@ -434,10 +439,31 @@ def _result_to_prediction(query: Query, result, stamps: StampIndex, video_start_
     )
 
 
+def replay_fingerprint(config: ReplayConfig, sidecars: list[Sidecar]) -> dict:
+    """The settings that decide a replay's answers (run.json; `--resume` must match them). Timeouts
+    and progress are left out (a resumed run may wait longer), and so is the protocol (it only scores)."""
+    return {
+        "sidecars": [str(Path(p).resolve()) for p in config.sidecars],
+        "bags": [str(s.bag) for s in sidecars],
+        "annotation_format": config.annotation_format,
+        "vidor_dir": config.vidor_dir,
+        "pace": config.pace,
+        "rate": config.rate,
+        "camera_topic": config.camera_topic,
+        "tracks_topic": config.tracks_topic,
+        "service": config.service,
+        "start_graph": config.start_graph,
+        "graph_args": list(config.graph_args),
+        "reasoning": config.reasoning,
+        "decompress": config.decompress,
+    }
+
+
 def replay(config: ReplayConfig) -> dict:
-    """Replay every sidecar's bag into the graph, ask its queries, score. Returns the summary."""
+    """Replay every sidecar's bag into the graph, ask its queries, score. Returns the summary. Each
+    query's results are written as it finishes (`run_store`); `config.resume` continues an earlier
+    replay in `config.out`. Raises RunInterrupted on SIGINT/SIGTERM, EvalError on bad input or a failure."""
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     sidecars = [load_sidecar(p, config.bag if i == 0 else None) for i, p in enumerate(config.sidecars)]
     annotation_sets: dict[Path, AnnotationSet] = {}
     plans = []
@@ -453,15 +479,47 @@ def replay(config: ReplayConfig) -> dict:
                            [w for s in annotation_sets.values() for w in s.warnings])  # fmt: skip
     gt_frames = {(q.video_id, f) for q in queries.values() for f in range(q.gt_start, q.gt_end)}
 
-    graph = _start_graph(config, out / "graph.log") if config.start_graph else None
-    driver = None
-    tracks = TrackLog()
-    predictions: dict[str, Prediction] = {}
-    records: list[dict] = []
-    stamps = StampIndex()
+    store = RunStore.open(out, "eval replay", replay_fingerprint(config, sidecars), list(queries), config.resume)
+    tracks = store.load_tracks(lambda video_id, frame: (video_id, frame) in gt_frames)
+    todo = [plan for plan in plans if not store.is_video_done(plan.sidecar.video_id)]
     stats = {"frames_published": 0, "frames_with_tracks": 0, "frames_without_tracks": 0, "rss_mb": [],
              "graph_rss_mb": []}  # fmt: skip
     started = time.monotonic()
+    try:
+        with store.signals():
+            if todo:
+                _play(config, store, todo, queries, tracks, gt_frames, stats)
+    except RunInterrupted as exc:
+        store.stop("interrupted", str(exc))
+        raise
+    except (EvalError, OSError, BagError) as exc:
+        store.stop("failed", " ".join(str(exc).split()))
+        if not store.predictions:
+            raise
+        raise EvalError(f"{' '.join(str(exc).split())} ({store.resume_hint()})") from None
+    except BaseException as exc:
+        store.stop("failed", f"{type(exc).__name__}: {exc}")
+        raise
+
+    stats["frames_without_tracks"] = max(0, stats["frames_published"] - stats["frames_with_tracks"])
+    stats["wall_s"] = round(time.monotonic() - started, 2)
+    stats["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    stats["resumed_queries"] = store.resumed
+    predictions = store.predictions
+    summary, _ = score(subset, predictions, config.protocol, tracks)
+    summary["replay"] = stats
+    write_report(out, summary, subset, predictions)
+    store.complete(summary["per_video"])
+    return summary
+
+
+def _play(config: ReplayConfig, store: RunStore, plans: list[BagPlan], queries: dict[str, Query], tracks: TrackLog,
+          gt_frames: set, stats: dict) -> None:  # fmt: skip
+    """Play `plans` into the graph and ask their unfinished queries, committing each to `store`."""
+    out = Path(config.out)
+    graph = _start_graph(config, out / "graph.log") if config.start_graph else None
+    driver = None
+    stamps = StampIndex()
     try:
         driver = _Driver(config)
         driver.wait_ready(config.graph_timeout_s)
@@ -472,7 +530,7 @@ def replay(config: ReplayConfig) -> dict:
         offset_ns = 0
         last_published = None
         missed_in_a_row = 0
-        with TrackWriter(out / "tracks.jsonl") as tracks_file:
+        with TrackWriter(store.tracks_path, append=True) as tracks_file:
 
             def keep(msg) -> bool:
                 stamp = stamp_to_ns(msg.header.stamp)
@@ -481,9 +539,10 @@ def replay(config: ReplayConfig) -> dict:
                     return False
                 ids = [int(o.track_id) for o in msg.objects]
                 boxes = [[float(o.x1), float(o.y1), float(o.x2), float(o.y2)] for o in msg.objects]
-                tracks_file.write(hit[0], hit[1], ids, boxes, stamp - offset_ns)
+                # the ceiling gets the tracks as tracks.jsonl has them (a resumed run reads them back)
+                row = tracks_file.write(hit[0], hit[1], ids, boxes, stamp - offset_ns)
                 if hit in gt_frames:
-                    tracks.add(hit[0], hit[1], ids, boxes, stamp)
+                    tracks.add(hit[0], hit[1], row["ids"], row["boxes"], row["stamp_ns"])
                 return True
 
             for plan in plans:
@@ -527,6 +586,8 @@ def replay(config: ReplayConfig) -> dict:
                     if stats["frames_published"] % 500 == 0:
                         _sample_memory(stats, graph)
                     for item in plan.asks.get(index, []):
+                        if store.done(item.query_id):
+                            continue
                         time.sleep(0.3)  # let the grounding node take in the last frame
                         for msg in driver.drain_tracks():
                             stats["frames_with_tracks"] += int(keep(msg))
@@ -538,12 +599,12 @@ def replay(config: ReplayConfig) -> dict:
                             prediction, problems = _result_to_prediction(
                                 query, result, stamps, video_start_ns + offset_ns
                             )
-                        predictions[query.query_id] = prediction
-                        records.append(_record(query, prediction, result, error, wall_s, problems, offset_ns))
+                        store.add(prediction, _record(query, prediction, result, error, wall_s, problems, offset_ns))
                 if config.pace != "lockstep":
                     time.sleep(0.5)
                     for msg in driver.drain_tracks():
                         stats["frames_with_tracks"] += int(keep(msg))
+                store.video_done(plan.sidecar.video_id)
         progress.close()
         # after the queries: the model's working memory is in here, the playback samples are above
         stats["final_rss_mb"] = round(rss_mb() or 0.0, 1)
@@ -553,20 +614,6 @@ def replay(config: ReplayConfig) -> dict:
         if driver is not None:
             driver.close()
         _stop_graph(graph)
-
-    stats["frames_without_tracks"] = max(0, stats["frames_published"] - stats["frames_with_tracks"])
-    stats["wall_s"] = round(time.monotonic() - started, 2)
-    stats["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    summary, scores = score(subset, predictions, config.protocol, tracks)
-    by_id = {s.query_id: s for s in scores}
-    for record in records:
-        record.update(tIoU=by_id[record["query_id"]].tiou, vIoU=by_id[record["query_id"]].viou,
-                      ceiling_vIoU=summary["per_video"][record["query_id"]].get("ceiling_vIoU"))  # fmt: skip
-    summary["replay"] = stats
-    save_predictions(out / "predictions.json", predictions)
-    write_records(out / "records.jsonl", records)
-    write_report(out, summary, subset, predictions)
-    return summary
 
 
 def _record(query: Query, prediction: Prediction, result, error: str, wall_s: float, problems, offset_ns) -> dict:

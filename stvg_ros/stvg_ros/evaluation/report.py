@@ -16,6 +16,46 @@ from stvg_ros.evaluation.predictions import Prediction
 HEADLINE = ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5")
 TIMELINE_MAX_QUERIES = 40
 
+#: Published results, in % as (m_tIoU, m_vIoU, vIoU@0.3, vIoU@0.5), per benchmark. Source: the
+#: papers' tables and official READMEs as gathered in ANCHORS_STVG.md (STVG-R1 also METHOD.md §11).
+#: HC-STVG v2 numbers are on the val split. Per METHOD.md §9 the baselines' numbers come from
+#: TubeDETR's evaluator (our `tubedetr` protocol), STVG-R1's own from its evaluate.py (`stvgr1`).
+PUBLISHED_ANCHORS: dict[str, tuple[tuple[str, str, tuple[float, float, float, float]], ...]] = {
+    "hcstvg_v1": (
+        ("STVG-R1 (ICLR 2026, 7B)", "stvgr1", (56.9, 39.1, 66.7, 38.6)),
+        ("STVG-o1 (2025, Qwen2.5-VL-7B + GRPO)", "tubedetr", (60.3, 44.1, 73.3, 43.5)),
+        ("TA-STVG (ICLR 2025)", "tubedetr", (53.0, 39.1, 63.1, 36.8)),
+        ("CG-STVG (CVPR 2024)", "tubedetr", (52.8, 38.4, 61.5, 36.3)),
+        ("Qwen2.5-VL-7B zero-shot", "tubedetr", (25.6, 19.1, 20.2, 12.6)),
+    ),
+    "hcstvg_v2": (
+        ("STVG-R1 (ICLR 2026, 7B; README, paper 61.3 / 40.8 / 67.9 / 38.8)", "stvgr1", (62.0, 40.2, 67.8, 38.8)),
+        ("STVG-o1 (2025, Qwen2.5-VL-7B + GRPO)", "tubedetr", (63.8, 41.2, 68.5, 39.6)),
+        ("TA-STVG (ICLR 2025)", "tubedetr", (60.4, 40.2, 65.8, 36.7)),
+        ("CG-STVG (CVPR 2024)", "tubedetr", (60.0, 39.5, 64.5, 36.3)),
+        ("Qwen2.5-VL-7B zero-shot", "tubedetr", (22.9, 13.0, 15.6, 6.4)),
+    ),
+    "vidstg_declarative": (
+        ("STVG-o1 (2025, Qwen2.5-VL-7B + GRPO)", "tubedetr", (52.1, 33.5, 48.4, 32.0)),
+        ("TA-STVG (ICLR 2025)", "tubedetr", (51.7, 34.4, 48.2, 33.5)),
+        ("CG-STVG (CVPR 2024)", "tubedetr", (51.4, 34.0, 47.7, 33.1)),
+        ("Qwen2.5-VL-7B zero-shot", "tubedetr", (16.8, 10.9, 14.3, 5.4)),
+    ),
+    "vidstg_interrogative": (
+        ("STVG-o1 (2025, Qwen2.5-VL-7B + GRPO)", "tubedetr", (50.5, 27.9, 39.8, 26.0)),
+        ("TA-STVG (ICLR 2025)", "tubedetr", (50.2, 29.5, 41.5, 28.0)),
+        ("CG-STVG (CVPR 2024)", "tubedetr", (49.9, 29.0, 40.5, 27.5)),
+        ("Qwen2.5-VL-7B zero-shot", "tubedetr", (13.8, 8.5, 11.3, 4.4)),
+    ),
+}
+ANCHOR_SOURCE = "papers' tables and official READMEs (ANCHORS_STVG.md, METHOD.md §11)"
+BENCHMARK_NAMES = {"hcstvg_v1": "HC-STVG v1", "hcstvg_v2": "HC-STVG v2 (val)", "vidstg_declarative":
+                   "VidSTG declarative", "vidstg_interrogative": "VidSTG interrogative"}  # fmt: skip
+FRAME_IDS_MEANING = {
+    "decoded": "0-based decoded frame numbers, st_frame as written (TubeDETR's)",
+    "one_based": "decoded frame d has id d + 1 (st_frame read as 1-based)",
+}
+
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * float(value):.1f}"
@@ -24,8 +64,9 @@ def _pct(value) -> str:
 def summary_lines(summary: Mapping) -> list[str]:
     """A short human-readable summary (what `stvg-ros eval score` prints without --json)."""
     keys = [k for k in summary if k.startswith(("m_", "vIoU@", "tIoU@"))]
-    lines = [f"protocol {summary.get('protocol')} ({summary.get('n_queries')} queries, "
-             f"{summary.get('n_missing', 0)} without prediction); values in %"]  # fmt: skip
+    lines = [f"protocol {summary.get('protocol')}, frame ids {summary.get('frame_ids', 'n/a')} "
+             f"({summary.get('n_queries')} queries, {summary.get('n_missing', 0)} without prediction); "
+             "values in %"]  # fmt: skip
     lines += [f"  {key:12s} {_pct(summary[key])}" for key in keys]
     for qtype, part in (summary.get("by_qtype") or {}).items():
         lines.append(f"  {qtype}: " + ", ".join(f"{k} {_pct(v)}" for k, v in part.items() if k.startswith(("m_", "vIoU@"))))
@@ -75,7 +116,7 @@ def _plots(out: Path, summary: Mapping, annotations: AnnotationSet, predictions:
         ax.set_yticks(range(len(queries)))
         ax.set_yticklabels([q.query_id[:24] for q in queries], fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlabel("frame (annotation index)")
+        ax.set_xlabel(f"frame id ({annotations.frame_ids})")
         ax.legend(loc="upper right", fontsize=7)
         ax.set_title("GT vs predicted span")
         fig.tight_layout()
@@ -94,7 +135,7 @@ def _tables(summary: Mapping, annotations: AnnotationSet, predictions: Mapping[s
         metrics.append((f"perception ceiling {key}", _pct(value)))
     for qtype, part in (summary.get("by_qtype") or {}).items():
         metrics += [(f"{qtype} {k}", _pct(v)) for k, v in part.items() if k.startswith(("m_", "vIoU@", "tIoU@"))]
-    tables = [("", ("metric", "value (%)"), metrics)]
+    tables = [("", ("metric", "value (%)"), metrics), *anchor_tables(summary)]
     if summary.get("error_sources"):
         tables.append(("Where queries failed", ("error source", "queries"),
                        [(k, str(v)) for k, v in summary["error_sources"].items()]))  # fmt: skip
@@ -114,9 +155,35 @@ def _tables(summary: Mapping, annotations: AnnotationSet, predictions: Mapping[s
     return tables
 
 
+def anchor_tables(summary: Mapping) -> list[tuple]:
+    """Our headline numbers beside the published ones on the same benchmark, one table per
+    benchmark part (VidSTG: declarative and interrogative); none for other annotations."""
+    benchmark = summary.get("benchmark") or ""
+    if benchmark == "vidstg":
+        parts = [(f"vidstg_{qtype}", (summary.get("by_qtype") or {}).get(qtype)) for qtype in
+                 ("declarative", "interrogative")]  # fmt: skip
+    else:
+        parts = [(benchmark, summary)]
+    header = ("method", "protocol", *HEADLINE)
+    tables = []
+    for key, ours in parts:
+        if key not in PUBLISHED_ANCHORS:
+            continue
+        ours_row = ("this run", f"{summary.get('protocol')}, frame ids {summary.get('frame_ids', 'n/a')}",
+                    *(_pct((ours or {}).get(k)) for k in HEADLINE))  # fmt: skip
+        rows = [ours_row] + [(name, protocol, *(f"{v:.1f}" for v in values))
+                             for name, protocol, values in PUBLISHED_ANCHORS[key]]  # fmt: skip
+        title = f"Published results on {BENCHMARK_NAMES[key]} (in %; protocol as METHOD.md §9 attributes it; source: {ANCHOR_SOURCE})"
+        tables.append((title, header, rows))
+    return tables
+
+
 def _intro(summary: Mapping) -> str:
     rule = summary.get("threshold_rule", ">")
-    return (f"Protocol {summary.get('protocol')} (vIoU@R counts vIoU {rule} R); {summary.get('n_queries')} queries, "
+    frame_ids = summary.get("frame_ids", "n/a")
+    meaning = FRAME_IDS_MEANING.get(frame_ids)
+    return (f"Protocol {summary.get('protocol')} (vIoU@R counts vIoU {rule} R); frame ids {frame_ids}"
+            f"{f' ({meaning})' if meaning else ''}; {summary.get('n_queries')} queries, "
             f"{summary.get('n_missing', 0)} without prediction.")  # fmt: skip
 
 

@@ -9,9 +9,13 @@ grounded over the whole video (the buffer is sized to hold it) with the Groundin
 own schemas (`nodes.params`: TrackerParams, GroundingParams), so `eval run` and `eval replay` with the
 same arguments run the same configuration.
 
-Outputs in `--out`: predictions.json (annotation frame indexing), records.jsonl (one per query:
-answer, raw output, stamps, timings, failure reason, scores), tracks.jsonl (every frame's tracks),
-report.json / report.md / plots.
+Outputs in `--out` (`run_store`): run.json (the manifest), predictions.json (annotation frame
+indexing, `Query.to_annotation`; the prediction-file format `eval score` reads), records.jsonl (one per query: answer,
+raw output, stamps, timings, failure reason, its prediction; the scores once the run completes),
+tracks.jsonl (every frame's tracks), report.json / report.md / plots (at the end). Each query's
+results are written as it finishes; `--resume` continues a stopped run, skipping the done videos
+and queries; a video with queries left is decoded and tracked again (each video starts afresh:
+`OfflinePipeline.reset`), so a resumed run gives the numbers of an uninterrupted one.
 
 Frame stamps: a bag's header stamps; for a video file, EPOCH_NS + frame / fps (the synthetic scenes'
 and the player node's convention), so bag and video runs of the same scene agree.
@@ -30,21 +34,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stvg_ros.core.bag_io import bag_info, iter_image_bag
+from stvg_ros.core.bag_io import BagError, bag_info, iter_image_bag
 from stvg_ros.core.model_registry import ModelRegistryError
 from stvg_ros.core.prompt import QueryError, normalize_query
 from stvg_ros.core.types import Tracks, frame_stamp_ns
-from stvg_ros.core.video_io import iter_video, video_info
+from stvg_ros.core.video_io import VideoError, iter_video, video_info
 from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, find_video, load_annotations
-from stvg_ros.evaluation.predictions import (
-    Prediction,
-    query_record,
-    save_predictions,
-    span_indices,
-    write_records,
-)
+from stvg_ros.evaluation.predictions import Prediction, query_record, span_indices
 from stvg_ros.evaluation.report import write_report
+from stvg_ros.evaluation.run_store import RunInterrupted, RunStore
 from stvg_ros.evaluation.scoring import score
 from stvg_ros.evaluation.tracks import TrackLog, TrackWriter
 from stvg_ros.grounding.backends import ModelLoadError, make_backend
@@ -78,6 +77,7 @@ class RunConfig:
     limit: int | None = None  # at most this many videos
     frame_tolerance: int = 0  # allowed |decoded frames - annotated frames|
     progress: bool = True
+    resume: bool = False  # continue the run in `out` (run_store)
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,8 +242,27 @@ def _record(query: Query, prediction: Prediction, outcome, wall_s: float, error:
     return record
 
 
+def run_fingerprint(config: RunConfig, params: dict[str, dict]) -> dict:
+    """The settings that decide a run's answers (run.json; `--resume` must match them): inputs,
+    perception, limits and the tracker's and grounding node's parameters. The protocol is left out:
+    it only scores, so a resumed run may be scored under another."""
+    return {
+        "videos": str(Path(config.videos).resolve()),
+        "annotations": str(Path(config.annotations).resolve()),
+        "annotation_format": config.annotation_format,
+        "vidor_dir": config.vidor_dir,
+        "source": config.source,
+        "perception": config.perception,
+        "limit": config.limit,
+        "frame_tolerance": config.frame_tolerance,
+        "parameters": {node: params.get(node, {}) for node in ("tracker_node", "grounding_node")},
+    }
+
+
 def run_dataset(config: RunConfig) -> dict:
-    """Run the pipeline over every video of the annotations; write outputs; return the summary."""
+    """Run the pipeline over every video of the annotations and return the summary. Each query's
+    results are written as it finishes (`run_store`); `config.resume` continues an earlier run in
+    `config.out`. Raises RunInterrupted on SIGINT/SIGTERM, EvalError on bad input or a failure."""
     annotations = load_annotations(config.annotations, config.annotation_format, config.vidor_dir)
     by_video: dict[str, list[Query]] = {}
     for query in annotations:
@@ -251,7 +270,7 @@ def run_dataset(config: RunConfig) -> dict:
     videos = sorted(by_video)[: config.limit] if config.limit else sorted(by_video)
     # check every input before the (slow) run starts
     sources = {v: _frame_source(config, by_video[v][0]) for v in videos}
-    total_frames = 0
+    frames_of_video = {}
     for video_id, (kind, path) in sources.items():
         frames = frame_count(kind, path)
         expected = by_video[video_id][0].num_frames
@@ -260,31 +279,89 @@ def run_dataset(config: RunConfig) -> dict:
                 f"frame-index mismatch: {path} has {frames} frames, the annotations say {expected} "
                 f"(--frame-tolerance {config.frame_tolerance})"
             )
-        total_frames += frames
+        frames_of_video[video_id] = frames
     if config.perception == "gt":
         for video_id in videos:
             if not _gt_file(config, video_id).is_file():
                 raise EvalError(f"--perception gt needs the synthetic ground truth {_gt_file(config, video_id)}")
-
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     params = node_parameters(config.params_file, config.overrides)
     tracker = perception_config(params.get("tracker_node", {}))  # checked even when --perception gt leaves it out
     grounding = grounding_params(params.get("grounding_node", {}))
-    pipeline = build_pipeline(tracker if config.perception == "tracker" else None, grounding)
-    node_buffer = pipeline.buffer_config
+
+    query_ids = [q.query_id for v in videos for q in by_video[v]]
+    store = RunStore.open(config.out, "eval run", run_fingerprint(config, params), query_ids, config.resume)
     # only the frames inside GT spans are kept in memory (the perception ceiling needs no others);
     # every frame's tracks go to tracks.jsonl as they come
     gt_frames = {(q.video_id, f) for v in videos for q in by_video[v] for f in range(q.gt_start, q.gt_end)}
-    tracks = TrackLog()
-    predictions: dict[str, Prediction] = {}
-    records: list[dict] = []
+    tracks = store.load_tracks(lambda video_id, frame: (video_id, frame) in gt_frames)
+    todo = [v for v in videos if not store.is_video_done(v)]
     started = time.monotonic()
-    n_frames = 0
-    gt_s = 0.0  # time spent reading ground-truth tracks (--perception gt)
-    progress = tqdm(total=total_frames, desc="eval run", unit="frame", disable=not config.progress, file=sys.stderr)
+    stats = {"frames": 0, "gt_s": 0.0, "perception_s": 0.0}
     try:
-        with TrackWriter(out / "tracks.jsonl") as track_file:
+        with store.signals():
+            _run_videos(config, store, todo, by_video, sources, frames_of_video, tracker, grounding, tracks,
+                        gt_frames, stats)  # fmt: skip
+    except RunInterrupted as exc:
+        store.stop("interrupted", str(exc))
+        raise
+    except (EvalError, OSError, BagError, VideoError) as exc:
+        store.stop("failed", " ".join(str(exc).split()))
+        if not store.predictions:
+            raise
+        raise EvalError(f"{' '.join(str(exc).split())} ({store.resume_hint()})") from None
+    except BaseException as exc:
+        store.stop("failed", f"{type(exc).__name__}: {exc}")
+        raise
+
+    predictions = store.predictions
+    subset = AnnotationSet({q: annotations.queries[q] for q in query_ids}, annotations.format, annotations.path,
+                           annotations.warnings)  # fmt: skip
+    summary, _ = score(subset, predictions, config.protocol, tracks)
+    perception_s = stats["perception_s"] + stats["gt_s"]
+    summary["run"] = {
+        "videos": len(videos),
+        "frames": stats["frames"],  # decoded by this segment (a resumed run skips the done videos)
+        "wall_s": round(time.monotonic() - started, 2),
+        "perception": config.perception,
+        "perception_fps": round(stats["frames"] / perception_s, 2) if perception_s > 0 else None,
+        "mean_query_latency_s": round(float(np.mean(store.latencies)), 3) if store.latencies else None,
+        "backend": grounding.backend,
+        "model": grounding.model,
+        "resumed_queries": store.resumed,
+    }
+    write_report(config.out, summary, subset, predictions)
+    store.complete(summary["per_video"])
+    return summary
+
+
+def next_track_id(pipeline: OfflinePipeline) -> int | None:
+    """The ID the tracker gives its next new track (None without a tracker). Track IDs go on from
+    video to video (`OfflinePipeline.reset`), and the IDs drawn on the frames are part of the
+    model's input, so a resumed run must go on with the ID the stopped run had reached."""
+    tracker = getattr(pipeline.perception, "tracker", None)
+    return None if tracker is None else tracker.next_track_id
+
+
+def set_next_track_id(pipeline: OfflinePipeline, value: int | None) -> None:
+    """Continue the tracker's IDs from `value` (a resumed run; see `next_track_id`)."""
+    tracker = getattr(pipeline.perception, "tracker", None)
+    if value is not None and tracker is not None:
+        tracker.continue_ids_from(value)
+
+
+def _run_videos(config: RunConfig, store: RunStore, videos: list[str], by_video: dict[str, list[Query]],
+                sources: dict, frames_of_video: dict[str, int], tracker: PerceptionConfig,
+                grounding: GroundingParams, tracks: TrackLog, gt_frames: set, stats: dict) -> None:  # fmt: skip
+    """Perception and grounding of `videos`, committing each finished query and video to `store`."""
+    if not videos:
+        return  # a resumed run that had finished: nothing to load
+    pipeline = build_pipeline(tracker if config.perception == "tracker" else None, grounding)
+    node_buffer = pipeline.buffer_config
+    set_next_track_id(pipeline, store.state.get("next_track_id"))
+    total = sum(frames_of_video[v] for v in videos)
+    progress = tqdm(total=total, desc="eval run", unit="frame", disable=not config.progress, file=sys.stderr)
+    try:
+        with TrackWriter(store.tracks_path, append=True) as track_file:
             for video_id in videos:
                 kind, path = sources[video_id]
                 first = by_video[video_id][0]
@@ -301,17 +378,20 @@ def run_dataset(config: RunConfig) -> dict:
                     else:
                         tick = time.perf_counter()
                         frame_tracks = gt.process(stamp, rgb)
-                        gt_s += time.perf_counter() - tick
+                        stats["gt_s"] += time.perf_counter() - tick
                         pipeline.feed_tracks(stamp, rgb, frame_tracks, frame_id)
                     frame = first.to_annotation(index)
                     frame_of[stamp] = frame
                     stamps.append(stamp)
-                    track_file.write(video_id, frame, frame_tracks.track_id, frame_tracks.xyxy, stamp)
+                    # the ceiling gets the tracks as tracks.jsonl has them (a resumed run reads them back)
+                    row = track_file.write(video_id, frame, frame_tracks.track_id, frame_tracks.xyxy, stamp)
                     if (video_id, frame) in gt_frames:
-                        tracks.add(video_id, frame, frame_tracks.track_id, frame_tracks.xyxy, stamp)
-                    n_frames += 1
+                        tracks.add(video_id, frame, row["ids"], row["boxes"], stamp)
+                    stats["frames"] += 1
                     progress.update(1)
                 for query in by_video[video_id]:
+                    if store.done(query.query_id):
+                        continue
                     tick = time.monotonic()
                     outcome, error = None, ""
                     try:
@@ -320,33 +400,9 @@ def run_dataset(config: RunConfig) -> dict:
                         prediction = outcome_to_prediction(query, outcome, stamps, frame_of, video_start_ns)
                     except QueryError as exc:
                         prediction, error = Prediction.failed(query.query_id), f"bad query: {exc}"
-                    predictions[query.query_id] = prediction
-                    records.append(_record(query, prediction, outcome, time.monotonic() - tick, error))
+                    store.add(prediction, _record(query, prediction, outcome, time.monotonic() - tick, error))
+                store.video_done(video_id, {"next_track_id": next_track_id(pipeline)})
     finally:
         progress.close()
+        stats["perception_s"] += pipeline.perception_s
         pipeline.close()
-
-    subset = AnnotationSet({q.query_id: q for v in videos for q in by_video[v]}, annotations.format,
-                           annotations.path, annotations.warnings)  # fmt: skip
-    summary, _ = score(subset, predictions, config.protocol, tracks)
-    per_video = summary["per_video"]
-    for record in records:
-        entry = per_video[record["query_id"]]
-        record.update(tIoU=entry["tIoU"], vIoU=entry["vIoU"], ceiling_vIoU=entry.get("ceiling_vIoU"),
-                      error_source=entry.get("error_source"))  # fmt: skip
-    wall_s = time.monotonic() - started
-    perception_s = pipeline.perception_s + gt_s
-    summary["run"] = {
-        "videos": len(videos),
-        "frames": n_frames,
-        "wall_s": round(wall_s, 2),
-        "perception": config.perception,
-        "perception_fps": round(n_frames / perception_s, 2) if perception_s > 0 else None,
-        "mean_query_latency_s": round(float(np.mean([r["latency_s"] for r in records])), 3) if records else None,
-        "backend": grounding.backend,
-        "model": grounding.model,
-    }
-    save_predictions(out / "predictions.json", predictions)
-    write_records(out / "records.jsonl", records)
-    write_report(out, summary, subset, predictions)
-    return summary

@@ -53,9 +53,9 @@ def score(
 ) -> tuple[dict, list[QueryScore]]:
     """Check the predictions against the annotations, score them and add the diagnostics.
 
-    Summary keys: m_tIoU, m_vIoU, vIoU@R, protocol, n_queries, n_predicted, n_missing,
-    per_video, id_accuracy, id_reference, perception_ceiling (with tracks), error_sources,
-    warnings."""
+    Summary keys: m_tIoU, m_vIoU, vIoU@R, protocol, frame_ids, benchmark, n_queries, n_predicted,
+    n_missing, per_video, id_accuracy, id_reference, perception_ceiling (with tracks),
+    error_sources, warnings."""
     check_predictions(predictions, annotations)
     queries = list(annotations)
     missing = [q.query_id for q in queries if q.query_id not in predictions]
@@ -104,6 +104,8 @@ def score(
     else:
         summary["perception_ceiling"] = None
     summary["warnings"] = list(annotations.warnings)
+    summary["frame_ids"] = annotations.frame_ids
+    summary["benchmark"] = annotations.benchmark
     return summary, scores
 
 
@@ -116,10 +118,13 @@ def score_files(
     tracks: str | Path | None = None,
     require_all: bool = False,
     report_dir: str | Path | None = None,
+    frame_ids: str | None = None,
 ) -> dict:
-    """`stvg-ros eval score`: load, check, score; optionally write the report. Returns the summary."""
-    annotation_set = load_annotations(annotations, annotation_format, vidor_dir)
-    prediction_map = load_predictions(predictions)
+    """`stvg-ros eval score`: load, check, score; optionally write the report. Returns the summary.
+
+    `frame_ids`: the frame-id convention (None: the annotation format's own, see `loaders.py`)."""
+    annotation_set = load_annotations(annotations, annotation_format, vidor_dir, frame_ids)
+    prediction_map = load_predictions(predictions, annotation_set)
     track_log = TrackLog.load(tracks) if tracks else None
     summary, _ = score(annotation_set, prediction_map, protocol, track_log, require_all)
     summary["annotations"] = str(annotation_set.path)

@@ -26,15 +26,20 @@ def track_record(video_id: str, frame: int, track_ids, boxes, stamp_ns: int | No
 
 
 class TrackWriter:
-    """Streams tracks.jsonl one frame at a time (long runs keep nothing in memory)."""
+    """Streams tracks.jsonl one frame at a time (long runs keep nothing in memory); `append` adds
+    to an existing file (a resumed run), and each line is flushed, so a stopped run loses none."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, append: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = self.path.open("w", encoding="utf-8")
+        self._handle = self.path.open("a" if append else "w", encoding="utf-8")
 
-    def write(self, video_id: str, frame: int, track_ids, boxes, stamp_ns: int | None = None) -> None:
-        self._handle.write(json.dumps(track_record(video_id, frame, track_ids, boxes, stamp_ns)) + "\n")
+    def write(self, video_id: str, frame: int, track_ids, boxes, stamp_ns: int | None = None) -> dict:
+        """Write one frame; returns the line as a dict (IDs and boxes as the file has them)."""
+        record = track_record(video_id, frame, track_ids, boxes, stamp_ns)
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+        return record
 
     def close(self) -> None:
         self._handle.close()

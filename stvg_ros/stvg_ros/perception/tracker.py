@@ -259,6 +259,16 @@ class Tracker:
         self._reset_state()
 
     @property
+    def next_track_id(self) -> int:
+        """The public ID the next new track gets."""
+        return self._next_public_id
+
+    def continue_ids_from(self, next_id: int) -> None:
+        """Give new tracks IDs from `next_id` on (never reusing one already given): a resumed run
+        goes on with the IDs its stopped run had reached."""
+        self._next_public_id = max(self._next_public_id, int(next_id))
+
+    @property
     def frame_interval_s(self) -> float:
         return float(np.median(self._intervals)) if self._intervals else self.config.default_frame_interval_s
 

@@ -389,7 +389,7 @@ def prepare_vlm(args: argparse.Namespace) -> None:
         raise RuntimeError(f"grounding model {args.vlm!r}: {exc}") from exc
 
 
-def _commands(
+def deployment_commands(
     deployment: Deployment, namespace: str, camera_topic: str, overrides: dict, log_dir: Path
 ) -> tuple[dict[str, list[str]], list[str]]:
     """(command per process name, names of the nodes started) for `deployment`."""
@@ -405,7 +405,7 @@ def _commands(
     return {s.name: [sys.executable, "-m", s.module, *ros_args] for s in specs}, nodes
 
 
-def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def spawn_logged(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """Start `command` in its own process group, output to `log_path`; it gets SIGTERM when the
     benchmark dies (PR_SET_PDEATHSIG), so no node outlives it."""
     import ctypes
@@ -435,7 +435,7 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=5)
 
 
-class _Probe:
+class CameraProbe:
     """The benchmark's node in one deployment: the camera publisher, the `tracks` and /diagnostics
     subscribers and the `ground` client, spun by its own executor thread."""
 
@@ -509,7 +509,7 @@ class _Queries(threading.Thread):
     """Calls `ground` back to back until stopped; `latencies_s` of the answered queries (the model
     ran: an answer, usable or not), `sent` and `succeeded` counts."""
 
-    def __init__(self, probe: _Probe, timeout_s: float = 150.0) -> None:
+    def __init__(self, probe: CameraProbe, timeout_s: float = 150.0) -> None:
         super().__init__(name="ground-client", daemon=True)
         self.probe, self.timeout_s, self.stopped = probe, timeout_s, threading.Event()
         self.latencies_s: list[float] = []
@@ -531,7 +531,7 @@ class _Queries(threading.Thread):
         self.join(timeout_s)
 
 
-def _warm_up(probe: _Probe, scene, processes: dict, condition, timeout_s: float, what: str) -> None:
+def warm_up(probe: CameraProbe, scene, processes: dict, condition, timeout_s: float, what: str) -> None:
     """Publish warm-up frames (10 per second; their stamps are not measured) until
     `condition()`; RuntimeError when `timeout_s` passes or a process exits."""
     deadline, i = time.monotonic() + timeout_s, 0
@@ -555,16 +555,16 @@ def run_deployment(scene, args: argparse.Namespace, name: str, dds_env: dict[str
     namespace = f"stvg_bench_{os.getpid()}_{name}"
     camera_topic = f"/{namespace}/camera/image_raw"
     log_dir = Path(tempfile.mkdtemp(prefix=f"stvg-bench-{name}-"))
-    commands, nodes = _commands(deployment, namespace, camera_topic, node_overrides(args), log_dir)
+    commands, nodes = deployment_commands(deployment, namespace, camera_topic, node_overrides(args), log_dir)
     env = {**os.environ, **dds_env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, args.threads))}
     processes: dict[str, subprocess.Popen] = {}
     context = rclpy.Context()
     queries: _Queries | None = None
     try:
         for process_name, command in commands.items():
-            processes[process_name] = _spawn(command, env, log_dir / f"{process_name}.log")
+            processes[process_name] = spawn_logged(command, env, log_dir / f"{process_name}.log")
         rclpy.init(context=context)
-        probe = _Probe(context, namespace, camera_topic, args.query_reasoning == "on")
+        probe = CameraProbe(context, namespace, camera_topic, args.query_reasoning == "on")
         grounding = "grounding_node" in nodes
         waits = [
             (lambda: probe.publisher.get_subscription_count() >= len(nodes), 180, "camera subscriptions of all nodes"),
@@ -574,11 +574,11 @@ def run_deployment(scene, args: argparse.Namespace, name: str, dds_env: dict[str
             buffered = lambda: int(probe.diagnostics.get("grounding", {}).get("buffer_frames", 0)) > 0  # noqa: E731
             waits.append((buffered, 180, "frames in the grounding node's buffer"))
         for condition, timeout_s, what in waits:
-            _warm_up(probe, scene, processes, condition, timeout_s, what)
+            warm_up(probe, scene, processes, condition, timeout_s, what)
         if deployment.queries:  # the first answer (llama.cpp's first run is slower), then measure
             queries = _Queries(probe)
             queries.start()
-            _warm_up(probe, scene, processes, lambda: queries.latencies_s, 300, "answer to a warm-up query")
+            warm_up(probe, scene, processes, lambda: queries.latencies_s, 300, "answer to a warm-up query")
             queries.stop()
             queries = _Queries(probe)
         time.sleep(1.0)

@@ -11,6 +11,7 @@ import sys
 BENCHMARKS: dict[str, str] = {
     "perception": "stvg_ros.benchmarks.perception",
     "grounding": "stvg_ros.benchmarks.grounding",
+    "soak": "stvg_ros.benchmarks.soak",
 }
 
 
@@ -25,6 +26,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print its figures; exit code 1 when it reports `"pass": false` (soak)."""
     figures = importlib.import_module(BENCHMARKS[args.benchmark]).run(args)
     if args.json:
         json.dump(figures, sys.stdout, indent=2, sort_keys=True)
@@ -32,4 +34,4 @@ def run(args: argparse.Namespace) -> int:
     else:
         for key, value in sorted(figures.items()):
             print(f"{key:32s} {value}")
-    return 0
+    return 0 if figures.get("pass", True) else 1

@@ -58,7 +58,7 @@ from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, load_annotations
 from stvg_ros.evaluation.predictions import Prediction, query_record, span_indices
 from stvg_ros.evaluation.report import write_report
-from stvg_ros.evaluation.run_store import RunInterrupted, RunStore
+from stvg_ros.evaluation.run_store import RunStore
 from stvg_ros.evaluation.scoring import score
 from stvg_ros.evaluation.tracks import TrackLog, TrackWriter
 from stvg_ros.nodes.ground_client import GroundClient, GroundError
@@ -485,21 +485,9 @@ def replay(config: ReplayConfig) -> dict:
     stats = {"frames_published": 0, "frames_with_tracks": 0, "frames_without_tracks": 0, "rss_mb": [],
              "graph_rss_mb": []}  # fmt: skip
     started = time.monotonic()
-    try:
-        with store.signals():
-            if todo:
-                _play(config, store, todo, queries, tracks, gt_frames, stats)
-    except RunInterrupted as exc:
-        store.stop("interrupted", str(exc))
-        raise
-    except (EvalError, OSError, BagError) as exc:
-        store.stop("failed", " ".join(str(exc).split()))
-        if not store.predictions:
-            raise
-        raise EvalError(f"{' '.join(str(exc).split())} ({store.resume_hint()})") from None
-    except BaseException as exc:
-        store.stop("failed", f"{type(exc).__name__}: {exc}")
-        raise
+    with store.recording((EvalError, OSError, BagError)):
+        if todo:
+            _play(config, store, todo, queries, tracks, gt_frames, stats)
 
     stats["frames_without_tracks"] = max(0, stats["frames_published"] - stats["frames_with_tracks"])
     stats["wall_s"] = round(time.monotonic() - started, 2)

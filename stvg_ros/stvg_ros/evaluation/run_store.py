@@ -392,6 +392,27 @@ class RunStore:
     # ---------------------------------------------------------------- signals
 
     @contextlib.contextmanager
+    def recording(self, user_errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+        """The body of a run: SIGINT/SIGTERM raise RunInterrupted (`signals`), and the manifest says how
+        the block ended. An error of `user_errors` (a bad video, a model error) after some results is
+        re-raised as EvalError with the resume hint; anything else is marked failed and re-raised."""
+        try:
+            with self.signals():
+                yield
+        except RunInterrupted as exc:
+            self.stop("interrupted", str(exc))
+            raise
+        except user_errors as exc:
+            message = " ".join(str(exc).split())
+            self.stop("failed", message)
+            if not self.predictions:
+                raise
+            raise EvalError(f"{message} ({self.resume_hint()})") from None
+        except BaseException as exc:
+            self.stop("failed", f"{type(exc).__name__}: {exc}")
+            raise
+
+    @contextlib.contextmanager
     def signals(self) -> Iterator[None]:
         """SIGINT/SIGTERM raise RunInterrupted in the main thread while inside (no-op in other threads)."""
         if threading.current_thread() is not threading.main_thread():

@@ -43,7 +43,7 @@ from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, find_video, load_annotations
 from stvg_ros.evaluation.predictions import Prediction, query_record, span_indices
 from stvg_ros.evaluation.report import write_report
-from stvg_ros.evaluation.run_store import RunInterrupted, RunStore
+from stvg_ros.evaluation.run_store import RunStore
 from stvg_ros.evaluation.scoring import score
 from stvg_ros.evaluation.tracks import TrackLog, TrackWriter
 from stvg_ros.grounding.backends import ModelLoadError, make_backend
@@ -297,21 +297,9 @@ def run_dataset(config: RunConfig) -> dict:
     todo = [v for v in videos if not store.is_video_done(v)]
     started = time.monotonic()
     stats = {"frames": 0, "gt_s": 0.0, "perception_s": 0.0}
-    try:
-        with store.signals():
-            _run_videos(config, store, todo, by_video, sources, frames_of_video, tracker, grounding, tracks,
-                        gt_frames, stats)  # fmt: skip
-    except RunInterrupted as exc:
-        store.stop("interrupted", str(exc))
-        raise
-    except (EvalError, OSError, BagError, VideoError) as exc:
-        store.stop("failed", " ".join(str(exc).split()))
-        if not store.predictions:
-            raise
-        raise EvalError(f"{' '.join(str(exc).split())} ({store.resume_hint()})") from None
-    except BaseException as exc:
-        store.stop("failed", f"{type(exc).__name__}: {exc}")
-        raise
+    with store.recording((EvalError, OSError, BagError, VideoError)):
+        _run_videos(config, store, todo, by_video, sources, frames_of_video, tracker, grounding, tracks,
+                    gt_frames, stats)  # fmt: skip
 
     predictions = store.predictions
     subset = AnnotationSet({q: annotations.queries[q] for q in query_ids}, annotations.format, annotations.path,

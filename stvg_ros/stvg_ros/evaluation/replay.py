@@ -39,6 +39,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import math
 import os
 import resource
 import signal
@@ -108,16 +109,24 @@ def load_sidecar(path: str | Path, bag: str | Path | None = None) -> Sidecar:
     for key in ("video_id", "bag", "annotations"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise EvalError(f"sidecar {path}: missing field {key!r}")
+    if data.get("topic") is not None and not isinstance(data["topic"], str):
+        raise EvalError(f"sidecar {path}: field 'topic' must be a topic name (a string), got {data['topic']!r}")
+    items = data.get("queries") or []
+    if not isinstance(items, list):
+        raise EvalError(f"sidecar {path}: field 'queries' must be a list of {{query_id, ask_at_frame, window_s}}")
     base = path.parent
     queries = []
-    for item in data.get("queries") or []:
-        if not isinstance(item, dict) or "query_id" not in item:
-            raise EvalError(f"sidecar {path}: each query needs a 'query_id'")
+    for number, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("query_id"), (str, int)):
+            raise EvalError(f"sidecar {path}: query {number} needs a 'query_id' (a string)")
+        where = f"sidecar {path}: query {item['query_id']!r}"
         ask = item.get("ask_at_frame")
-        window = float(item.get("window_s", 0.0) or 0.0)
-        if window < 0:
-            raise EvalError(f"sidecar {path}: window_s must be >= 0")
-        queries.append(SidecarQuery(str(item["query_id"]), None if ask is None else int(ask), window))
+        if ask is not None and (isinstance(ask, bool) or not isinstance(ask, int) or ask < 0):
+            raise EvalError(f"{where}: field 'ask_at_frame' must be a frame number >= 0, got {ask!r}")
+        window = item.get("window_s", 0.0) or 0.0
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not math.isfinite(window) or window < 0:
+            raise EvalError(f"{where}: field 'window_s' must be a number of seconds >= 0, got {window!r}")
+        queries.append(SidecarQuery(str(item["query_id"]), ask, float(window)))
     return Sidecar(
         path=path,
         video_id=data["video_id"],

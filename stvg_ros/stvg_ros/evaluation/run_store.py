@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import sys
@@ -49,6 +50,8 @@ from pathlib import Path
 from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.predictions import Prediction, parse_prediction, prediction_to_json
 from stvg_ros.evaluation.tracks import TrackLog
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "run.json"
 JOURNAL = "records.jsonl"
@@ -82,11 +85,15 @@ def _now() -> str:
 def atomic_write(path: Path, text: str) -> None:
     """Write `text` to a temporary file beside `path`, fsync it, and rename it over `path`."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: the old file stays whole, no temporary is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def normalized(value) -> object:
@@ -350,9 +357,18 @@ class RunStore:
         self._end("complete")
 
     def stop(self, status: str, error: str = "") -> None:
-        """End the segment as interrupted or failed (results so far stay valid and scoreable)."""
-        self._close_journal()
-        self._end(status, error)
+        """End the segment as interrupted or failed (results so far stay valid and scoreable). Never
+        raises for a manifest it cannot write (the disk that failed the run may still be full): the
+        manifest then keeps its last state, which `--resume` handles like an interrupted run."""
+        try:
+            self._close_journal()
+        except OSError as exc:
+            log.warning("closing %s failed: %s", self.out / JOURNAL, exc)
+        try:
+            self._end(status, error)
+        except OSError as exc:
+            log.warning("could not mark %s %s: %s", self.out / MANIFEST, status, exc)
+            self._release()
 
     def resume_hint(self) -> str:
         done = len(self.predictions)
@@ -369,9 +385,9 @@ class RunStore:
         self._release()
 
     def _close_journal(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.close()
 
     def _release(self) -> None:
         if self._lock is not None:

@@ -257,3 +257,77 @@ def test_the_entry_point_prints_one_line_for_an_unexpected_error(capsys, monkeyp
     code, out, err = run_cli(capsys, "models", "list")
     assert code == 1 and out == ""
     assert_one_clear_line(err, "stvg-ros models: error: No space left on device (/full/disk/file)")
+
+
+# --------------------------------------------------------------------------------------------
+# replay sidecar files: every malformed field is one line naming the file, the query and the field
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"queries": 5}, "field 'queries' must be a list"),
+        ({"queries": [{"ask_at_frame": 3}]}, "query 0 needs a 'query_id'"),
+        ({"queries": [{"query_id": "q", "ask_at_frame": "ten"}]}, "query 'q': field 'ask_at_frame'"),
+        ({"queries": [{"query_id": "q", "ask_at_frame": -1}]}, "query 'q': field 'ask_at_frame'"),
+        ({"queries": [{"query_id": "q", "ask_at_frame": 2.5}]}, "query 'q': field 'ask_at_frame'"),
+        ({"queries": [{"query_id": "q", "window_s": "long"}]}, "query 'q': field 'window_s'"),
+        ({"queries": [{"query_id": "q", "window_s": float("nan")}]}, "query 'q': field 'window_s'"),
+        ({"queries": [{"query_id": "q", "window_s": -3}]}, "query 'q': field 'window_s'"),
+        ({"topic": 7}, "field 'topic' must be a topic name"),
+        ({"video_id": None}, "missing field 'video_id'"),
+        ({"bag": 3}, "missing field 'bag'"),
+    ],
+)
+def test_a_malformed_sidecar_field_is_one_line(capsys, tmp_path, changes, expected):
+    import json
+
+    sidecar = {"video_id": "v", "bag": "bag", "annotations": "annotations.json", "queries": [], **changes}
+    path = tmp_path / "sidecar.json"
+    path.write_text(json.dumps(sidecar))
+    code, out, err = run_cli(capsys, "eval", "replay", "--sidecar", str(path), "--out", str(tmp_path / "out"))
+    assert code == 2 and out == ""
+    assert_one_clear_line(err, "stvg-ros eval: error:", str(path), expected)
+
+
+# --------------------------------------------------------------------------------------------
+# output folders that cannot be written
+
+
+def test_a_disk_full_mid_run_keeps_a_scoreable_result_and_says_how_to_resume(tmp_path, monkeypatch):
+    import json
+
+    from stvg_ros.evaluation.errors import EvalError
+    from stvg_ros.evaluation.predictions import Prediction, load_predictions
+    from stvg_ros.evaluation.run_store import RunStore
+
+    out = tmp_path / "out"
+    store = RunStore.open(out, "eval run", {"inputs": "x"}, ["q1", "q2"], False)
+    real_fsync = os.fsync
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    full = pytest.raises(EvalError, match=r"No space left on device.*1 of 2 queries.*--resume")
+    with full, store.recording((EvalError, OSError)):
+        store.add(Prediction("q1", 3, 9, {3: (1.0, 2.0, 3.0, 4.0)}, target_id=2), {"query_id": "q1"})
+        monkeypatch.setattr(os, "fsync", disk_full)
+        store.add(Prediction("q2", 1, 4, {}, target_id=1), {"query_id": "q2"})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert set(load_predictions(out / "predictions.json")) == {"q1"}  # valid JSON, the finished query kept
+    # the manifest could not be marked failed (the disk is full) but is whole, and no temporary is left
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    assert not list(out.glob("*.tmp"))
+    resumed = RunStore.open(out, "eval run", {"inputs": "x"}, ["q1", "q2"], True)  # the lock was released
+    assert set(resumed.predictions) >= {"q1"}
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "dev_full"])
+def test_eval_run_into_an_unwritable_folder_is_one_line(capsys, tmp_path, synth_dataset, where):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "out" if where == "under_a_file" else Path("/proc/version/out")
+    code, stdout, err = run_cli(capsys, "eval", "run", "--videos", str(synth_dataset.root / "videos"),
+                                "--annotations", str(synth_dataset.root), "--out", str(out), "--limit", "1")  # fmt: skip
+    assert code == 2 and stdout == ""
+    assert_one_clear_line(err, "stvg-ros eval: error:", str(out))

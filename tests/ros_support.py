@@ -112,6 +112,7 @@ class RosClient:
         self.node = rclpy.create_node(name, namespace=namespace or None, context=self.context)
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
         self.executor.add_node(self.node)
+        self._action_nodes: list = []  # one node per action client (see `action`)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -127,6 +128,8 @@ class RosClient:
         import rclpy
 
         self.executor.shutdown(timeout_sec=5)
+        for node in self._action_nodes:
+            node.destroy_node()
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
         self._thread.join(timeout=5)
@@ -176,9 +179,17 @@ class RosClient:
             self.node.destroy_client(client)
 
     def action(self, action_type, name: str, timeout_s: float):
+        """An action client on a node of its own, added to the spinning executor once the client is
+        built: rclpy's ActionClient registers with its node before it has its lock, and an executor
+        spinning that node meanwhile dies of an AttributeError (seen under load)."""
+        import rclpy
         from rclpy.action import ActionClient
 
-        client = ActionClient(self.node, action_type, name)
+        node = rclpy.create_node(f"{self.node.get_name()}_action_{len(self._action_nodes)}",
+                                 namespace=self.node.get_namespace(), context=self.context)  # fmt: skip
+        client = ActionClient(node, action_type, name)
+        self._action_nodes.append(node)
+        self.executor.add_node(node)
         if not client.wait_for_server(timeout_sec=timeout_s):
             raise TimeoutError(f"action server {name} did not appear within {timeout_s} s")
         return client

@@ -169,3 +169,29 @@ def test_last_sighting_is_the_newest_detected_frame_of_the_target():
     assert stamp == 2 and box.tolist() == [1, 2, 3, 4]
     assert last_sighting(snapshot, 8, default_ns=9) == (9, None)
 
+
+
+def test_follower_reports_lost_once_when_the_tracks_stop_coming():
+    now = [100.0]
+    f = TargetFollower(lost_timeout_s=1.0, clock=lambda: now[0])
+    f.follow(4, "the red one", last_seen_ns=int(1.0 * S), box=np.array([1, 2, 3, 4], np.float32))
+    now[0] += 0.5
+    assert f.update(int(1.5 * S), _tracks(4)).status == "tracking"
+    now[0] += 1.9  # silence shorter than asked: still following
+    assert f.check_silence(2.0) is None and f.target_id == 4
+    now[0] += 0.2  # 2.1 s without any tracks message
+    lost = f.check_silence(2.0)
+    assert (lost.status, lost.target_id, lost.query) == ("lost", 4, "the red one")
+    assert lost.seconds_since_seen == pytest.approx(2.1)
+    np.testing.assert_allclose(lost.box, [10, 10, 20, 20])  # the last box the tracker gave
+    assert f.check_silence(2.0) is None and f.target_id is None  # once
+    assert f.update(int(9 * S), _tracks(4)) is None
+
+
+def test_follower_silence_counts_from_following_when_no_tracks_came():
+    now = [0.0]
+    f = TargetFollower(lost_timeout_s=1.0, clock=lambda: now[0])
+    assert f.check_silence(0.0) is None  # not following
+    f.follow(2, "q", last_seen_ns=0, box=None)
+    now[0] = 3.0
+    assert f.check_silence(2.0).status == "lost"

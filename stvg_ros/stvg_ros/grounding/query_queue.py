@@ -2,7 +2,8 @@
 
 `QueryQueue` runs queries one at a time on its own worker thread; at most `waiting` more may wait,
 and `submit` never blocks (False = no room: the node answers "busy"). `TargetFollower` turns each
-new frame's tracks into the followed target's state (tracking, occluded, lost once, stopped).
+new frame's tracks into the followed target's state (tracking, occluded, lost once, stopped), and
+reports the target lost when the tracks stop coming altogether (`check_silence`).
 `last_sighting` finds where an answer's target was last seen. Used by nodes/grounding_node.py; no
 rclpy here, so it is tested without ROS.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ class QueryJob:
     progress: float = 0.0  # over the whole query
     outcome: Any = None  # grounding.pipeline.GroundingOutcome once it ran
     error: str = ""  # why it did not run or failed outside the pipeline
+    note: str = ""  # said with the answer (e.g. the buffered frames are old: the camera stopped)
     min_step: float = 0.05
     _updates: deque = field(default_factory=lambda: deque([("queued", 0.0)], maxlen=64))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -138,14 +141,19 @@ class TargetUpdate:
 
 
 class TargetFollower:
-    """Follows one track ID over incoming tracks; thread-safe. Times are source stamps (ns)."""
+    """Follows one track ID over incoming tracks; thread-safe. Times are source stamps (ns), except in
+    `check_silence`: when no tracks message comes at all (the camera or the tracker stopped), source
+    time stops too, so the target's loss is then told by the clock of this process."""
 
-    def __init__(self, lost_timeout_s: float) -> None:
+    def __init__(self, lost_timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.lost_timeout_ns = int(lost_timeout_s * 1e9)
+        self._clock = clock
         self._lock = threading.Lock()
         self._target: tuple[int, str] | None = None
         self._last_seen_ns = 0
         self._last_box: np.ndarray | None = None
+        self._last_update_s = 0.0  # self._clock() of the last follow() or tracks message
+        self._last_stamp_ns = 0  # source stamp of the last tracks message (or of the sighting followed)
 
     @property
     def target_id(self) -> int | None:
@@ -158,6 +166,7 @@ class TargetFollower:
             previous = self._stop_locked()
             self._target = (int(target_id), query)
             self._last_seen_ns, self._last_box = int(last_seen_ns), box
+            self._last_update_s, self._last_stamp_ns = self._clock(), int(last_seen_ns)
             return previous
 
     def stop(self) -> TargetUpdate | None:
@@ -177,6 +186,7 @@ class TargetFollower:
             if self._target is None:
                 return None
             target_id, query = self._target
+            self._last_update_s, self._last_stamp_ns = self._clock(), max(self._last_stamp_ns, int(stamp_ns))
             rows = np.flatnonzero(tracks.track_id == target_id)
             if len(rows):
                 self._last_box = tracks.xyxy[rows[0]].copy()
@@ -188,6 +198,20 @@ class TargetFollower:
                 return TargetUpdate("lost", target_id, query, since_s, self._last_box)
             status = "tracking" if len(rows) and bool(tracks.detected[rows[0]]) else "occluded"
             return TargetUpdate(status, target_id, query, since_s, self._last_box)
+
+    def check_silence(self, silence_s: float) -> TargetUpdate | None:
+        """A `lost` update (once) when no tracks message came for `silence_s` seconds of this process's
+        clock since the last one (or since following began); None otherwise or when not following."""
+        with self._lock:
+            if self._target is None:
+                return None
+            silent_s = self._clock() - self._last_update_s
+            if silent_s <= silence_s:
+                return None
+            target_id, query = self._target
+            self._target = None
+            since_s = max(0, self._last_stamp_ns - self._last_seen_ns) / 1e9 + silent_s
+            return TargetUpdate("lost", target_id, query, since_s, self._last_box)
 
 
 def reasoning_for(flag: int, default: bool) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from stvg_ros.nodes.dds import use_large_image_dds
-from stvg_ros.nodes.lifecycle import autostart, executor_for
+from stvg_ros.nodes.lifecycle import autostart, executor_for, spin_until_shutdown
 from stvg_ros.nodes.paths import config_dir
 
 log = logging.getLogger(__name__)
@@ -247,12 +247,8 @@ class Graph:
         self._threads.append(thread)
 
     def _spin(self, executor) -> None:
-        from rclpy.executors import ExternalShutdownException
-
         try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
+            spin_until_shutdown(executor)  # a SIGTERM racing the executor's wait is a normal end too
         finally:
             self._stopped.set()  # one executor ending (context shut down) ends the graph
 

@@ -9,9 +9,16 @@ every new tracks message until `~/stop_target`, a new answer, or the track is lo
 `target_lost_timeout_s` (one STATUS_LOST message says so). Publishes `/diagnostics` (images and
 tracks received, buffer contents, queries) every `diagnostics_period_s`.
 
+When the camera stops: source time stops with it, so a target is also reported lost when no tracks
+message at all came for max(target_lost_timeout_s, no_image_warning_s) of wall time; a query for
+the last `window_seconds` is refused while no frame came for longer than that window (and than
+no_image_warning_s), since the buffer holds nothing of that time; a query over the whole buffer
+(window 0) is answered from the buffered history and says how old its newest frame is.
+
 Lifecycle: configure reads the parameters and checks that the model files (and, with `sam2_refine`,
 the `sam2` package and checkpoint) exist (a missing one fails the transition with a message that
-names it); activate loads the model (and SAM2); deactivate frees it.
+names it); activate loads the model (and SAM2); deactivate cancels the query in flight (its caller
+is told the node was deactivated), fails the waiting ones and frees the model.
 The node configures and activates itself when `autostart` is true.
 """
 
@@ -89,6 +96,7 @@ class GroundingNode(LifecycleNode):
         self._decode_warned = 0.0
         self._images: ImageInput | None = None
         self._diag_pub = self._diag_timer = None
+        self._silence_timer = None
         self._last_image = 0.0  # time.monotonic() of the last decoded image
         self.counts = {"tracks": 0, "queries": 0, "queries_refused": 0}
 
@@ -139,6 +147,8 @@ class GroundingNode(LifecycleNode):
             callback_group=self._query_group,
         )
         self._watchdog = NoPublisherWatchdog(self, [self._images.subscription], after_s=p.no_image_warning_s)
+        # Tracks that stop altogether (camera or tracker gone) end the following too (module docstring).
+        self._silence_timer = self.create_timer(0.2, self._check_tracks_silence)
         if p.diagnostics_period_s > 0:
             self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             self._diag_timer = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
@@ -207,6 +217,9 @@ class GroundingNode(LifecycleNode):
             self._watchdog.destroy()
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
+        if self._silence_timer is not None:
+            self.destroy_timer(self._silence_timer)
+            self._silence_timer = None
         if self._diag_pub is not None:
             self.destroy_publisher(self._diag_pub)
         self._diag_pub = self._diag_timer = None
@@ -261,6 +274,14 @@ class GroundingNode(LifecycleNode):
         if (update := self._follower.update(stamp_ns, tracks)) is not None:
             self._publish_target(update, msg.header)
 
+    def _check_tracks_silence(self) -> None:
+        """Timer: the followed target is lost once no tracks message came for the silence limit."""
+        if not self._active:
+            return
+        silence_s = max(self.params.target_lost_timeout_s, self.params.no_image_warning_s)
+        if (update := self._follower.check_silence(silence_s)) is not None and self._target_pub is not None:
+            self._publish_target(update)
+
     def frame_counts(self) -> dict[str, int]:
         """Camera frames received and lost by cause (ImageInput.counts), and the frames the buffer
         holds and the sampling slots it missed (empty while unconfigured)."""
@@ -291,6 +312,8 @@ class GroundingNode(LifecycleNode):
         self._diag_pub.publish(diagnostic_array(self, "grounding", level, message, values))
 
     def _publish_target(self, update: TargetUpdate, header=None) -> None:
+        if not self.context.ok():  # SIGINT/SIGTERM shut the context down: destroy_node stops following
+            return  # silently (publishing would raise RCLError and fail the process's exit)
         if header is None:  # not tied to a camera frame (stop request, new answer)
             header = now_header(self, self._frame_id)
         self._target_pub.publish(target_msg(update, header))
@@ -326,12 +349,24 @@ class GroundingNode(LifecycleNode):
             return None, "the grounding node is not active (lifecycle); activate it and ask again"
         if problem := query_problem(query, window_s):
             return None, problem
+        topic = self.resolve_topic_name(image_topic(self.params.image_transport))
         if self._buffer is None or len(self._buffer) == 0:
-            topic = self.resolve_topic_name(image_topic(self.params.image_transport))
             return None, f"no camera frames received yet on {topic}; nothing to ground"
+        # A stopped camera: the buffer's newest frames are old; the last N seconds it holds are not the
+        # last N seconds of the scene (module docstring).
+        since_s = time.monotonic() - self._last_image if self._last_image else 0.0
+        note = ""
+        if window_s > 0 and since_s > max(float(window_s), self.params.no_image_warning_s):
+            return None, (
+                f"no camera frames for {since_s:.1f} s on {topic}: the camera may have stopped, and the buffer holds "
+                f"nothing of the last {window_s:g} s asked for; ask again when frames arrive (window_seconds 0 "
+                "searches the whole buffered history)"
+            )
+        if self.params.no_image_warning_s > 0 and since_s > self.params.no_image_warning_s:
+            note = f"no camera frames for {since_s:.1f} s on {topic}: answered from the buffered history"
         reasoning = reasoning_for(reasoning_flag, self.params.reasoning)
         request = GroundingRequest(query=query, window_s=float(window_s), reasoning=reasoning)
-        job = QueryJob(request=request, snapshot=self._buffer.snapshot(float(window_s)))
+        job = QueryJob(request=request, snapshot=self._buffer.snapshot(float(window_s)), note=note)
         if not self._queue.submit(job):
             return None, (
                 f"busy: {self.params.queue_size + 1} queries are in flight (1 running + queue_size "
@@ -342,8 +377,16 @@ class GroundingNode(LifecycleNode):
     def _run_job(self, job: QueryJob) -> GroundingResult:
         """Worker thread: ground, publish the answer, follow its target (even if the caller gave up)."""
         outcome = self._pipeline.ground(job.snapshot, job.request, progress=job.report, cancel=job.cancel)
+        if not self._active and outcome.finish_reason == "cancelled":  # cancelled by _release_model
+            outcome.message = (
+                "cancelled: the grounding node was deactivated (lifecycle) while the query ran; "
+                "activate it and ask again"
+            )
+        elif job.note:
+            outcome.message = f"{outcome.message}; {job.note}" if outcome.message else job.note
         result = result_msg(outcome, str(job.request.query), self._frame_id, self.get_clock().now().to_msg())
-        self._result_pub.publish(result)
+        if self.context.ok():  # not when the query was cancelled by a shutdown (SIGINT/SIGTERM)
+            self._result_pub.publish(result)
         self.get_logger().info(f'query "{outcome.query}": {result.message} ({outcome.timings["total_ms"] / 1e3:.1f} s)')
         if outcome.success:
             seen_ns, box = last_sighting(job.snapshot, outcome.target_id, default_ns=outcome.end_ns)

@@ -27,6 +27,26 @@ def autostart(node) -> bool:
     return True
 
 
+def spin_until_shutdown(executor) -> None:
+    """`executor.spin()` until its context shuts down (SIGINT/SIGTERM, `rclpy.shutdown`), then return.
+
+    rclpy raises ExternalShutdownException for a shutdown it notices before it waits, but RCLError
+    ("the given context is not valid") when the shutdown lands between that check and the wait set it
+    builds (seen with SIGTERM under load: a traceback in the log, or exit code 1). Both are the
+    normal end; an RCLError while the context is still valid is raised.
+    """
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except _rclpy.RCLError:
+        if executor.context.ok():
+            raise
+
+
 def executor_for(node):
     """The executor a node is spun by, alone or in a graph: a SingleThreadedExecutor, unless the node
     needs concurrent callbacks (`executor_threads` > 1: the grounding node's waiting queries hold one
@@ -59,7 +79,7 @@ def run_lifecycle_node(make_node: Callable[[], Any], args: list[str] | None = No
             return 1
         executor = executor_for(node)
         executor.add_node(node)
-        executor.spin()
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -218,6 +219,10 @@ def main(args: list[str] | None = None) -> int:
                 executor.spin_once(timeout_sec=0.05)
         return 1 if node.error else 0
     except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C / SIGINT: a normal way to stop
+        return 0
+    except rclpy_implementation.RCLError:  # SIGTERM landing between spin_once's context check and its wait: a normal stop too
+        if rclpy.ok():
+            raise
         return 0
     finally:
         if node is not None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import threading
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
+
+from stvg_ros.nodes.lifecycle import spin_until_shutdown
 
 
 class StreamSpinner:
@@ -36,10 +38,7 @@ class StreamSpinner:
         self._thread.start()
 
     def _spin(self) -> None:
-        try:
-            self._executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
+        spin_until_shutdown(self._executor)  # SIGINT/SIGTERM end it quietly, even mid-wait
 
     def destroy(self, timeout_s: float = 5.0) -> None:
         self._executor.shutdown(timeout_sec=timeout_s)

@@ -331,3 +331,11 @@ def test_eval_run_into_an_unwritable_folder_is_one_line(capsys, tmp_path, synth_
                                 "--annotations", str(synth_dataset.root), "--out", str(out), "--limit", "1")  # fmt: skip
     assert code == 2 and stdout == ""
     assert_one_clear_line(err, "stvg-ros eval: error:", str(out))
+
+
+def test_demo_into_an_unwritable_folder_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code, out, err = run_cli(capsys, "demo", "--out", str(blocker / "demo"))
+    assert code == 1 and out == ""
+    assert_one_clear_line(err, "stvg-ros demo: error:", str(blocker / "demo"))

@@ -133,3 +133,25 @@ def test_rewriting_an_existing_manifest_keeps_what_the_export_cannot_know(tmp_pa
     (tmp_path / "other.yaml").write_text(": not yaml [")
     _write_manifest(tmp_path, {"name": "other", "kind": "vlm", "files": []})  # unreadable: replaced
     assert yaml.safe_load((tmp_path / "other.yaml").read_text()) == {"name": "other", "kind": "vlm", "files": []}
+
+
+def test_the_trained_input_format_reaches_the_manifest_fields(tmp_path):
+    """issue 16: the export records how clips must reach the model (images + frame labels, frames, pixels)."""
+    from transformers import AutoProcessor
+
+    from stvg_ros.synthetic.tiny_vlm import build_tiny_qwen25vl
+    from stvg_train.export import trained_input_format
+    from stvg_train.grpo import INPUT_FORMAT_FILE, set_pixel_budget, training_input_format
+
+    base = build_tiny_qwen25vl(cache_dir("test-artifacts", "train-tiny-qwen25vl"))
+    processor = AutoProcessor.from_pretrained(base)
+    set_pixel_budget(processor, max_pixels=112 * 112, min_pixels=56 * 56)
+    trained = training_input_format(processor, [4, 4, 8])
+    assert trained == {"representation": "images", "frame_label": "Frame at {seconds:.2f} s:",
+                       "frames_per_clip": [4, 8], "max_pixels_per_frame": 112 * 112, "min_pixels_per_frame": 56 * 56}
+    model_dir = tmp_path / "run"
+    processor.save_pretrained(model_dir)
+    unknown = trained_input_format(model_dir)  # no record: a released checkpoint, say
+    assert unknown["representation"] == "unknown" and unknown["max_pixels_per_frame"] == 112 * 112
+    (model_dir / INPUT_FORMAT_FILE).write_text(json.dumps(trained))
+    assert trained_input_format(model_dir) == trained

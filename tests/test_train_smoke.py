@@ -27,11 +27,26 @@ def test_smoke_runs_the_whole_training_path(tmp_path, tiny_detector):
     assert result["ok"] is True
     assert result["steps"] >= 20
     assert result["loss_finite"] and math.isfinite(result["train_loss"])
-    assert isinstance(result["reward_mean_first"], float) and isinstance(result["reward_mean_last"], float)
-    assert result["visual_grad_calls"] >= 20  # one grad-enabled vision-tower call per step at least
-    assert result["visual_grad_norm_max"] > 0.0
-    # rewards were logged every step
+    # >= 4 prompts per step at a constant learning rate; rewards averaged over quarters of the run
+    assert result["prompts_per_step"] >= 4 and result["lr_scheduler_type"] == "constant"
+    assert result["reward_steps_per_quarter"] == result["steps"] // 4
+    assert 0.0 <= result["reward_mean_first_quarter"] <= 3.0 and 0.0 <= result["reward_mean_last_quarter"] <= 3.0
     records = [json.loads(line) for line in Path(result["log_file"]).read_text().splitlines()]
+    step_rewards = [r["reward"] for r in records if "reward" in r and "loss" in r]
+    quarter = result["reward_steps_per_quarter"]
+    assert result["reward_mean_first_quarter"] == pytest.approx(sum(step_rewards[:quarter]) / quarter)
+    assert result["reward_mean_last_quarter"] == pytest.approx(sum(step_rewards[-quarter:]) / quarter)
+    assert {r["learning_rate"] for r in records if "learning_rate" in r} == {result["learning_rate"]}
+    # held-out prompts (never trained on) scored before and after GRPO, with a sampling standard error
+    heldout = result["heldout_reward"]
+    for when in ("before", "after"):
+        assert heldout[when]["prompts"] >= 1 and heldout[when]["samples_per_prompt"] >= 4
+        assert 0.0 <= heldout[when]["mean"] <= 3.0 and heldout[when]["se"] >= 0.0
+    assert heldout["change"] == pytest.approx(heldout["after"]["mean"] - heldout["before"]["mean"])
+    assert heldout["change_se"] >= max(heldout["before"]["se"], heldout["after"]["se"])
+    assert result["visual_grad_calls"] >= 20  # one grad-enabled vision-tower call per step at least
+    assert result["visual_grad_norm_max"] > 0.0 and result["visual_gradient"] is True
+    # rewards were logged every step
     steps_with_rewards = [r for r in records if "rewards/iou_reward/mean" in r and "rewards/format_reward/mean" in r]
     assert len(steps_with_rewards) >= 20
     # exported files exist, are listed in a registry manifest with their sha256, and loaded
@@ -42,6 +57,10 @@ def test_smoke_runs_the_whole_training_path(tmp_path, tiny_detector):
     manifest = yaml.safe_load((model.parent.parent / f"{model.parent.name}.yaml").read_text())
     assert manifest["kind"] == "vlm" and {f["name"] for f in manifest["files"]} == {p.name for p in model.parent.iterdir()}
     assert all(len(f["sha256"]) == 64 for f in manifest["files"])
+    # the input format the model was trained with travels in the manifest
+    assert manifest["input_format"]["representation"] == "images"
+    assert manifest["input_format"]["frame_label"] == "Frame at {seconds:.2f} s:"
+    assert manifest["input_format"]["frames_per_clip"] == [4] and manifest["input_format"]["max_pixels_per_frame"] == 112 * 112
     # the grounding pipeline answered through the grammar, with an ID from the tracks and a span in the clip
     assert result["answer_parsed"] is True
     answer = result["answer"]

@@ -76,6 +76,11 @@ def _add_grpo(sub) -> None:
     p = sub.add_parser("grpo", help="GRPO training with trl.GRPOTrainer from a YAML config")
     p.add_argument("--config", required=True, help="training config (training/configs/*.yaml)")
     p.add_argument("--dry-run", action="store_true", help="build the trainer, report, do not train")
+    p.add_argument("--launch-check", action="store_true",
+                   help="run the config's launch path on CPU (accelerate launch with 2 gloo processes for a "
+                        "multi-GPU config): config parsing, model load, trainer build, one optimizer step; "
+                        "lists what needs CUDA and was not exercised")
+    p.add_argument("--launch-check-worker", default=None, metavar="REPORT_DIR", help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help="replace the config's model (a local Qwen2.5-VL folder)")
     p.add_argument("--data", nargs="+", default=None, help="replace the config's prepared datasets")
     p.add_argument("--output-dir", default=None, help="replace the config's output_dir")
@@ -93,6 +98,17 @@ def _run_grpo(args) -> int:
         cfg.output_dir = args.output_dir
     if args.max_steps is not None:
         cfg.grpo["max_steps"] = args.max_steps
+    if args.launch_check_worker:
+        from stvg_train.launch_check import run_worker
+
+        return run_worker(cfg, args.launch_check_worker, model_path=args.model, data_paths=args.data)
+    if args.launch_check:
+        from stvg_train.launch_check import launch_check
+
+        report = launch_check(cfg, args.config, model_path=args.model, data_paths=args.data,
+                              work_dir=args.output_dir)
+        _emit(report, args.json)
+        return 0 if report["ok"] else 1
     if args.dry_run:
         _emit(dry_run(cfg, model_path=args.model, data_paths=args.data), args.json)
         return 0

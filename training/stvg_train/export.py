@@ -179,6 +179,31 @@ def _write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def trained_input_format(model_dir: str | Path) -> dict[str, Any]:
+    """The input format a model was trained with (`stvg_input_format.json` from `stvg-train grpo`).
+
+    A folder without it (a released checkpoint, a LoRA adapter's base) gets what its processor says
+    and `representation: unknown`: the STVG-R1 release was trained on native video (METHOD §4).
+    """
+    import json
+
+    from stvg_train.grpo import INPUT_FORMAT_FILE
+
+    path = Path(model_dir) / INPUT_FORMAT_FILE
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    fmt: dict[str, Any] = {"representation": "unknown"}
+    for name, section in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
+        config_path = Path(model_dir) / name
+        if config_path.is_file():
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            size = (config.get(section) or {} if section else config).get("size") or {}
+            if size:
+                fmt.update(max_pixels_per_frame=size.get("longest_edge"), min_pixels_per_frame=size.get("shortest_edge"))
+                break
+    return fmt
+
+
 def export(opts: ExportOptions) -> dict[str, Any]:
     """Run the export; returns a summary with one entry per exported file (manifests are written to out).
 
@@ -200,6 +225,7 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     files: list[dict[str, Any]] = []
     manifests: list[str] = []
     try:
+        input_format = trained_input_format(opts.model_dir)
         hf_dir = merged_model_dir(opts.model_dir, work, opts.base_model)
         f16_path, mmproj_path = convert_to_gguf(hf_dir, work, "f16", name=opts.name, threads=opts.threads)
         for quant in dict.fromkeys(q.lower() for q in opts.quants):
@@ -219,6 +245,8 @@ def export(opts: ExportOptions) -> dict[str, Any]:
                 "quantization": quant,
                 "description": f"{opts.name} (trained with stvg-train), GGUF {quant} text model + f16 mmproj",
                 "trained_from": str(Path(opts.model_dir)),
+                # how clips must reach this model: images + frame labels or native video, frames, pixels
+                "input_format": input_format,
                 "converter": f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} vendor/llama.cpp/convert_hf_to_gguf.py",
                 "files": [
                     _manifest_file(model_path, "gguf", f"{command} --quant {quant}"),

@@ -47,6 +47,10 @@ STVG_R1_GRPO_DEFAULTS: dict[str, Any] = {
     "lr_scheduler_type": "linear",
     "warmup_steps": 0,
     "activation_checkpointing": True,
+    # METHOD §7: the KL term is beta * k3(pi, pi_ref) per token, as TRL 0.15.1 computed it. TRL >= 1.x
+    # multiplies it by the importance ratio pi/pi_old by default, which changes the KL gradient even
+    # on-policy (the ratio is 1 but differentiable): off, to train the objective the paper trained.
+    "use_bias_correction_kl": False,
 }
 
 
@@ -65,11 +69,18 @@ class VisionGradProbe(TrainerCallback):
     only come from the loss forward: `grad_calls > 0` shows the images take part in the loss.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, *, deepspeed: bool = False):
         self.tower = find_vision_tower(model)
         self.grad_calls = 0
         self.no_grad_calls = 0
         self.grad_norms: list[float] = []
+        #: Why the tower's gradient norm cannot be read in this run (None: it is read every optimizer step).
+        self.norm_unreadable: str | None = None
+        if deepspeed:
+            self.norm_unreadable = (
+                "DeepSpeed: accelerate's DeepSpeedEngineWrapper runs engine.step() inside backward, so the "
+                "(partitioned) gradients are applied and cleared before the optimizer-step callback; "
+                "the grad-enabled vision-tower calls still show the images are in the loss")
         self._handle = self.tower.register_forward_hook(self._on_forward)
 
     def _on_forward(self, module, inputs, output) -> None:
@@ -79,6 +90,8 @@ class VisionGradProbe(TrainerCallback):
             self.no_grad_calls += 1
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.norm_unreadable:
+            return
         norms = [p.grad.detach().float().norm() for p in self.tower.parameters() if p.grad is not None]
         self.grad_norms.append(float(torch.stack(norms).norm()) if norms else 0.0)
 
@@ -115,6 +128,26 @@ class BuiltTrainer:
     resume_from: str | None
     #: Parts of the config not engaged in this build and why (dry runs without the hardware).
     substitutions: dict[str, str] = field(default_factory=dict)
+    #: How clips reach the model in this run (written beside the trained model, read by the export).
+    input_format: dict[str, Any] = field(default_factory=dict)
+
+
+#: File in a trained model's folder that records the input format it was trained with.
+INPUT_FORMAT_FILE = "stvg_input_format.json"
+
+
+def training_input_format(processor, frames_per_clip: list[int]) -> dict[str, Any]:
+    """The clip representation of this run: images with `Frame at t s:` labels, frame counts, pixel budget."""
+    from stvg_ros.core.prompt import frame_label
+
+    size = dict(processor.image_processor.size or {})
+    return {
+        "representation": "images",  # not native video: TRL 1.16 drops video tensors from the loss
+        "frame_label": frame_label(0.0).replace("0.00", "{seconds:.2f}"),
+        "frames_per_clip": sorted(set(frames_per_clip)),
+        "max_pixels_per_frame": size.get("longest_edge"),
+        "min_pixels_per_frame": size.get("shortest_edge"),
+    }
 
 
 def grpo_arguments(cfg: TrainConfig, *, overrides: dict[str, Any] | None = None):
@@ -157,13 +190,40 @@ def set_pixel_budget(processor, *, max_pixels: int | None = None, min_pixels: in
             setattr(image_processor, legacy, None)
 
 
+def policy_device_map(device: torch.device, *, zero3: bool) -> dict[str, str] | None:
+    """`device_map` for the policy's from_pretrained in one training process.
+
+    None under DeepSpeed ZeRO-3 (DeepSpeed partitions the weights while they load and transformers
+    refuses any map there) and on CPU; otherwise the whole model on this process's own device. Never
+    "auto", which TRL would pick on CUDA and which shards one process's model over every visible GPU.
+    """
+    if zero3 or device.type == "cpu":
+        return None
+    return {"": str(device)}
+
+
+def policy_load_kwargs(cfg: TrainConfig, *, device: torch.device | None = None,
+                       zero3: bool | None = None) -> dict[str, Any]:
+    """Keyword arguments for the policy's from_pretrained (device and ZeRO-3 state: this process's by default)."""
+    from accelerate import PartialState
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    device = PartialState().device if device is None else device
+    zero3 = is_deepspeed_zero3_enabled() if zero3 is None else zero3
+    return {"dtype": cfg.model.dtype, "attn_implementation": cfg.model.attn_implementation,
+            "device_map": policy_device_map(device, zero3=zero3)}
+
+
 def load_policy(cfg: TrainConfig, model_path: str | None = None):
-    """The policy model and its processor (per-frame pixel budget from the config)."""
+    """The policy model and its processor (per-frame pixel budget from the config).
+
+    Call after the GRPOConfig is built, so that a ZeRO-3 run is already set up (see policy_device_map).
+    """
     from transformers import AutoProcessor
     from trl.trainer.utils import create_model_from_path
 
     path = model_path or cfg.model.name_or_path
-    model = create_model_from_path(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    model = create_model_from_path(path, **policy_load_kwargs(cfg))
     processor = AutoProcessor.from_pretrained(path, padding_side="left")
     set_pixel_budget(processor, max_pixels=cfg.model.max_pixels, min_pixels=cfg.model.min_pixels)
     if cfg.model.freeze_vision_tower:
@@ -225,7 +285,8 @@ def build_trainer(
     prepared = load_prepared(data_paths or cfg.data.train)
     train_ds = training_dataset(prepared, min_vote_share=cfg.data.min_vote_share, max_samples=cfg.data.max_samples)
     model, processor = load_policy(cfg, model_path)
-    probe = VisionGradProbe(model)
+    input_format = training_input_format(processor, [len(t) for t in prepared["timestamps_s"]])
+    probe = VisionGradProbe(model, deepspeed=bool(args.deepspeed))
     callbacks: list[TrainerCallback] = [probe]
     json_log = None
     if "json" in cfg.log_to:
@@ -248,6 +309,7 @@ def build_trainer(
         train_rows=len(train_ds),
         resume_from=resume_checkpoint(cfg),
         substitutions=dict(substitutions or {}),
+        input_format=input_format,
     )
 
 
@@ -259,9 +321,10 @@ def train(built: BuiltTrainer) -> dict[str, Any]:
     trainer.save_model(built.args.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(built.args.output_dir)
+        (Path(built.args.output_dir) / INPUT_FORMAT_FILE).write_text(json.dumps(built.input_format, indent=1))
     history = [r for r in trainer.state.log_history if "loss" in r]
-    reward_key = "reward"
-    rewards = [r[reward_key] for r in history if reward_key in r]
+    rewards = [float(r["reward"]) for r in history if "reward" in r]  # one mean per logged step
+    quarter = max(1, len(rewards) // 4)
     losses = [float(r["loss"]) for r in history]
     if rewards and not any(rewards):
         log.warning("every logged reward was 0, so every advantage and the policy gradient were 0: does the "
@@ -272,10 +335,13 @@ def train(built: BuiltTrainer) -> dict[str, Any]:
         "resumed_from": built.resume_from,
         "train_loss": float(result.training_loss),
         "loss_finite": all(math.isfinite(v) for v in losses) and math.isfinite(float(result.training_loss)),
-        "reward_mean_first": float(rewards[0]) if rewards else None,
-        "reward_mean_last": float(rewards[-1]) if rewards else None,
+        # mean of the per-step mean rewards over the first and the last quarter of the logged steps
+        "reward_mean_first_quarter": sum(rewards[:quarter]) / quarter if rewards else None,
+        "reward_mean_last_quarter": sum(rewards[-quarter:]) / quarter if rewards else None,
+        "reward_steps_per_quarter": quarter if rewards else 0,
         "visual_grad_calls": built.probe.grad_calls,
-        "visual_grad_norm_max": max(built.probe.grad_norms, default=0.0),
+        "visual_grad_norm_max": None if built.probe.norm_unreadable else max(built.probe.grad_norms, default=0.0),
+        "visual_grad_norm_unreadable": built.probe.norm_unreadable,
         "output_dir": str(built.args.output_dir),
         "log_file": str(built.json_log.path) if built.json_log else None,
         "wall_s": round(time.monotonic() - start, 2),
@@ -300,6 +366,30 @@ def ensure_launcher_env() -> bool:
     return True
 
 
+def accelerate_deepspeed_fields(acc: dict[str, Any]) -> list[str]:
+    """The DeepSpeed fields `accelerate launch` exports in ACCELERATE_CONFIG_DS_FIELDS for this config file."""
+    fields = list((acc.get("deepspeed_config") or {}).keys())
+    if acc.get("mixed_precision") is not None:  # accelerate: "mixed precision from the config file"
+        fields.append("mixed_precision")
+    return fields
+
+
+def check_accelerate_fields_against_deepspeed_json(acc: dict[str, Any], *, where: str) -> None:
+    """Raise accelerate's own error for an accelerate config that sets what a DeepSpeed JSON must own.
+
+    With a DeepSpeed JSON (grpo.deepspeed), accelerate's DeepSpeedPlugin refuses launch configs
+    that set zero_stage, offloading, gradient accumulation/clipping or mixed_precision; this runs
+    that same check (accelerate's code) on the file, before any process is started.
+    """
+    from accelerate.utils import DeepSpeedPlugin, patch_environment
+
+    with patch_environment(ACCELERATE_CONFIG_DS_FIELDS=",".join(accelerate_deepspeed_fields(acc))):
+        try:
+            DeepSpeedPlugin._deepspeed_config_checks(None)  # reads only the environment
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}".splitlines()[0]) from None
+
+
 def _validate_accelerate_config(cfg: TrainConfig) -> dict[str, Any]:
     """Check the accelerate launch file named by `launch.accelerate_config` against the run config."""
     import yaml
@@ -319,6 +409,8 @@ def _validate_accelerate_config(cfg: TrainConfig) -> dict[str, Any]:
     ds_file = (acc.get("deepspeed_config") or {}).get("deepspeed_config_file")
     if ds_file and not (Path(ds_file).is_file() or (path.parent / Path(ds_file).name).is_file()):
         raise ConfigError(f"{path}: deepspeed_config_file {ds_file} not found")
+    if cfg.grpo.get("deepspeed") and kind == "DEEPSPEED":
+        check_accelerate_fields_against_deepspeed_json(acc, where=str(path))
     return {"accelerate_config": str(path), "launch_distributed_type": kind, "launch_num_processes": procs}
 
 

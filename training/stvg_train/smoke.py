@@ -1,8 +1,10 @@
 """`stvg-train smoke`: the whole training path on CPU in a few minutes, with a tiny random Qwen2.5-VL.
 
-synthetic scenes -> `prep` (the robot's perception) -> a short supervised warm start -> >= 20 GRPO
-steps -> `export` (GGUF Q8_0 + mmproj with llama.cpp's converter) -> the grounding pipeline loads
-the export and answers one query through the answer grammar.
+synthetic scenes -> `prep` (the robot's perception) -> a held-out split -> a short supervised warm
+start -> >= 20 GRPO steps (4 prompts x 4 generations each, constant learning rate) -> `export` (GGUF
+Q8_0 + mmproj with llama.cpp's converter) -> the grounding pipeline loads the export and answers one
+query through the answer grammar. It reports the mean reward of the first and last quarter of the
+steps and the held-out prompts' mean reward (with its standard error) before and after GRPO.
 
 Why the warm start: a randomly initialised model never writes a parsable answer, so every GRPO
 reward is 0, every advantage is 0 and the gradient is exactly zero. A few supervised steps on
@@ -35,6 +37,12 @@ SMOKE_FRAMES = 4
 SMOKE_MAX_PIXELS = 112 * 112
 #: The robot's perception with the tiny synthetic-shape detector (built here if it is missing).
 SMOKE_PERCEPTION = {"model": "yolo-synth-tiny", "build_missing": True, "detect_every": 1}
+#: Every HELDOUT_EVERY-th prepared sample is held out of training and scored before and after GRPO.
+HELDOUT_EVERY = 4
+#: Completions sampled per held-out prompt (temperature 1, as in training) for its mean reward.
+HELDOUT_SAMPLES = 8
+#: The smoke run must update on at least this many prompts per optimizer step (one prompt's group is too noisy).
+MIN_PROMPTS_PER_STEP = 4
 
 
 def smoke_perception(detector: str | None = None) -> dict[str, Any]:
@@ -111,6 +119,65 @@ def warm_start(model_dir: Path, prepared: Path, out_dir: Path, *, steps: int = 6
     return {"steps": steps, "loss_first": losses[0], "loss_last": float(sum(losses[-10:]) / len(losses[-10:]))}
 
 
+def split_heldout(prepared: Path, out_dir: Path, *, every: int = HELDOUT_EVERY) -> tuple[Path, Path]:
+    """Split a prepared dataset into train and held-out folders (every `every`-th usable sample held out)."""
+    from stvg_train.data import gt_id_drawn, load_prepared
+
+    rows = load_prepared([prepared])
+    usable = [i for i, (gid, ids) in enumerate(zip(rows["gt_target_id"], rows["frame_track_ids"], strict=True))
+              if gt_id_drawn(gid, ids)]
+    heldout = set(usable[::every])
+    train_dir, heldout_dir = out_dir / "train", out_dir / "heldout"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    rows.select([i for i in range(len(rows)) if i not in heldout]).save_to_disk(str(train_dir / "dataset"))
+    rows.select(sorted(heldout)).save_to_disk(str(heldout_dir / "dataset"))
+    return train_dir, heldout_dir
+
+
+def heldout_reward(model_dir: Path, heldout: Path, *, rewards: list[str], samples: int = HELDOUT_SAMPLES,
+                   max_new_tokens: int = 48, temperature: float = 1.0, top_k: int = 50, seed: int = 0,
+                   max_pixels: int | None = None) -> dict[str, Any]:
+    """Mean summed reward of `samples` sampled completions per held-out prompt, and its standard error.
+
+    The prompts are fixed, so the error is the sampling error of the mean: sqrt(sum_p var_p / k) / P
+    for P prompts with k completions each (var_p: the sample variance of prompt p's rewards).
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from stvg_train.data import clip_prompt, load_prepared
+    from stvg_train.grpo import set_pixel_budget
+    from stvg_train.rewards import reward_functions
+
+    torch.manual_seed(seed)
+    processor = AutoProcessor.from_pretrained(model_dir, padding_side="left")
+    set_pixel_budget(processor, max_pixels=max_pixels)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    funcs = reward_functions(rewards)
+    per_prompt: list[list[float]] = []
+    for row in load_prepared([heldout]):
+        prompt = clip_prompt(row["question"], row["timestamps_s"])
+        images = iter(row["images"])
+        for part in prompt[0]["content"]:
+            if part["type"] == "image":
+                part["image"] = next(images)
+        enc = processor.apply_chat_template(prompt, tokenize=True, return_dict=True, add_generation_prompt=True,
+                                            return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=samples)
+        texts = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        columns = {k: [row[k]] * samples for k in row if k.startswith(("gt_", "frame_")) or k == "clip_duration_s"}
+        scores = [f(completions=texts, **columns) for f in funcs]
+        per_prompt.append([float(sum(v)) for v in zip(*scores, strict=True)])
+    n = len(per_prompt)
+    means = [sum(r) / len(r) for r in per_prompt]
+    variances = [sum((x - m) ** 2 for x in r) / max(len(r) - 1, 1) for r, m in zip(per_prompt, means, strict=True)]
+    return {"mean": sum(means) / n if n else None,
+            "se": math.sqrt(sum(v / samples for v in variances)) / n if n else None,
+            "prompts": n, "samples_per_prompt": samples}
+
+
 def _answer_one_query(model: dict[str, Any], synthetic_root: Path, perception: dict[str, Any],
                       max_pixels: int) -> dict[str, Any]:
     """The robot's path with the exported files: perception -> clip buffer -> GroundingPipeline with the
@@ -166,17 +233,30 @@ def run_smoke(work_dir: str | Path | None = None, *, steps: int = 20, videos: in
         threads=threads, perception_config=perception))
     lap("prep_s", t0)
 
+    train_split, heldout_split = split_heldout(work / f"prepared-{videos}", work / f"split-{videos}")
+    cfg = load_config(SMOKE_CONFIG)
+    prompts_per_step = int(cfg.grpo["per_device_train_batch_size"]) // int(cfg.grpo["num_generations"])
+    if prompts_per_step < MIN_PROMPTS_PER_STEP:
+        raise ValueError(f"{SMOKE_CONFIG}: {prompts_per_step} prompts per step; the smoke run needs "
+                         f">= {MIN_PROMPTS_PER_STEP} (per_device_train_batch_size / num_generations)")
+
     t0 = time.monotonic()
     tiny = build_tiny_qwen25vl(work / "tiny-random")
-    warm = warm_start(tiny, work / f"prepared-{videos}", work / "tiny-warm", steps=warm_steps, seed=seed,
+    warm = warm_start(tiny, train_split, work / "tiny-warm", steps=warm_steps, seed=seed,
                       max_pixels=SMOKE_MAX_PIXELS)
     lap("warm_start_s", t0)
 
     t0 = time.monotonic()
-    cfg = load_config(SMOKE_CONFIG)
+    sampling = {"rewards": list(cfg.rewards), "max_new_tokens": int(cfg.grpo["max_completion_length"]),
+                "temperature": float(cfg.grpo["temperature"]), "top_k": int(cfg.grpo["top_k"]), "seed": seed,
+                "max_pixels": SMOKE_MAX_PIXELS}
+    before = heldout_reward(work / "tiny-warm", heldout_split, **sampling)
+    lap("heldout_before_s", t0)
+
+    t0 = time.monotonic()
     cfg.model.name_or_path = str(work / "tiny-warm")
     cfg.model.max_pixels = SMOKE_MAX_PIXELS
-    cfg.data.train = [str(work / f"prepared-{videos}")]
+    cfg.data.train = [str(train_split)]
     cfg.output_dir = str(work / "grpo")
     cfg.seed = seed
     cfg.grpo["max_steps"] = steps
@@ -185,6 +265,10 @@ def run_smoke(work_dir: str | Path | None = None, *, steps: int = 20, videos: in
     summary = train(built)
     built.probe.close()
     lap("grpo_s", t0)
+
+    t0 = time.monotonic()
+    after = heldout_reward(Path(cfg.output_dir), heldout_split, **sampling)
+    lap("heldout_after_s", t0)
 
     t0 = time.monotonic()
     manifest = export(ExportOptions(model_dir=cfg.output_dir, out_dir=str(work / "export"), name="stvg-r1-smoke",
@@ -201,16 +285,32 @@ def run_smoke(work_dir: str | Path | None = None, *, steps: int = 20, videos: in
     # The robot's reading: the grammar-constrained answer parsed to an ID and a span. The official strict
     # parser is reported too (`strict_parse`); it also refuses a reversed span, which the grammar allows.
     answer_parsed = bool(answer["success"] and answer["well_formatted"])
+    # The images must reach the gradient: a non-zero vision-tower gradient norm, or (where the norm cannot
+    # be read, e.g. under DeepSpeed) grad-enabled vision-tower calls and the reason in the result.
+    unreadable = summary["visual_grad_norm_unreadable"]
+    visual_gradient = bool(summary["visual_grad_calls"] > 0
+                           and (unreadable is not None or (summary["visual_grad_norm_max"] or 0.0) > 0.0))
+    change = (after["mean"] - before["mean"]) if before["mean"] is not None and after["mean"] is not None else None
     result = {
-        "ok": bool(summary["loss_finite"] and summary["steps"] >= steps and summary["visual_grad_calls"] > 0
+        "ok": bool(summary["loss_finite"] and summary["steps"] >= steps and visual_gradient
                    and all_loaded and answer_parsed and prep_report["samples"] > 0),
         "steps": summary["steps"],
+        "prompts_per_step": prompts_per_step,
+        "completions_per_step": int(cfg.grpo["per_device_train_batch_size"]),
+        "learning_rate": float(cfg.grpo["learning_rate"]),
+        "lr_scheduler_type": built.args.lr_scheduler_type.value if hasattr(built.args.lr_scheduler_type, "value")
+        else str(built.args.lr_scheduler_type),
         "loss_finite": summary["loss_finite"],
         "train_loss": summary["train_loss"],
-        "reward_mean_first": summary["reward_mean_first"],
-        "reward_mean_last": summary["reward_mean_last"],
+        "reward_mean_first_quarter": summary["reward_mean_first_quarter"],
+        "reward_mean_last_quarter": summary["reward_mean_last_quarter"],
+        "reward_steps_per_quarter": summary["reward_steps_per_quarter"],
+        "heldout_reward": {"before": before, "after": after, "change": change,
+                           "change_se": math.hypot(before["se"], after["se"]) if change is not None else None},
         "visual_grad_calls": summary["visual_grad_calls"],
         "visual_grad_norm_max": summary["visual_grad_norm_max"],
+        "visual_grad_norm_unreadable": unreadable,
+        "visual_gradient": visual_gradient,
         "exported_files": exported,
         "exported_loaded": all_loaded,
         "answer_parsed": answer_parsed,

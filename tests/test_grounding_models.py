@@ -83,3 +83,40 @@ def test_pull_builds_the_tiny_model_that_loads_by_name(tmp_path, monkeypatch):
 def test_a_detector_is_not_a_vision_language_model():
     with pytest.raises(ModelLoadError, match="is a detector, not a vision-language model"):
         resolve_model_files(model="yolo-synth-tiny", backend="llama_cpp")
+
+
+@pytest.mark.parametrize(
+    ("record", "explicit", "expected"),
+    [
+        (None, None, True),  # nothing recorded (a released checkpoint): native video, METHOD.md §4
+        ({"representation": "images", "frame_label": "Frame at {seconds:.2f} s:"}, None, False),  # stvg-train grpo
+        ({"representation": "video"}, None, True),
+        ({"representation": "unknown"}, None, True),
+        ({"representation": "images"}, True, True),  # an explicit choice wins
+    ],
+)
+def test_transformers_backend_feeds_clips_as_the_model_was_trained(tiny_vlm, tmp_path, record, explicit, expected):
+    from stvg_ros.grounding.backends.models import INPUT_FORMAT_FILE, recorded_input_format
+
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    for item in tiny_vlm.hf_dir.iterdir():
+        (folder / item.name).symlink_to(item.resolve())
+    if record is not None:
+        (folder / INPUT_FORMAT_FILE).write_text(json.dumps(record))
+    assert recorded_input_format(str(folder), folder) == (record or {})
+    options = {} if explicit is None else {"use_video": explicit}
+    backend = make_backend("transformers", model=str(folder), load=False, **options)
+    assert backend.use_video is expected
+
+
+def test_an_unreadable_input_format_record_is_a_clear_load_error(tiny_vlm, tmp_path):
+    from stvg_ros.grounding.backends.models import INPUT_FORMAT_FILE
+
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    for item in tiny_vlm.hf_dir.iterdir():
+        (folder / item.name).symlink_to(item.resolve())
+    (folder / INPUT_FORMAT_FILE).write_text("{not json")
+    with pytest.raises(ModelLoadError, match=r"stvg_input_format\.json is not a readable input-format record"):
+        make_backend("transformers", model=str(folder), load=False)

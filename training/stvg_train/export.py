@@ -187,7 +187,7 @@ def trained_input_format(model_dir: str | Path) -> dict[str, Any]:
     """
     import json
 
-    from stvg_train.grpo import INPUT_FORMAT_FILE
+    from stvg_ros.grounding.backends.models import INPUT_FORMAT_FILE
 
     path = Path(model_dir) / INPUT_FORMAT_FILE
     if path.is_file():

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from stvg_ros.grounding.backends.models import INPUT_FORMAT_FILE  # the record's file name, defined once
 from stvg_train.config import ConfigError, TrainConfig
 from stvg_train.data import load_prepared, training_dataset
 from stvg_train.rewards import reward_functions
@@ -132,8 +133,6 @@ class BuiltTrainer:
     input_format: dict[str, Any] = field(default_factory=dict)
 
 
-#: File in a trained model's folder that records the input format it was trained with.
-INPUT_FORMAT_FILE = "stvg_input_format.json"
 
 
 def training_input_format(processor, frames_per_clip: list[int]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from stvg_ros.grounding.backends.base import (
     VlmBackend,
 )
 from stvg_ros.grounding.backends.http import HttpBackend
-from stvg_ros.grounding.backends.models import manifest_files
+from stvg_ros.grounding.backends.models import manifest_files, recorded_input_format
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,10 @@ def make_backend(kind: str, settings: BackendSettings | None = None, *, load: bo
 
         picked = {k: extra[k] for k in ("device", "dtype", "use_video", "constrained", "attn_implementation")
                   if k in extra}  # fmt: skip
+        if "use_video" not in picked:  # the representation the model was trained with, where recorded
+            representation = recorded_input_format(files["name"], files["model"]).get("representation")
+            if representation in ("images", "video"):
+                picked["use_video"] = representation == "video"
         backend = TransformersBackend(files["model"], model_name=files["name"], **picked)
     else:
         http_extras = ("api_key", "connect_timeout_s", "stall_timeout_s", "image_format", "constraint", "temperature")

@@ -10,12 +10,42 @@ Nothing is built or downloaded here: a missing file is a ModelLoadError that say
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from stvg_ros.grounding.backends.base import ModelLoadError
 
 #: Which manifest file formats each backend needs.
 BACKEND_FORMATS = {"llama_cpp": ("gguf", "mmproj"), "transformers": ("hf",)}
+#: File in a trained model's folder recording how clips reached it in training (`stvg-train grpo`
+#: writes it; `stvg-train export` copies it into the manifests as `input_format`).
+INPUT_FORMAT_FILE = "stvg_input_format.json"
+
+
+def recorded_input_format(name: str, model_path: str | Path | None = None) -> dict[str, Any]:
+    """How clips must reach a model, as recorded at training: the manifest's `input_format` (by
+    manifest name), else `INPUT_FORMAT_FILE` in its Hugging Face folder; {} when nothing is recorded
+    (a released checkpoint: STVG-R1 was trained on native video, METHOD.md §4). Keys: representation
+    (images | video | unknown), frame_label, frames_per_clip, max_pixels_per_frame, min_pixels_per_frame."""
+    from stvg_ros.core import model_registry as registry
+
+    try:
+        recorded = registry.get_manifest(name).extra.get("input_format")
+    except registry.ModelRegistryError:
+        recorded = None
+    if isinstance(recorded, dict):
+        return recorded
+    folder = Path(model_path) if model_path else None
+    record = folder / INPUT_FORMAT_FILE if folder is not None and folder.is_dir() else None
+    if record is not None and record.is_file():
+        try:
+            data = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{record} is not a readable input-format record: {exc}") from exc
+        if isinstance(data, dict):
+            return data
+    return {}
 
 
 def manifest_files(name: str, backend: str) -> dict[str, str] | None:

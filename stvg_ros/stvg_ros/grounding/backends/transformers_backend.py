@@ -1,8 +1,9 @@
 """transformers backend: Qwen2.5-VL from a Hugging Face folder (workstations; bf16 on GPU, fp32 on CPU).
 
-By default the clip goes in as a VIDEO (the trained representation, METHOD §4): the frames as one
-(T, H, W, 3) array with their sampling rate, so Qwen2.5-VL's M-RoPE sees absolute time. With
-`use_video=False` it goes in as images with `Frame at t s:` labels, like llama.cpp. Output is
+By default the clip goes in as a VIDEO (the released model's representation, METHOD §4): the frames
+as one (T, H, W, 3) array with their sampling rate, so Qwen2.5-VL's M-RoPE sees absolute time. With
+`use_video=False` it goes in as images with `Frame at t s:` labels, like llama.cpp; `make_backend`
+picks that for a model whose training recorded it (`models.recorded_input_format`). Output is
 constrained to the answer language by a regex logits processor (`constrained=True`).
 """
 

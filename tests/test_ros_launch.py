@@ -2,7 +2,9 @@
 
 launch / launch_ros are not installed here (no PyPI wheels), so the launch file is read as an AST and
 also executed against a small stand-in of the launch API it uses (argument declaration, the
-OpaqueFunction, launch_ros Node with the keyword-only signature of the real one).
+OpaqueFunction, launch_ros LifecycleNode with the keyword-only signature of the real one, the
+ChangeState / StateTransition events and their handlers), whose lifecycle transitions a small event
+loop plays as launch would (`_play`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import re
 import runpy
 import sys
 import types
+from collections import deque
 from pathlib import Path
 
 import pytest
 import yaml
+from lifecycle_msgs.msg import Transition
 
 from stvg_ros.cli.up import parse_overrides
 from stvg_ros.nodes import graph
@@ -32,7 +36,9 @@ from stvg_ros.nodes.graph import (
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "stvg_ros"
 LAUNCH_FILE = PACKAGE / "launch" / "grounding.launch.py"
-REQUIRED_ARGUMENTS = {"camera_topic", "namespace", "params_file", "backend", "model", "use_sim_time", "overlay"}
+REQUIRED_ARGUMENTS = {
+    "camera_topic", "namespace", "params_file", "backend", "model", "use_sim_time", "overlay", "autostart"
+}  # fmt: skip
 
 
 def _launch_tree() -> ast.Module:
@@ -61,9 +67,10 @@ def test_launch_file_declares_every_argument_and_builds_nodes_from_the_graph_lis
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     # The arguments are declared with DeclareLaunchArgument from the table, and the nodes come
     # from the same list `stvg-ros up` uses.
-    assert {"DeclareLaunchArgument", "OpaqueFunction", "graph_nodes", "Node", "LaunchDescription"} <= names
+    assert {"DeclareLaunchArgument", "OpaqueFunction", "graph_nodes", "LifecycleNode", "LaunchDescription"} <= names
     calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    assert {"DeclareLaunchArgument", "Node", "graph_nodes"} <= calls
+    assert {"DeclareLaunchArgument", "LifecycleNode", "graph_nodes", "ChangeState", "OnStateTransition"} <= calls
+    assert "Node" not in calls, "plain Nodes: launch could neither see nor drive their lifecycle"
     # Every argument the OpaqueFunction reads is declared.
     read = {
         n.args[0].value
@@ -165,19 +172,150 @@ class _Node(_Entity):
                          arguments=arguments, **kwargs)  # fmt: skip
 
 
+class _LifecycleNode(_Node):
+    """launch_ros LifecycleNode of Jazzy up to launch_ros 0.26.6: `name` and `namespace` required and
+    keyword-only, no `autostart` (Kilted and Jazzy 0.26.7 add `autostart: bool = False`; the older
+    Node/ExecuteProcess refuse an unknown keyword)."""
+
+    def __init__(self, *, name, namespace, **kwargs) -> None:
+        if "autostart" in kwargs:
+            raise TypeError("LifecycleNode() got an unexpected keyword argument 'autostart' (Jazzy < 0.26.7)")
+        super().__init__(name=name, namespace=namespace, **kwargs)
+
+
+class _RegisterEventHandler(_Entity):
+    def __init__(self, event_handler, **kwargs) -> None:
+        super().__init__(event_handler, **kwargs)
+        self.event_handler = event_handler
+
+
+class _EmitEvent(_Entity):
+    def __init__(self, *, event, **kwargs) -> None:
+        super().__init__(event=event, **kwargs)
+        self.event = event
+
+
+#: The transitions ChangeState accepts (its valid_transitions).
+_REQUESTABLE = {
+    getattr(Transition, f"TRANSITION_{name}")
+    for name in ("CREATE", "CONFIGURE", "CLEANUP", "ACTIVATE", "DEACTIVATE", "UNCONFIGURED_SHUTDOWN",
+                 "INACTIVE_SHUTDOWN", "ACTIVE_SHUTDOWN", "DESTROY")
+}  # fmt: skip
+
+
+class _ChangeState:
+    """launch_ros.events.lifecycle.ChangeState: which nodes (a matcher over LifecycleNode actions), which transition."""
+
+    def __init__(self, *, lifecycle_node_matcher, transition_id) -> None:
+        if transition_id not in _REQUESTABLE:
+            raise ValueError(f"given transition_id of {transition_id!r}")
+        self.lifecycle_node_matcher, self.transition_id = lifecycle_node_matcher, transition_id
+
+
+class _StateTransition(types.SimpleNamespace):
+    """launch_ros.events.lifecycle.StateTransition: action, transition, start_state, goal_state (labels)."""
+
+
+class _OnStateTransition:
+    """launch_ros.event_handlers.OnStateTransition (keyword-only; extra keywords go to EventHandler)."""
+
+    def __init__(self, *, entities, target_lifecycle_node=None, transition=None, start_state=None, goal_state=None,
+                 matcher=None, handle_once=False) -> None:  # fmt: skip
+        if not isinstance(target_lifecycle_node, (_LifecycleNode, type(None))):
+            raise RuntimeError("OnStateTransition requires a 'LifecycleNode' action as the target")
+        self.entities, self.handle_once = list(entities), handle_once
+        self.matches = matcher or (
+            lambda event: isinstance(event, _StateTransition)
+            and target_lifecycle_node in (None, event.action)
+            and all(want is None or want == got for want, got in ((transition, event.transition),
+                    (start_state, event.start_state), (goal_state, event.goal_state)))
+        )  # fmt: skip
+
+
+def _matches_action(target_action):
+    return lambda action: action is target_action
+
+
+#: (start state, transition) -> (transition label, intermediate state, goal state) of a node whose
+#: callbacks succeed (the rcl lifecycle state machine's primary path).
+_TRANSITIONS = {
+    ("unconfigured", Transition.TRANSITION_CONFIGURE): ("configure", "configuring", "inactive"),
+    ("inactive", Transition.TRANSITION_ACTIVATE): ("activate", "activating", "active"),
+    ("active", Transition.TRANSITION_DEACTIVATE): ("deactivate", "deactivating", "inactive"),
+    ("inactive", Transition.TRANSITION_CLEANUP): ("cleanup", "cleaningup", "unconfigured"),
+}
+
+
+class _Play:
+    """Launch's handling of the actions: event handlers registered, events emitted in order, a ChangeState
+    turned into the node's transition (its change_state service), each state change into
+    StateTransition events that the handlers see."""
+
+    def __init__(self, actions: list) -> None:
+        self.nodes = [a for a in actions if isinstance(a, _LifecycleNode)]
+        self.state = {n.kwargs["name"]: "unconfigured" for n in self.nodes}
+        self.requested: dict[str, list[int]] = {n.kwargs["name"]: [] for n in self.nodes}
+        self.refused: list[tuple[str, int]] = []
+        self.handlers: list[_OnStateTransition] = []
+        for action in actions:
+            self.run(action)
+
+    def run(self, action) -> None:
+        if isinstance(action, _RegisterEventHandler):
+            self.handlers.append(action.event_handler)
+        elif isinstance(action, _EmitEvent):
+            self.emit(action.event)
+
+    def emit(self, event) -> None:
+        events = deque([event])
+        while events:
+            event = events.popleft()
+            if isinstance(event, _ChangeState):
+                for node in (n for n in self.nodes if event.lifecycle_node_matcher(n)):
+                    events.extend(self._transition(node, event.transition_id))
+            for handler in [h for h in self.handlers if h.matches(event)]:
+                if handler.handle_once:
+                    self.handlers.remove(handler)
+                for entity in handler.entities:
+                    if isinstance(entity, _EmitEvent):
+                        events.append(entity.event)
+                    else:
+                        self.run(entity)
+
+    def _transition(self, node, transition_id: int) -> list[_StateTransition]:
+        name = node.kwargs["name"]
+        self.requested[name].append(transition_id)
+        start = self.state[name]
+        if (start, transition_id) not in _TRANSITIONS:
+            self.refused.append((name, transition_id))
+            return []
+        label, middle, goal = _TRANSITIONS[(start, transition_id)]
+        self.state[name] = goal
+        return [
+            _StateTransition(action=node, transition=label, start_state=start, goal_state=middle),
+            _StateTransition(action=node, transition=label, start_state=middle, goal_state=goal),
+        ]
+
+
 def _stub_launch_modules(monkeypatch) -> None:
     modules = {
         "launch": {"LaunchDescription": lambda entities=None: list(entities or [])},
         "launch.actions": {
             "DeclareLaunchArgument": _DeclareLaunchArgument,
+            "EmitEvent": _EmitEvent,
             "LogInfo": _Entity,
             "OpaqueFunction": _OpaqueFunction,
+            "RegisterEventHandler": _RegisterEventHandler,
             "SetEnvironmentVariable": _SetEnvironmentVariable,
         },
         "launch.conditions": {"IfCondition": _IfCondition},
+        "launch.events": {"matches_action": _matches_action},
         "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
         "launch_ros": {},
-        "launch_ros.actions": {"Node": _Node},
+        "launch_ros.actions": {"Node": _Node, "LifecycleNode": _LifecycleNode},
+        "launch_ros.event_handlers": {"OnStateTransition": _OnStateTransition},
+        "launch_ros.events": {},
+        "launch_ros.events.lifecycle": {"ChangeState": _ChangeState, "StateTransition": _StateTransition},
     }
     for name, attributes in modules.items():
         module = types.ModuleType(name)
@@ -191,8 +329,9 @@ def _description(monkeypatch) -> list:
     return runpy.run_path(str(LAUNCH_FILE))["generate_launch_description"]()
 
 
-def _launch(monkeypatch, **arguments: str) -> list[_Node]:
-    """Run generate_launch_description() and its OpaqueFunction with `arguments` given on the command line."""
+def _actions(monkeypatch, **arguments: str) -> list:
+    """Run generate_launch_description() and its OpaqueFunction with `arguments` given on the command
+    line; the OpaqueFunction's actions."""
     description = _description(monkeypatch)
     declared = [e for e in description if isinstance(e, _DeclareLaunchArgument)]
     unknown = set(arguments) - {d.name for d in declared}
@@ -201,7 +340,12 @@ def _launch(monkeypatch, **arguments: str) -> list[_Node]:
     for d in declared:  # what launch checks before running anything
         assert not d.choices or context.launch_configurations[d.name] in d.choices, d.name
     (opaque,) = [e for e in description if isinstance(e, _OpaqueFunction)]
-    return [a for a in opaque.function(context) if isinstance(a, _Node)]
+    return opaque.function(context)
+
+
+def _launch(monkeypatch, **arguments: str) -> list[_Node]:
+    """The nodes the launch file starts with `arguments` given on the command line."""
+    return [a for a in _actions(monkeypatch, **arguments) if isinstance(a, _Node)]
 
 
 def test_launch_file_defaults_start_the_graph_with_the_package_parameters(monkeypatch):
@@ -214,7 +358,7 @@ def test_launch_file_defaults_start_the_graph_with_the_package_parameters(monkey
         assert ("image/compressed", "/camera/image_raw/compressed") in kw["remappings"]
         own = node_params_file(spec)
         assert kw["parameters"][: 1 if own else 0] == ([str(own)] if own else [])
-        assert kw["parameters"][-1] == {"use_sim_time": False}
+        assert kw["parameters"][-1] == {"use_sim_time": False, "autostart": False}
         assert kw["ros_arguments"] == ["--log-level", "info"] and kw["arguments"] is None
     grounding = nodes[-1].kwargs["parameters"]
     assert grounding[0].endswith("config/grounding.yaml")
@@ -232,12 +376,63 @@ def test_launch_arguments_reach_the_nodes(monkeypatch, tmp_path):
         assert kw["namespace"] == "front"
         assert ("image", "/front/color/image_raw") in kw["remappings"]
         assert ("image/compressed", "/front/color/image_raw/compressed") in kw["remappings"]
-        assert str(robot) in kw["parameters"] and {"use_sim_time": True} in kw["parameters"]
+        assert str(robot) in kw["parameters"] and {"use_sim_time": True, "autostart": False} in kw["parameters"]
         assert kw["ros_arguments"] == ["--log-level", "debug"]
     grounding = nodes[-1].kwargs["parameters"]
     assert grounding[-1] == {"backend": "http", "model": "stvg-r1-7b-q4_k_m"}  # last: wins over the files
     assert grounding.index(str(robot)) < len(grounding) - 1
     assert {"backend": "http", "model": "stvg-r1-7b-q4_k_m"} not in nodes[0].kwargs["parameters"]
+
+
+def test_launch_drives_each_lifecycle_node_to_active_by_default(monkeypatch):
+    actions = _actions(monkeypatch)
+    nodes = [a for a in actions if isinstance(a, _Node)]
+    assert nodes and all(isinstance(n, _LifecycleNode) for n in nodes)
+    for node in nodes:  # the node itself does not self-activate: launch drives it
+        assert {"use_sim_time": False, "autostart": False} in node.kwargs["parameters"]
+    play = _Play(actions)
+    assert play.state == {n.kwargs["name"]: "active" for n in nodes}
+    configure, activate = Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE
+    # each node got exactly its own configure then activate (a matcher naming one node), none refused
+    assert play.requested == {n.kwargs["name"]: [configure, activate] for n in nodes} and not play.refused
+    # a lifecycle manager's later cleanup + configure is not followed by another activation from launch
+    tracker = next(n for n in nodes if n.kwargs["name"] == "tracker_node")
+    for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP, configure):
+        play.emit(_ChangeState(lifecycle_node_matcher=_matches_action(tracker), transition_id=transition))
+    assert play.state["tracker_node"] == "inactive" and play.state["grounding_node"] == "active"
+
+
+def test_autostart_false_leaves_every_node_unconfigured_for_a_lifecycle_manager(monkeypatch):
+    actions = _actions(monkeypatch, autostart="false", overlay="false")
+    nodes = [a for a in actions if isinstance(a, _Node)]
+    assert [n.kwargs["name"] for n in nodes] == ["tracker_node", "grounding_node"]
+    assert all(isinstance(n, _LifecycleNode) for n in nodes)
+    for node in nodes:
+        assert {"use_sim_time": False, "autostart": False} in node.kwargs["parameters"]
+    assert not [a for a in actions if isinstance(a, (_EmitEvent, _RegisterEventHandler))]
+    play = _Play(actions)
+    assert set(play.state.values()) == {"unconfigured"} and not any(play.requested.values())
+    # what a lifecycle manager then does reaches the node
+    grounding = nodes[-1]
+    for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+        play.emit(_ChangeState(lifecycle_node_matcher=_matches_action(grounding), transition_id=transition))
+    assert play.state == {"tracker_node": "unconfigured", "grounding_node": "active"}
+
+
+def test_the_lifecycle_node_stand_in_has_the_real_signature():
+    """`_Play` and the assertions above mean something only if the stand-ins refuse what launch_ros does."""
+    with pytest.raises(TypeError):
+        _LifecycleNode(executable="x", name="n")  # namespace is required
+    with pytest.raises(TypeError, match="autostart"):
+        _LifecycleNode(executable="x", name="n", namespace="", autostart=True)
+    with pytest.raises(RuntimeError):
+        _OnStateTransition(entities=[], target_lifecycle_node=_Node(executable="x"))
+    with pytest.raises(ValueError):
+        _ChangeState(lifecycle_node_matcher=lambda _: True, transition_id=Transition.TRANSITION_CALLBACK_SUCCESS)
+    node = _LifecycleNode(executable="x", name="n", namespace="")
+    play = _Play([node])
+    play.emit(_ChangeState(lifecycle_node_matcher=_matches_action(node), transition_id=Transition.TRANSITION_ACTIVATE))
+    assert play.state == {"n": "unconfigured"} and play.refused == [("n", Transition.TRANSITION_ACTIVATE)]
 
 
 def test_launch_file_uses_the_large_image_profile_only_when_asked_and_the_environment_does_not_choose(monkeypatch):

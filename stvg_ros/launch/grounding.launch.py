@@ -3,11 +3,23 @@
     ros2 launch stvg_ros grounding.launch.py camera_topic:=/camera/color/image_raw
     ros2 launch stvg_ros grounding.launch.py namespace:=front backend:=http model:=stvg-r1-7b-q4_k_m
     ros2 launch stvg_ros grounding.launch.py params_file:=/path/robot.yaml overlay:=false use_sim_time:=true
+    ros2 launch stvg_ros grounding.launch.py autostart:=false   # a lifecycle manager brings them up
 
 The node list comes from stvg_ros.nodes.graph.GRAPH_NODES, the same list `stvg-ros up` starts in
 one process. Each node gets, in this order: its own file in the package's config/, the
-`params_file` argument, use_sim_time, and for the grounding node the `backend`/`model` arguments.
-Every node self-activates (configure + activate) unless its `autostart` parameter is false.
+`params_file` argument, use_sim_time and `autostart: false`, and for the grounding node the
+`backend`/`model` arguments.
+
+Lifecycle: every node is a launch_ros `LifecycleNode` whose own `autostart` parameter is false, so
+launch (or a lifecycle manager) drives its transitions, which launch sees as StateTransition events.
+With the launch argument `autostart:=true` (default) launch configures each node, and activates it
+once it reaches `inactive` from `configuring` (one OnStateTransition handler per node, used once: a
+later cleanup + configure by a manager does not re-activate it). With `autostart:=false` the nodes
+stay unconfigured for a lifecycle manager (`ros2 lifecycle set /tracker_node configure`, ...).
+The transitions are requested with ChangeState events (RegisterEventHandler(OnStateTransition) +
+EmitEvent(ChangeState)) rather than `LifecycleNode(autostart=...)`: Kilted has that argument, but
+Jazzy only from launch_ros 0.26.7 (April 2025; earlier releases refuse the keyword), and older
+releases take a plain bool, not a launch argument. The events work on every Jazzy and Kilted release.
 
 `large_image_dds:=true` points the nodes at config/fastdds_large_images.xml (a shared-memory segment
 that holds camera images; with Fast DDS's default 512 KB segment, raw 640x480 images go over UDP
@@ -18,10 +30,21 @@ camera driver's process needs the same profile (README: Camera images between pr
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    LogInfo,
+    OpaqueFunction,
+    RegisterEventHandler,
+    SetEnvironmentVariable,
+)
 from launch.conditions import IfCondition
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
 
 from stvg_ros.nodes.dds import large_image_dds_settings
 from stvg_ros.nodes.graph import DEFAULT_CAMERA_TOPIC, IMAGE_TOPIC, graph_nodes, node_params_file
@@ -44,6 +67,12 @@ ARGUMENTS = (
     ("overlay", "true", "start the overlay node (annotated image with the IDs the model sees)", ["true", "false"]),
     ("log_level", "info", "log level of all nodes", ["debug", "info", "warn", "error"]),
     (
+        "autostart",
+        "true",
+        "launch configures and activates the nodes (false: they stay unconfigured for a lifecycle manager)",
+        ["true", "false"],
+    ),
+    (
         "large_image_dds",
         "false",
         "use the package's Fast DDS profile (16 MB shared memory) for raw camera images between processes; "
@@ -57,11 +86,31 @@ def _value(name: str, context) -> str:
     return LaunchConfiguration(name).perform(context).strip()
 
 
+def _change_state(node: LifecycleNode, transition: int) -> EmitEvent:
+    """Ask launch_ros to run `transition` on `node` (through its change_state service)."""
+    return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition))
+
+
+def _bring_up(node: LifecycleNode) -> list:
+    """Configure `node`, then activate it when configure has brought it to inactive (once)."""
+    activate_when_configured = RegisterEventHandler(
+        OnStateTransition(
+            target_lifecycle_node=node,
+            start_state="configuring",
+            goal_state="inactive",
+            entities=[_change_state(node, Transition.TRANSITION_ACTIVATE)],
+            handle_once=True,
+        )
+    )
+    return [activate_when_configured, _change_state(node, Transition.TRANSITION_CONFIGURE)]
+
+
 def _nodes(context, *args, **kwargs):
     camera_topic = _value("camera_topic", context) or DEFAULT_CAMERA_TOPIC
     params_file = _value("params_file", context)
     use_sim_time = _value("use_sim_time", context).lower() in TRUE_VALUES
     overlay = _value("overlay", context).lower() in TRUE_VALUES
+    autostart = _value("autostart", context).lower() in TRUE_VALUES
     grounding_overrides = {key: _value(key, context) for key in ("backend", "model") if _value(key, context)}
     remappings = [
         (IMAGE_TOPIC, camera_topic),
@@ -73,22 +122,24 @@ def _nodes(context, *args, **kwargs):
         parameters = [str(own_file)] if own_file is not None else []
         if params_file:
             parameters.append(params_file)
-        parameters.append({"use_sim_time": use_sim_time})
+        # autostart false: the node does not bring itself up; launch or a lifecycle manager does.
+        parameters.append({"use_sim_time": use_sim_time, "autostart": False})
         if spec.name == "grounding_node" and grounding_overrides:
             parameters.append(grounding_overrides)
-        actions.append(
-            Node(
-                package="stvg_ros",
-                executable=spec.executable,
-                name=spec.name,
-                namespace=_value("namespace", context),
-                parameters=parameters,
-                remappings=remappings,
-                ros_arguments=["--log-level", _value("log_level", context)],
-                output="screen",
-                emulate_tty=True,
-            )
+        node = LifecycleNode(
+            package="stvg_ros",
+            executable=spec.executable,
+            name=spec.name,
+            namespace=_value("namespace", context),
+            parameters=parameters,
+            remappings=remappings,
+            ros_arguments=["--log-level", _value("log_level", context)],
+            output="screen",
+            emulate_tty=True,
         )
+        actions.append(node)
+        if autostart:
+            actions.extend(_bring_up(node))
     return actions
 
 
@@ -98,7 +149,5 @@ def generate_launch_description() -> LaunchDescription:
         kwargs = {"choices": choices} if choices else {}
         declared.append(DeclareLaunchArgument(name, default_value=default, description=description, **kwargs))
     wanted = IfCondition(LaunchConfiguration("large_image_dds"))
-    dds = [
-        SetEnvironmentVariable(name, value, condition=wanted) for name, value in large_image_dds_settings().items()
-    ]
+    dds = [SetEnvironmentVariable(name, value, condition=wanted) for name, value in large_image_dds_settings().items()]
     return LaunchDescription([*declared, *dds, OpaqueFunction(function=_nodes)])

@@ -100,7 +100,9 @@ def check_graph_parameters(params: Mapping[str, Mapping[str, Any]], nodes: Itera
     """ValueError naming the node and the parameter for a node the graph does not have, an unknown
     parameter, a value of the wrong type or a value the node would refuse (`problems()`), so a
     typo in `--params` or `-p` is reported before anything starts instead of by a node that fails."""
-    from stvg_ros.nodes.params import SCHEMAS, from_values
+    import dataclasses
+
+    from stvg_ros.nodes.params import SCHEMAS, from_values, range_problem
 
     known = {spec.name for spec in nodes}
     for node_name, values in params.items():
@@ -115,7 +117,9 @@ def check_graph_parameters(params: Mapping[str, Mapping[str, Any]], nodes: Itera
             instance = from_values(schema, values)
         except ValueError as exc:
             raise ValueError(f"{node_name}: {exc}") from None
-        if problems := getattr(instance, "problems", lambda: [])():
+        problems = [range_problem(f, getattr(instance, f.name)) for f in dataclasses.fields(schema)]
+        problems = [p for p in problems if p] + list(getattr(instance, "problems", lambda: [])())
+        if problems:
             raise ValueError(f"{node_name}: {'; '.join(problems)}")
 
 

@@ -19,11 +19,18 @@ Lifecycle: configure reads the parameters and checks that the model files (and, 
 the `sam2` package and checkpoint) exist (a missing one fails the transition with a message that
 names it); activate loads the model (and SAM2); deactivate cancels the query in flight (its caller
 is told the node was deactivated), fails the waiting ones and frees the model.
-The node configures and activates itself when `autostart` is true.
+The node configures and activates itself when `autostart` is true (the launch file sets it false and
+drives the transitions).
+
+Parameters (params.GroundingParams): num_frames, max_new_tokens, reasoning, query_timeout_s and
+target_lost_timeout_s are live: set on the running node they apply from the next query (a query in
+flight keeps its settings); the others are refused while configured, with the reason
+(ros_params.ParameterChanges).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -59,7 +66,7 @@ from stvg_ros.nodes.messages import (
 )
 from stvg_ros.nodes.params import GroundingParams
 from stvg_ros.nodes.qos import NoPublisherWatchdog, image_topic
-from stvg_ros.nodes.ros_params import declare_parameters, read_parameters
+from stvg_ros.nodes.ros_params import ParameterChanges, declare_parameters, read_parameters
 from stvg_ros.nodes.stream_spinner import StreamSpinner
 from stvg_ros.perception.buffer import ClipBuffer
 from stvg_ros_msgs.action import Ground as GroundAction
@@ -99,6 +106,7 @@ class GroundingNode(LifecycleNode):
         self._silence_timer = None
         self._last_image = 0.0  # time.monotonic() of the last decoded image
         self.counts = {"tracks": 0, "queries": 0, "queries_refused": 0}
+        self._parameter_changes = ParameterChanges(self, GroundingParams, self._apply_parameters)
 
     @property
     def executor_threads(self) -> int:
@@ -175,6 +183,18 @@ class GroundingNode(LifecycleNode):
         if note := manifest_note(self.params.model):
             self.get_logger().warning(f"model {self.params.model}: {note}")
         return super().on_activate(state)
+
+    def _apply_parameters(self, changes: dict) -> None:
+        """Live parameter changes (ParameterChanges, configured node): used from the next query on."""
+        self.params = p = dataclasses.replace(self.params, **changes)
+        self._follower.lost_timeout_ns = int(p.target_lost_timeout_s * 1e9)
+        if (pipeline := self._pipeline) is not None:
+            pipeline.config = dataclasses.replace(
+                pipeline.config, num_frames=p.num_frames, max_new_tokens=p.max_new_tokens, reasoning=p.reasoning,
+                timeout_s=p.query_timeout_s,
+            )  # fmt: skip
+        if (backend := self._backend) is not None and hasattr(backend, "timeout_s"):
+            backend.timeout_s = float(p.query_timeout_s)  # the http backend's bound on one request
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release_model()

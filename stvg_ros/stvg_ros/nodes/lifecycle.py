@@ -73,7 +73,11 @@ def run_lifecycle_node(make_node: Callable[[], Any], args: list[str] | None = No
     node = None
     code = 0
     try:
-        node = make_node()
+        try:
+            node = make_node()
+        except ValueError as exc:  # a bad parameter value given at start: one line, exit 2
+            logging.getLogger("stvg_ros.nodes").error("%s", exc)
+            return 2
         wants_autostart = node.has_parameter("autostart") and bool(node.get_parameter("autostart").value)
         if wants_autostart and not autostart(node) and getattr(node, "exit_on_failure", False):
             return 1

@@ -9,10 +9,16 @@ tracks at most `max_wait_s` of source time, then it is dropped (or published wit
 a subscriber (RViz, Foxglove, a recorder): decoding, drawing and re-encoding every camera frame
 costs CPU that the tracker and the VLM need when nobody looks.
 
+Parameters (params.OverlayParams): the drawing options (draw_boxes, min_box_side_px,
+publish_unmatched, lazy) are live: set on the running node they apply to the next image; the others
+are refused while configured, with the reason (ros_params.ParameterChanges).
+
     python -m stvg_ros.nodes.overlay_node --ros-args -r image:=/camera/image_raw
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile
@@ -26,7 +32,7 @@ from stvg_ros.nodes.lifecycle import run_lifecycle_node
 from stvg_ros.nodes.messages import decode_ros_image, stamp_to_ns, tracks_from_msg
 from stvg_ros.nodes.params import OverlayParams
 from stvg_ros.nodes.qos import KeyedThrottle, NoPublisherWatchdog, image_subscription
-from stvg_ros.nodes.ros_params import declare_parameters, read_parameters
+from stvg_ros.nodes.ros_params import ParameterChanges, declare_parameters, read_parameters
 from stvg_ros_msgs.msg import TrackedObjectArray
 
 
@@ -38,6 +44,7 @@ class OverlayNode(LifecycleNode):
         self._pub = self._watchdog = None
         self.published = 0
         self._drop_log = KeyedThrottle(self.get_logger())
+        self._parameter_changes = ParameterChanges(self, OverlayParams, self._apply_parameters)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -80,6 +87,11 @@ class OverlayNode(LifecycleNode):
         if self._watchdog is not None:
             self._watchdog.destroy()
             self._watchdog = None
+
+    def _apply_parameters(self, changes: dict) -> None:
+        """Live parameter changes (ParameterChanges, configured node): used from the next image on."""
+        self.params = p = dataclasses.replace(self.params, **changes)
+        self._style = IdStyle(min_box_side_px=p.min_box_side_px)
 
     def _idle(self) -> bool:
         """True when nobody listens and the node is lazy: the frame is not worth drawing."""

@@ -36,16 +36,48 @@ VLM_BACKENDS = ("llama_cpp", "transformers", "http")
 # Schema machinery
 
 
-def param(default: Any, description: str, *, read_only: bool = False, **extra: Any) -> Any:
-    """A schema field: `x: float = param(0.25, "detector confidence threshold")`.
+def param(
+    default: Any,
+    description: str,
+    *,
+    read_only: bool = False,
+    live: bool = False,
+    limits: tuple[float, float] | None = None,
+    **extra: Any,
+) -> Any:
+    """A schema field: `x: float = param(0.25, "detector confidence threshold", live=True, limits=(0.0, 1.0))`.
 
-    Mutable defaults (lists) are copied per instance. `extra` goes into the field metadata
-    (e.g. `choices=("onnx", "ultralytics")`, checked by `from_values` / `declare_parameters`).
+    `live`: a change on the running node takes effect at once (the node's on-set parameter callback
+    applies it); the others are read on configure. `limits`: the inclusive range of a number (the
+    ROS descriptor's integer/floating-point range). `read_only`: set at start only. Mutable defaults
+    (lists) are copied per instance. `extra` goes into the field metadata (e.g.
+    `choices=("onnx", "ultralytics")`, checked by `from_values` / `declare_parameters`).
     """
-    metadata = {"description": description, "read_only": read_only, **extra}
+    metadata = {"description": description, "read_only": read_only, "live": live, "limits": limits, **extra}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def is_live(field: dataclasses.Field) -> bool:
+    """True when a change of this parameter takes effect on the running node (see `param`)."""
+    return bool(field.metadata.get("live", False))
+
+
+def live_parameters(schema_cls: type) -> list[str]:
+    """The names of a schema's live-tunable parameters, in declaration order."""
+    return [f.name for f in dataclasses.fields(schema_cls) if is_live(f)]
+
+
+def range_problem(field: dataclasses.Field, value: Any, name: str = "") -> str:
+    """Why a (converted) value is outside the field's `limits` ("" when inside or unlimited)."""
+    limits = field.metadata.get("limits")
+    if limits is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return ""
+    low, high = limits
+    if not low <= value <= high:
+        return f"{name or field.name} must be in [{low}, {high}], got {value}"
+    return ""
 
 
 def field_kind(field: dataclasses.Field, hints: Mapping[str, Any]) -> tuple[type, type | None]:
@@ -107,8 +139,14 @@ def from_values(schema_cls: type[Schema], values: Mapping[str, Any]) -> Schema:
     return schema_cls(**{f.name: convert(f, *field_kind(f, hints), values.get(f.name)) for f in fields})
 
 
+def _number(x: float) -> str:
+    """1.0 -> "1", 0.25 -> "0.25" (a range bound in a table)."""
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
 def parameters_markdown(schema_cls: type) -> str:
-    """The README table of a schema: name, type, default, description."""
+    """The README table of a schema: name, type, default, description (with its choices, its range,
+    **live** when a change takes effect at once, **read-only** when it is set at start only)."""
     hints = typing.get_type_hints(schema_cls)
     lines = ["| parameter | type | default | description |", "|---|---|---|---|"]
     for field in dataclasses.fields(schema_cls):
@@ -125,6 +163,12 @@ def parameters_markdown(schema_cls: type) -> str:
         description = field.metadata.get("description", "")
         if field.metadata.get("choices"):
             description += " (one of: " + ", ".join(f"`{c}`" for c in field.metadata["choices"]) + ")"
+        if field.metadata.get("limits"):
+            description += " (range {} to {})".format(*(_number(x) for x in field.metadata["limits"]))
+        if is_live(field):
+            description += " **live**"
+        if field.metadata.get("read_only"):
+            description += " **read-only**"
         lines.append(f"| `{field.name}` | {type_name} | `{shown}` | {description.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
@@ -152,63 +196,97 @@ def camera_reliability() -> Any:
 
 def camera_depth() -> Any:
     return param(
-        10, "QoS depth (KEEP_LAST) of the image subscription: frames the DDS reader holds while the executor is busy"
+        10,
+        "QoS depth (KEEP_LAST) of the image subscription: frames the DDS reader holds while the executor is busy",
+        limits=(1, 1000),
     )
 
 
 def camera_warning() -> Any:
-    return param(5.0, "warn when no image publisher has matched for this long (0: never)")
+    return param(5.0, "warn when no image publisher has matched for this long (0: never)", limits=(0.0, 3600.0))
 
 
 @dataclass
 class TrackerParams:
     """Parameters of the tracker node (config/tracker.yaml; table in docs/perception.md)."""
 
-    autostart: bool = param(True, "configure and activate on start (false: wait for a lifecycle manager)")
+    autostart: bool = param(
+        True,
+        "configure and activate in the node's own process on start (false: launch or a lifecycle manager does)",
+        read_only=True,
+    )
     detector: str = param(_P.model, "detector: model manifest name (models/*.yaml) or a .onnx/.pt/.yaml path")
     backend: str = param(_P.backend, "detector runtime: ONNX Runtime or ultralytics (torch)", choices=DETECTOR_BACKENDS)
     precision: str = param(_P.precision, "ONNX file to load: static int8 (faster on CPU) or fp32", choices=PRECISIONS)
     allow_pickle: bool = param(
         _P.allow_pickle, "load a .pt detector given as a path (unpickling runs code from the file: trusted files only)"
     )
-    conf: float = param(_P.conf, "detector confidence threshold (ByteTrack uses boxes down to track_low_thresh)")
-    iou: float = param(_P.iou, "NMS IoU threshold (duplicate boxes would become competing tracks)")
+    conf: float = param(
+        _P.conf,
+        "detector confidence threshold (ByteTrack uses boxes down to track_low_thresh)",
+        live=True,
+        limits=(0.0, 1.0),
+    )
+    iou: float = param(
+        _P.iou, "NMS IoU threshold (duplicate boxes would become competing tracks)", live=True, limits=(0.0, 1.0)
+    )
     classes: list[str] = dataclasses.field(
         default_factory=list, metadata={"description": "class filter: names or ids (empty: all classes)"}
     )
-    imgsz: int = param(_P.imgsz, "detector input size (0: the model's own)")
-    max_det: int = param(_P.max_det, "most detections per frame")
-    threads: int = param(_P.threads, "ONNX Runtime threads (0: its default)")
+    imgsz: int = param(_P.imgsz, "detector input size (0: the model's own)", limits=(0, 8192))
+    max_det: int = param(_P.max_det, "most detections per frame", live=True, limits=(1, 10000))
+    threads: int = param(_P.threads, "ONNX Runtime threads (0: its default)", limits=(0, 1024))
     detect_every: int = param(
-        _P.detect_every, "run the detector every N frames, predict in between (0: adapt N to load)"
+        _P.detect_every,
+        "run the detector every N frames, predict in between (0: adapt N to load)",
+        live=True,
+        limits=(0, 1000),
     )
-    max_detect_every: int = param(_P.max_detect_every, "largest N when adapting")
-    cpu_budget: float = param(_P.cpu_budget, "share of the frame interval the tracker may use on average when adapting")
-    track_high_thresh: float = param(_T.track_high_thresh, "ByteTrack: first-association score threshold")
-    track_low_thresh: float = param(_T.track_low_thresh, "ByteTrack: second-association score threshold")
-    new_track_thresh: float = param(_T.new_track_thresh, "ByteTrack: score needed to start a track")
-    match_thresh: float = param(_T.match_thresh, "ByteTrack: association cost threshold")
-    lost_buffer_s: float = param(_T.lost_buffer_s, "ByteTrack keeps a lost track this long for IoU re-matching")
+    max_detect_every: int = param(_P.max_detect_every, "largest N when adapting", live=True, limits=(1, 1000))
+    cpu_budget: float = param(
+        _P.cpu_budget,
+        "share of the frame interval the tracker may use on average when adapting",
+        live=True,
+        limits=(0.01, 1.0),
+    )
+    track_high_thresh: float = param(
+        _T.track_high_thresh, "ByteTrack: first-association score threshold", limits=(0.0, 1.0)
+    )
+    track_low_thresh: float = param(
+        _T.track_low_thresh, "ByteTrack: second-association score threshold", limits=(0.0, 1.0)
+    )
+    new_track_thresh: float = param(_T.new_track_thresh, "ByteTrack: score needed to start a track", limits=(0.0, 1.0))
+    match_thresh: float = param(_T.match_thresh, "ByteTrack: association cost threshold", limits=(0.0, 1.0))
+    lost_buffer_s: float = param(
+        _T.lost_buffer_s, "ByteTrack keeps a lost track this long for IoU re-matching", limits=(0.0, 3600.0)
+    )
     reid_max_gap_s: float = param(
         _T.reid_max_gap_s,
         "re-associate a new track with one lost at most this long ago, in seconds without detections (0: off)",
+        live=True,
+        limits=(0.0, 3600.0),
     )
     reid_min_similarity: float = param(
-        _T.reid_min_similarity, "re-association: minimum colour-histogram similarity (0..1)"
+        _T.reid_min_similarity, "re-association: minimum colour-histogram similarity", live=True, limits=(0.0, 1.0)
     )
-    reid_gate_sizes: float = param(_T.reid_gate_sizes, "re-association: motion gate radius in object sizes")
+    reid_gate_sizes: float = param(
+        _T.reid_gate_sizes, "re-association: motion gate radius in object sizes", live=True, limits=(0.0, 100.0)
+    )
     reid_low_score: bool = param(
         _T.reid_low_score,
         "re-association: low-score detections (track_low_thresh..new_track_thresh) may revive a lost ID",
+        live=True,
     )
     image_transport: str = camera_transport()
     image_reliability: str = camera_reliability()
     image_depth: int = camera_depth()
     image_backlog: int = param(
-        30, "frames queued for the processing thread; when it falls further behind the oldest are dropped (counted)"
+        30,
+        "frames queued for the processing thread; when it falls further behind the oldest are dropped (counted)",
+        limits=(1, 10000),
     )
     no_image_warning_s: float = camera_warning()
-    diagnostics_period_s: float = param(1.0, "period of /diagnostics messages (0: none)")
+    diagnostics_period_s: float = param(1.0, "period of /diagnostics messages (0: none)", limits=(0.0, 3600.0))
     publish_detection2d: bool = param(
         True, "also publish vision_msgs/Detection2DArray on `detections` where vision_msgs is installed"
     )
@@ -253,16 +331,27 @@ def perception_config_from(data: Mapping[str, Any]) -> PerceptionConfig:
 class OverlayParams:
     """Parameters of the overlay node (config/overlay.yaml; table in docs/perception.md)."""
 
-    autostart: bool = param(True, "configure and activate on start (false: wait for a lifecycle manager)")
+    autostart: bool = param(
+        True,
+        "configure and activate in the node's own process on start (false: launch or a lifecycle manager does)",
+        read_only=True,
+    )
     image_transport: str = camera_transport()
     image_reliability: str = camera_reliability()
-    cache_size: int = param(30, "images and track messages kept while waiting for their partner (each)")
-    max_wait_s: float = param(1.0, "longest an image waits for its tracks, in source time")
-    publish_unmatched: bool = param(False, "publish images whose tracks never came, without IDs")
-    draw_boxes: bool = param(False, "also draw thin boxes (debug; the model itself sees only IDs)")
-    min_box_side_px: float = param(0.0, "skip IDs of objects smaller than this (0: draw all, the trained drawing)")
+    cache_size: int = param(
+        30, "images and track messages kept while waiting for their partner (each)", limits=(1, 10000)
+    )
+    max_wait_s: float = param(1.0, "longest an image waits for its tracks, in source time", limits=(0.0, 60.0))
+    publish_unmatched: bool = param(False, "publish images whose tracks never came, without IDs", live=True)
+    draw_boxes: bool = param(False, "also draw thin boxes (debug; the model itself sees only IDs)", live=True)
+    min_box_side_px: float = param(
+        0.0,
+        "skip IDs of objects smaller than this (0: draw all, the trained drawing)",
+        live=True,
+        limits=(0.0, 10000.0),
+    )
     no_image_warning_s: float = camera_warning()
-    lazy: bool = param(True, "draw and publish only while `image_annotated` has a subscriber")
+    lazy: bool = param(True, "draw and publish only while `image_annotated` has a subscriber", live=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +364,11 @@ _B, _G, _S = BufferConfig, GroundingConfig, Sam2Config
 class GroundingParams:
     """Parameters of the grounding node (config/grounding.yaml; table in docs/ros.md)."""
 
-    autostart: bool = param(True, "configure and activate on start (false: wait for a lifecycle manager)")
+    autostart: bool = param(
+        True,
+        "configure and activate in the node's own process on start (false: launch or a lifecycle manager does)",
+        read_only=True,
+    )
     backend: str = param("llama_cpp", "VLM backend", choices=VLM_BACKENDS)
     model: str = param(
         "stvg-r1-7b-q4_k_m",
@@ -288,39 +381,61 @@ class GroundingParams:
     endpoint: str = param(
         BackendSettings.endpoint, "OpenAI-compatible base URL for backend http, e.g. http://gpu-server:8080/v1"
     )
-    n_ctx: int = param(BackendSettings.n_ctx, "llama.cpp context length in tokens (frames + prompt + answer must fit)")
-    n_threads: int = param(BackendSettings.n_threads, "llama.cpp CPU threads (0: all cores but one)")
+    n_ctx: int = param(
+        BackendSettings.n_ctx,
+        "llama.cpp context length in tokens (frames + prompt + answer must fit)",
+        limits=(0, 1048576),
+    )
+    n_threads: int = param(BackendSettings.n_threads, "llama.cpp CPU threads (0: all cores but one)", limits=(0, 1024))
     n_gpu_layers: int = param(
-        BackendSettings.n_gpu_layers, "llama.cpp layers offloaded to the GPU (-1: all, 0: CPU only)"
+        BackendSettings.n_gpu_layers,
+        "llama.cpp layers offloaded to the GPU (-1: all, 0: CPU only)",
+        limits=(-1, 100000),
     )
     flash_attn: bool = param(
         BackendSettings.flash_attn,
         "llama.cpp flash attention (less memory and faster on GPU; false if a build lacks it)",
     )
-    num_frames: int = param(_G.num_frames, "frames sampled from the query window and shown to the model")
+    num_frames: int = param(
+        _G.num_frames, "frames sampled from the query window and shown to the model", live=True, limits=(1, 256)
+    )
     reasoning: bool = param(
-        _G.reasoning, "queries with REASONING_DEFAULT get a `<think>` block first (false: answer only)"
+        _G.reasoning, "queries with REASONING_DEFAULT get a `<think>` block first (false: answer only)", live=True
     )
-    max_new_tokens: int = param(_G.max_new_tokens, "longest model answer in tokens (reasoning included)")
-    buffer_seconds: float = param(_B.max_seconds, "camera history kept for queries, in seconds of source time")
+    max_new_tokens: int = param(
+        _G.max_new_tokens, "longest model answer in tokens (reasoning included)", live=True, limits=(1, 65536)
+    )
+    buffer_seconds: float = param(
+        _B.max_seconds, "camera history kept for queries, in seconds of source time", limits=(0.001, 86400.0)
+    )
     buffer_sample_fps: float = param(
-        _B.sample_fps, "frames per second kept in the history (STVG-R1 samples video at 2 fps)"
+        _B.sample_fps,
+        "frames per second kept in the history (STVG-R1 samples video at 2 fps)",
+        limits=(0.001, 1000.0),
     )
-    buffer_max_mb: float = param(_B.max_mb, "memory bound of the history in MB (oldest entries dropped first)")
-    query_timeout_s: float = param(_G.timeout_s, "longest a query may take from arrival (queue wait included)")
-    queue_size: int = param(2, "queries that may wait while one runs; more are answered busy at once")
-    target_lost_timeout_s: float = param(3.0, "stop following when the target is unseen this long (source time)")
+    buffer_max_mb: float = param(
+        _B.max_mb, "memory bound of the history in MB (oldest entries dropped first)", limits=(0.001, 1048576.0)
+    )
+    query_timeout_s: float = param(
+        _G.timeout_s, "longest a query may take from arrival (queue wait included)", live=True, limits=(0.1, 86400.0)
+    )
+    queue_size: int = param(2, "queries that may wait while one runs; more are answered busy at once", limits=(0, 64))
+    target_lost_timeout_s: float = param(
+        3.0, "stop following when the target is unseen this long (source time)", live=True, limits=(0.0, 3600.0)
+    )
     image_transport: str = camera_transport()
     image_reliability: str = camera_reliability()
     image_depth: int = camera_depth()
     no_image_warning_s: float = camera_warning()
-    diagnostics_period_s: float = param(1.0, "period of /diagnostics messages (0: none)")
+    diagnostics_period_s: float = param(1.0, "period of /diagnostics messages (0: none)", limits=(0.0, 3600.0))
     sam2_refine: bool = param(
         _S.enabled, "draw IDs at SAM2 mask centres on the sampled frames (needs `sam2` + a checkpoint)"
     )
     sam2_checkpoint: str = param(_S.checkpoint, "SAM2.1 tiny checkpoint (.pt) for sam2_refine (required when it is on)")
     sam2_image_size: int = param(
-        _S.image_size, "SAM2 image encoder input size (1024: SAM2's own; 512: ~7x faster on CPU)"
+        _S.image_size,
+        "SAM2 image encoder input size (1024: SAM2's own; 512: ~7x faster on CPU)",
+        limits=(64, 4096),
     )
 
     def problems(self) -> list[str]:

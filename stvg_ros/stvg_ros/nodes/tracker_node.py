@@ -16,13 +16,18 @@ cause in /diagnostics.
 Lifecycle: configure reads the parameters and checks that the model file exists (a missing file
 fails the transition with a message that names it and how to get it); activate loads the model
 and subscribes; deactivate unsubscribes and frees the model. With `autostart` (default) the node
-configures and activates itself.
+configures and activates itself (the launch file sets it false and drives the transitions).
+
+Parameters (params.TrackerParams): the live ones (conf, iou, max_det, detect_every, ...) take effect
+on the running pipeline when set (`ros2 param set`); the others are refused while configured, with
+the reason (ros_params.ParameterChanges).
 
     python -m stvg_ros.nodes.tracker_node --ros-args -p detector:=yolo-synth-tiny -r image:=/camera/image_raw
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -44,7 +49,7 @@ from stvg_ros.nodes.messages import (
 )
 from stvg_ros.nodes.params import TrackerParams
 from stvg_ros.nodes.qos import KeyedThrottle, NoPublisherWatchdog
-from stvg_ros.nodes.ros_params import declare_parameters, read_parameters
+from stvg_ros.nodes.ros_params import ParameterChanges, declare_parameters, read_parameters
 from stvg_ros.perception.detector import DetectorError
 from stvg_ros.perception.pipeline import build_perception, model_file
 from stvg_ros.perception.stats import LatencyMeter, RateMeter
@@ -71,6 +76,7 @@ class TrackerNode(LifecycleNode):
         self.counts = {"processing_errors": 0}
         self._drop_log = KeyedThrottle(self.get_logger())
         self.create_service(SetBool, "~/enable", self._on_enable)
+        self._parameter_changes = ParameterChanges(self, TrackerParams, self._apply_parameters)
 
     # ---- lifecycle
 
@@ -140,6 +146,20 @@ class TrackerNode(LifecycleNode):
 
     # ---- callbacks
 
+    def _apply_parameters(self, changes: dict) -> None:
+        """Live parameter changes (ParameterChanges, configured node): into the config and, when
+        active, the running detector, tracker and detection schedule (between two frames)."""
+        with self._lock:
+            self.params = dataclasses.replace(self.params, **changes)
+            self.config = self.params.perception_config()
+            if self.pipeline is not None:
+                self.pipeline.config = self.config
+                self.pipeline.tracker.config = self.config.tracker
+                c, detector = self.config, self.pipeline.detector
+                detector.settings = dataclasses.replace(detector.settings, conf=c.conf, iou=c.iou, max_det=c.max_det)
+                if c.detect_every > 0:
+                    self.pipeline.stats.detect_every = c.detect_every
+
     def _on_enable(self, request, response):
         self.enabled = bool(request.data)
         if self._images is not None:
@@ -155,6 +175,8 @@ class TrackerNode(LifecycleNode):
             try:
                 self._process(frame, catch_up=i < len(frames) - 1)
             except Exception as exc:  # never let one frame end the thread
+                if not self.context.ok():  # SIGINT/SIGTERM shut the context down mid-frame: the end, not a fault
+                    return
                 self.counts["processing_errors"] += 1
                 self.get_logger().error(f"processing a frame failed: {exc}", throttle_duration_sec=5.0)
 
@@ -184,6 +206,8 @@ class TrackerNode(LifecycleNode):
             if self.pipeline.stats.detector_runs > runs_before:
                 self._detector.tick()
             names = self.pipeline.class_names
+        if not self.context.ok():  # shut down while this frame was processed (SIGINT/SIGTERM): nothing to publish
+            return
         self._tracks_pub.publish(tracks_to_msg(tracks, msg.header, names))
         if self._det_pub is not None:
             self._det_pub.publish(tracks_to_detection2d(tracks, msg.header, names))
@@ -196,7 +220,8 @@ class TrackerNode(LifecycleNode):
         return self._images.counts() if self._images is not None else {}
 
     def _publish_diagnostics(self) -> None:
-        stats = self.pipeline.stats if self.pipeline is not None else None
+        pipeline = self.pipeline
+        stats = pipeline.stats if pipeline is not None else None
         counts = {**self.frame_counts(), **self.counts}
         counts["caught_up"] = stats.caught_up if stats else 0
         values = {
@@ -207,6 +232,7 @@ class TrackerNode(LifecycleNode):
             "latency_ms_p95": f"{self._latency.percentile_ms(95):.1f}",
             "processing_ms_p95": f"{self._processing.percentile_ms(95):.1f}",
             "detect_every": str(stats.detect_every if stats else 0),
+            "conf": f"{pipeline.detector.settings.conf if pipeline is not None else self.params.conf:g}",
             "enabled": str(self.enabled),
             **{k: str(v) for k, v in counts.items()},
         }

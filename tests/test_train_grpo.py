@@ -17,14 +17,12 @@ from pathlib import Path
 
 import datasets
 import pytest
-from PIL import Image
 
 from stvg_ros.core.paths import cache_dir
-from stvg_ros.core.render import render_ids
-from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
 from stvg_train.config import ConfigError, config_from_dict, load_config
-from stvg_train.data import SAMPLE_FEATURES, clip_prompt, load_prepared, make_sample, training_dataset
+from stvg_train.data import SAMPLE_FEATURES, clip_prompt, load_prepared, training_dataset
 from stvg_train.grpo import build_trainer, grpo_arguments, train
+from stvg_train.launch_check import gt_scene_samples
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -39,27 +37,7 @@ def tiny_qwen_dir() -> Path:
 @pytest.fixture(scope="session")
 def scene_samples(tmp_path_factory) -> Path:
     """6 samples from 3 synthetic scenes: 4 frames each, IDs drawn from the scene's GT tracks."""
-    rows = []
-    for seed in (1, 2, 3):
-        scene = generate_scene(seed, SceneSpec(seconds=6.0, fps=5.0, difficulty="easy", max_queries=2))
-        frames = [0, 8, 16, 24]
-        times = [f / scene.fps for f in frames]
-        images, ids, boxes = [], [], []
-        for f in frames:
-            tracks = scene.gt.tracks(f)
-            images.append(Image.fromarray(render_ids(scene.render_frame(f), tracks)))
-            ids.append(tracks.track_id.tolist())
-            boxes.append(tracks.xyxy.tolist())
-        for q in scene.queries[:2]:
-            rows.append(
-                make_sample(
-                    sample_id=f"{scene.name}-{q.start_frame}", source="synthetic", video=scene.name, caption=q.text,
-                    images=images, timestamps_s=times, clip_duration_s=scene.num_frames / scene.fps,
-                    gt_start_s=q.start_s, gt_end_s=q.end_s, gt_target_id=q.target_id, gt_vote_share=1.0,
-                    gt_mean_iou=1.0, frame_track_ids=ids, frame_track_boxes=boxes,
-                    frame_gt_boxes=[scene.gt.box(f, q.target_id).tolist() for f in frames],
-                )
-            )
+    rows = gt_scene_samples((1, 2, 3))
     rows.append({**rows[0], "sample_id": "unmatched", "gt_target_id": -1})  # must be left out of training
     rows.append({**rows[0], "sample_id": "not drawn", "gt_target_id": 99})  # an ID on no frame: left out too
     out = tmp_path_factory.mktemp("prepared") / "dataset"

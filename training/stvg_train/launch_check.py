@@ -47,37 +47,47 @@ def build_tiny_inputs(work_dir: Path, *, scenes: int = 5) -> tuple[Path, Path]:
     if (model_dir / "config.json").is_file() and (data_dir / "dataset").is_dir():
         return model_dir, data_dir  # cached: no imports needed
     import datasets
-    from PIL import Image
 
-    from stvg_ros.core.render import render_ids
-    from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
     from stvg_ros.synthetic.tiny_vlm import build_tiny_qwen25vl
-    from stvg_train.data import SAMPLE_FEATURES, make_sample
+    from stvg_train.data import SAMPLE_FEATURES
 
     if not (model_dir / "config.json").is_file():
         build_tiny_qwen25vl(model_dir)
     if not (data_dir / "dataset").is_dir():
-        rows = []
-        for seed in range(1, scenes + 1):
-            scene = generate_scene(seed, SceneSpec(seconds=6.0, fps=5.0, difficulty="easy", max_queries=2))
-            frames = [0, 8, 16, 24]
-            images, ids, boxes = [], [], []
-            for f in frames:
-                tracks = scene.gt.tracks(f)
-                images.append(Image.fromarray(render_ids(scene.render_frame(f), tracks)))
-                ids.append(tracks.track_id.tolist())
-                boxes.append(tracks.xyxy.tolist())
-            for q in scene.queries[:2]:
-                rows.append(make_sample(
-                    sample_id=f"{scene.name}-{q.start_frame}", source="synthetic", video=scene.name, caption=q.text,
-                    images=images, timestamps_s=[f / scene.fps for f in frames],
-                    clip_duration_s=scene.num_frames / scene.fps, gt_start_s=q.start_s, gt_end_s=q.end_s,
-                    gt_target_id=q.target_id, gt_vote_share=1.0, gt_mean_iou=1.0, frame_track_ids=ids,
-                    frame_track_boxes=boxes, frame_gt_boxes=[scene.gt.box(f, q.target_id).tolist() for f in frames]))
+        rows = gt_scene_samples(range(1, scenes + 1))
         tmp = data_dir.with_name(data_dir.name + ".tmp")
         datasets.Dataset.from_list(rows, features=SAMPLE_FEATURES).save_to_disk(str(tmp / "dataset"))
         tmp.rename(data_dir)
     return model_dir, data_dir
+
+
+def gt_scene_samples(seeds) -> list[dict]:
+    """Training rows from synthetic scenes' ground truth (2 queries per scene, frames 0/8/16/24 of a
+    6-s clip at 5 fps, IDs drawn from the GT tracks): data for checking the trainer's wiring."""
+    from PIL import Image
+
+    from stvg_ros.core.render import render_ids
+    from stvg_ros.synthetic.scenes import SceneSpec, generate_scene
+    from stvg_train.data import make_sample
+
+    rows = []
+    for seed in seeds:
+        scene = generate_scene(seed, SceneSpec(seconds=6.0, fps=5.0, difficulty="easy", max_queries=2))
+        frames = [0, 8, 16, 24]
+        images, ids, boxes = [], [], []
+        for f in frames:
+            tracks = scene.gt.tracks(f)
+            images.append(Image.fromarray(render_ids(scene.render_frame(f), tracks)))
+            ids.append(tracks.track_id.tolist())
+            boxes.append(tracks.xyxy.tolist())
+        for q in scene.queries[:2]:
+            rows.append(make_sample(
+                sample_id=f"{scene.name}-{q.start_frame}", source="synthetic", video=scene.name, caption=q.text,
+                images=images, timestamps_s=[f / scene.fps for f in frames],
+                clip_duration_s=scene.num_frames / scene.fps, gt_start_s=q.start_s, gt_end_s=q.end_s,
+                gt_target_id=q.target_id, gt_vote_share=1.0, gt_mean_iou=1.0, frame_track_ids=ids,
+                frame_track_boxes=boxes, frame_gt_boxes=[scene.gt.box(f, q.target_id).tolist() for f in frames]))
+    return rows
 
 
 def _launcher_command(cfg: TrainConfig, worker_args: list[str], processes: int) -> tuple[list[str], str]:

@@ -45,6 +45,18 @@ HELDOUT_SAMPLES = 8
 MIN_PROMPTS_PER_STEP = 4
 
 
+def encode_prompt(processor, row) -> dict:
+    """A prepared row's prompt (its question, frame labels and frames) as model inputs."""
+    from stvg_train.data import clip_prompt
+
+    prompt = clip_prompt(row["question"], row["timestamps_s"])
+    images = iter(row["images"])
+    for part in prompt[0]["content"]:
+        if part["type"] == "image":
+            part["image"] = next(images)
+    return processor.apply_chat_template(prompt, tokenize=True, return_dict=True, add_generation_prompt=True,
+                                         return_tensors="pt")
+
 def smoke_perception(detector: str | None = None) -> dict[str, Any]:
     """PerceptionConfig fields for the smoke run: the tiny detector, or `detector` (a manifest name or file)."""
     return {**SMOKE_PERCEPTION, "model": detector} if detector else dict(SMOKE_PERCEPTION)
@@ -65,7 +77,7 @@ def warm_start(model_dir: Path, prepared: Path, out_dir: Path, *, steps: int = 6
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from stvg_ros.core.answer import format_answer
-    from stvg_train.data import clip_prompt, load_prepared
+    from stvg_train.data import load_prepared
     from stvg_train.grpo import set_pixel_budget
 
     rng = random.Random(seed)
@@ -78,13 +90,7 @@ def warm_start(model_dir: Path, prepared: Path, out_dir: Path, *, steps: int = 6
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     encoded = []
     for row in rows:
-        prompt = clip_prompt(row["question"], row["timestamps_s"])
-        images = iter(row["images"])
-        for part in prompt[0]["content"]:
-            if part["type"] == "image":
-                part["image"] = next(images)
-        enc = processor.apply_chat_template(prompt, tokenize=True, return_dict=True, add_generation_prompt=True,
-                                            return_tensors="pt")
+        enc = encode_prompt(processor, row)
         ids = sorted({i for frame in row["frame_track_ids"] for i in frame}) or [1]
         encoded.append((enc, ids, float(row["clip_duration_s"])))
     end_ids = processor.tokenizer("<|im_end|>\n", add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -145,7 +151,7 @@ def heldout_reward(model_dir: Path, heldout: Path, *, rewards: list[str], sample
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from stvg_train.data import clip_prompt, load_prepared
+    from stvg_train.data import load_prepared
     from stvg_train.grpo import set_pixel_budget
     from stvg_train.rewards import reward_functions
 
@@ -156,13 +162,7 @@ def heldout_reward(model_dir: Path, heldout: Path, *, rewards: list[str], sample
     funcs = reward_functions(rewards)
     per_prompt: list[list[float]] = []
     for row in load_prepared([heldout]):
-        prompt = clip_prompt(row["question"], row["timestamps_s"])
-        images = iter(row["images"])
-        for part in prompt[0]["content"]:
-            if part["type"] == "image":
-                part["image"] = next(images)
-        enc = processor.apply_chat_template(prompt, tokenize=True, return_dict=True, add_generation_prompt=True,
-                                            return_tensors="pt")
+        enc = encode_prompt(processor, row)
         with torch.no_grad():
             out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0,
                                  max_new_tokens=max_new_tokens, num_return_sequences=samples)

@@ -461,9 +461,11 @@ class CameraProbe:
         self.tracks_seen = 0  # tracks messages, warm-up included
         self.diagnostics: dict[str, dict[str, str]] = {}  # "tracker" -> the latest KeyValues
         self.diagnostics_at: dict[str, float] = {}  # "tracker" -> when they came
+        from stvg_ros.nodes.lifecycle import spin_until_shutdown
+
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
-        threading.Thread(target=self.executor.spin, daemon=True).start()
+        threading.Thread(target=spin_until_shutdown, args=(self.executor,), daemon=True).start()
 
     def _on_tracks(self, msg) -> None:
         from stvg_ros.nodes.messages import stamp_to_ns

@@ -63,6 +63,7 @@ from stvg_ros.evaluation.run_store import RunStore
 from stvg_ros.evaluation.scoring import score
 from stvg_ros.evaluation.tracks import TrackLog, TrackWriter
 from stvg_ros.nodes.ground_client import GroundClient, GroundError
+from stvg_ros.nodes.lifecycle import spin_until_shutdown
 from stvg_ros.nodes.messages import ns_to_stamp, stamp_to_ns
 
 log = logging.getLogger("stvg_ros.eval.replay")
@@ -294,7 +295,9 @@ class _Driver:
         self._tracks: OrderedDict[int, object] = OrderedDict()  # stamp -> message, bounded
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self.executor.spin, name="replay-spin", daemon=True)
+        # SIGINT/SIGTERM shut the context down: the thread then ends quietly (spin_until_shutdown)
+        self._thread = threading.Thread(target=spin_until_shutdown, args=(self.executor,), name="replay-spin",
+                                        daemon=True)  # fmt: skip
         self._thread.start()
 
     def _on_tracks(self, msg) -> None:

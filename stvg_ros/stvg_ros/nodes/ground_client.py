@@ -87,12 +87,9 @@ class GroundClient:
             self._thread.start()
 
     def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
+        from stvg_ros.nodes.lifecycle import spin_until_shutdown
 
-        try:
-            self._executor.spin()
-        except ExternalShutdownException:
-            pass
+        spin_until_shutdown(self._executor)  # SIGINT/SIGTERM end it quietly, even mid-wait
 
     @property
     def service_name(self) -> str:

@@ -18,6 +18,7 @@ import importlib
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,14 +273,30 @@ class Graph:
                 pass
         except KeyboardInterrupt:
             pass
+        # An executor ended because SIGINT/SIGTERM shut the context down: rclpy's signal thread may still be
+        # finishing that shutdown; tearing the executors down meanwhile crashed the process (SIGSEGV).
+        import rclpy
+
+        deadline = time.monotonic() + 5.0
+        while rclpy.ok() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop every executor and wait for its thread, then destroy the nodes (each stops its own
         threads and frees its model first), newest first."""
-        for executor in self._executors:
-            executor.shutdown(timeout_sec=timeout_s)
+        import rclpy
+
+        if rclpy.ok():  # stopped by the caller: wake the executors
+            for executor in self._executors:
+                executor.shutdown(timeout_sec=timeout_s)
+        # else the context is already shut down (SIGINT/SIGTERM): the executors end by themselves, and
+        # shutting them down here raced rclpy's signal thread, which was still waking their guard
+        # conditions (SIGSEGV in `stvg-ros up` on Ctrl-C, about 1 run in 20 on a loaded machine)
         for thread in self._threads:
             thread.join(timeout=timeout_s)
+        for executor in self._executors:  # nothing spins any more: free their thread pools
+            executor.shutdown(timeout_sec=timeout_s)
         for node in reversed(self.nodes):
             try:
                 node.destroy_node()

@@ -6,6 +6,7 @@ Every wait has a timeout; processes are started in their own process group and k
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -94,6 +95,21 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
             return True
         time.sleep(interval_s)
     return bool(predicate())
+
+
+def wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> bool:
+    """True once `process` (stdout a pipe) prints the line `text`; False when it ends or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = process.stdout.readline()
+        if not line:
+            return False  # the process ended
+        if line.strip() == text:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------------------------

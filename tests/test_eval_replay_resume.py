@@ -5,15 +5,14 @@ and tracks, refuses to be mixed with a new replay, and `--resume` plays only the
 from __future__ import annotations
 
 import json
-import select
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from stvg_ros.evaluation.loaders import load_annotations
+from tests.ros_support import wait_for_line
 from tests.test_eval_replay_stub import STUB
 
 pytestmark = pytest.mark.ros
@@ -36,20 +35,6 @@ replay._Driver.ground = ground
 from stvg_ros.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
-
-
-def wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = process.stdout.readline()
-        if not line:
-            return False
-        if line.strip() == text:
-            return True
-    return False
 
 
 def lines(path) -> list[dict]:

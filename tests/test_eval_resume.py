@@ -7,18 +7,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from stvg_ros.evaluation import EvalError
 from stvg_ros.evaluation.predictions import Prediction
 from stvg_ros.evaluation.run_store import RunInterrupted, RunStore
+from tests.ros_support import wait_for_line
 
 LIMIT = 3  # videos per run: the interruption comes in the second
 
@@ -75,20 +74,6 @@ def lines(path) -> list[dict]:
 def stable(record: dict) -> dict:
     """A record without what differs between two runs of the same query (wall-clock timings)."""
     return {k: v for k, v in record.items() if k not in ("latency_s", "timings_ms")}
-
-
-def wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = process.stdout.readline()
-        if not line:
-            return False  # the process ended
-        if line.strip() == text:
-            return True
-    return False
 
 
 def test_a_run_stopped_by_sigterm_resumes_to_the_same_numbers(tmp_path, synth_dataset, tiny_detector, tiny_vlm):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+DISCOVERY_SETTLE_S = 0.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,9 +162,13 @@ class RosClient:
     # ------------------------------------------------------------- services and actions
 
     def service(self, srv_type, name: str, timeout_s: float):
+        """A client of `name` once the server is discovered, plus DISCOVERY_SETTLE_S: a reply sent
+        before the server matched the client's reply reader is dropped (ros2/rmw_fastrtps#842; a
+        `get_state` right after discovery went unanswered in CI)."""
         client = self.node.create_client(srv_type, name)
         if not client.wait_for_service(timeout_sec=timeout_s):
             raise TimeoutError(f"service {name} did not appear within {timeout_s} s")
+        time.sleep(DISCOVERY_SETTLE_S)
         return client
 
     @staticmethod
@@ -172,8 +177,18 @@ class RosClient:
             raise TimeoutError(f"no answer within {timeout_s} s")
         return future.result()
 
-    def call(self, client, request, timeout_s: float):
-        return self.result_of(client.call_async(request), timeout_s)
+    def call(self, client, request, timeout_s: float, *, idempotent: bool = False):
+        """The response within `timeout_s`. An `idempotent` request (a state or parameter read, a
+        parameter set) is sent again every third of `timeout_s` while unanswered: see `service`."""
+        if not idempotent:
+            return self.result_of(client.call_async(request), timeout_s)
+        futures = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            futures.append(client.call_async(request))
+            if wait_until(lambda: any(f.done() for f in futures), min(timeout_s / 3, deadline - time.monotonic())):
+                return next(f for f in futures if f.done()).result()
+        raise TimeoutError(f"no answer within {timeout_s} s ({len(futures)} requests sent)")
 
     def wait_active(self, node_name: str, timeout_s: float) -> bool:
         """True once the lifecycle node `node_name` (relative to the namespace) reports ACTIVE."""

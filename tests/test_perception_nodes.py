@@ -255,11 +255,11 @@ def test_compressed_input_and_lifecycle_transitions(tiny_detector, tmp_path):
     try:
         change = client.service(ChangeState, "tracker_node/change_state", timeout_s=60)
         state = client.service(GetState, "tracker_node/get_state", timeout_s=10)
-        assert client.call(state, GetState.Request(), 10).current_state.label == "unconfigured"
+        assert client.call(state, GetState.Request(), 10, idempotent=True).current_state.label == "unconfigured"
         for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
             request = ChangeState.Request(transition=Transition(id=transition))
             assert client.call(change, request, 60).success, tracker.log()
-        assert client.call(state, GetState.Request(), 10).current_state.label == "active"
+        assert client.call(state, GetState.Request(), 10, idempotent=True).current_state.label == "active"
         tracks = client.collect(TrackedObjectArray, "tracks", 50)
         publisher = client.node.create_publisher(CompressedImage, "image/compressed", 50)
         assert wait_until(lambda: publisher.get_subscription_count() > 0, 20), tracker.log()

@@ -180,7 +180,7 @@ def test_stvg_ros_up_starts_the_graph_with_remaps_namespace_and_overrides(tiny_d
         names = set(client.node.get_node_names_and_namespaces())
         assert {("tracker_node", "/up_test"), ("overlay_node", "/up_test"), ("grounding_node", "/up_test")} <= names
         get = client.service(GetParameters, "grounding_node/get_parameters", timeout_s=10)
-        values = client.call(get, GetParameters.Request(names=["use_sim_time", "n_threads", "model"]), 10).values
+        values = client.call(get, GetParameters.Request(names=["use_sim_time", "n_threads", "model"]), 10, idempotent=True).values
         assert values[0].bool_value is True and values[1].integer_value == 1
         assert values[2].string_value == str(tiny_vlm.gguf_q8_0)
     finally:

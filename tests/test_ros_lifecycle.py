@@ -43,7 +43,7 @@ def test_missing_model_fails_configure_clearly_and_the_node_recovers(tiny_vlm, t
         assert f"model file not found: {missing}" in log
         assert "Traceback" not in log
         get_state = client.service(GetState, "grounding_node/get_state", timeout_s=20)
-        assert client.call(get_state, GetState.Request(), 10).current_state.id == State.PRIMARY_STATE_UNCONFIGURED
+        assert client.call(get_state, GetState.Request(), 10, idempotent=True).current_state.id == State.PRIMARY_STATE_UNCONFIGURED
         assert node.alive()
         # No query interface while unconfigured.
         assert not client.node.create_client(Ground, "ground").wait_for_service(timeout_sec=1.0)
@@ -55,12 +55,12 @@ def test_missing_model_fails_configure_clearly_and_the_node_recovers(tiny_vlm, t
             _string_param("mmproj", str(tiny_vlm.mmproj_f32)),
             _string_param("image_transport", "compressed"),  # read on configure, like every parameter
         ]
-        assert all(r.successful for r in client.call(set_params, SetParameters.Request(parameters=fixed), 10).results)
+        assert all(r.successful for r in client.call(set_params, SetParameters.Request(parameters=fixed), 10, idempotent=True).results)
         change = client.service(ChangeState, "grounding_node/change_state", timeout_s=10)
         for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
             request = ChangeState.Request(transition=Transition(id=transition))
             assert client.call(change, request, 60).success, node.log()
-        assert client.call(get_state, GetState.Request(), 10).current_state.id == State.PRIMARY_STATE_ACTIVE
+        assert client.call(get_state, GetState.Request(), 10, idempotent=True).current_state.id == State.PRIMARY_STATE_ACTIVE
         ground = client.service(Ground, "ground", timeout_s=20)
         answer = client.call(ground, Ground.Request(query="the red circle"), 30).result
         assert not answer.success and f"{NAMESPACE}/image/compressed" in answer.message

@@ -152,13 +152,13 @@ def _set(client: RosClient, node: str, name: str, value) -> SetParametersResult:
     """Set one parameter of `node` over its SetParameters service; the node's answer."""
     service = client.service(SetParameters, f"{node}/set_parameters", timeout_s=20)
     request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
-    (result,) = client.call(service, request, 20).results
+    (result,) = client.call(service, request, 20, idempotent=True).results
     return result
 
 
 def _get(client: RosClient, node: str, name: str):
     service = client.service(GetParameters, f"{node}/get_parameters", timeout_s=20)
-    (value,) = client.call(service, GetParameters.Request(names=[name]), 20).values
+    (value,) = client.call(service, GetParameters.Request(names=[name]), 20, idempotent=True).values
     return parameter_value_to_python(value)
 
 
@@ -248,7 +248,7 @@ def test_a_parameter_read_on_configure_is_accepted_while_unconfigured(client, no
 def test_descriptors_say_range_read_only_and_when_a_change_applies(client, nodes):
     service = client.service(DescribeParameters, f"{GROUNDING}/describe_parameters", timeout_s=20)
     names = ["num_frames", "query_timeout_s", "backend", "autostart"]
-    described = client.call(service, DescribeParameters.Request(names=names), 20).descriptors
+    described = client.call(service, DescribeParameters.Request(names=names), 20, idempotent=True).descriptors
     num_frames, timeout, backend, autostart = described
     assert [(r.from_value, r.to_value) for r in num_frames.integer_range] == [(1, 256)]
     assert [(r.from_value, r.to_value) for r in timeout.floating_point_range] == [(0.1, 86400.0)]

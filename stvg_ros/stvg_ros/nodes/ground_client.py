@@ -44,6 +44,9 @@ class ActionAnswer:
     status: str  # "succeeded", "aborted", "canceled" or the numeric status
 
 
+DISCOVERY_SETTLE_S = 0.5  # see GroundClient.wait_ready
+
+
 def _wait(future, deadline: float, cancel_event: threading.Event | None = None) -> bool:
     """Poll until `future` is done (True), the deadline passes or `cancel_event` is set (False)."""
     while not future.done():
@@ -108,13 +111,20 @@ class GroundClient:
         return self._action
 
     def wait_ready(self, timeout_s: float, *, action: bool = False) -> bool:
-        """Whether the service (or the action server) appeared within `timeout_s`."""
+        """Whether the service (or the action server) appeared within `timeout_s`.
+
+        Once it appears, wait DISCOVERY_SETTLE_S more: the client sees the server's endpoints before
+        the server has matched the client's reply reader, and a reply sent in that gap is dropped
+        (rmw_fastrtps logs "failed to send response (timeout)"; ros2/rmw_fastrtps#842). A query is
+        minutes of VLM time, so it is never re-sent; the short wait makes the gap rare instead.
+        """
         ready = self.action.server_is_ready if action else self.service.service_is_ready
         deadline = time.monotonic() + timeout_s
         while not ready():
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+        time.sleep(DISCOVERY_SETTLE_S)
         return True
 
     def ask(self, query: str, window_s: float = 0.0, reasoning: int = REASONING_DEFAULT, *, timeout_s: float):

@@ -154,7 +154,15 @@ def _prepend(var, value):
         os.environ[var] = os.pathsep.join([value, *parts])
 
 
-if os.path.isdir(_INSTALL):
+def _sourced_elsewhere():
+    """A stvg_ros_msgs of another install space is sourced (setup.bash): that workspace wins."""
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix and not prefix.startswith(_INSTALL) and os.path.isdir(os.path.join(prefix, "share", "stvg_ros_msgs")):
+            return True
+    return False
+
+
+if os.path.isdir(_INSTALL) and not _sourced_elsewhere():
     for _pkg in ("stvg_ros", "stvg_ros_msgs"):
         _prepend("AMENT_PREFIX_PATH", os.path.join(_INSTALL, _pkg))
     _site = os.path.join(_INSTALL, "stvg_ros_msgs", "lib", "python3.11", "site-packages")

@@ -40,18 +40,26 @@ def _die_with_parent() -> None:
 class NodeProcess:
     """A child process (a node, `stvg-ros up`, a player) whose output goes to a log file."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict | None = None) -> None:
+    def __init__(
+        self, args: list[str], log_path: Path, env: dict | None = None, cwd: Path = REPO, *, inherit_env: bool = True
+    ) -> None:
+        """`env` is added to this process's environment, or with `inherit_env=False` is the whole of it."""
         self.args = args
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115
-        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+        child_env = {
+            **(os.environ if inherit_env else {}),
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
             args,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=child_env,
-            cwd=REPO,
+            cwd=cwd,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )

@@ -1,6 +1,6 @@
 """`stvg-ros bench soak` through the CLI: a short run of the whole graph, and an interrupted one.
 
-Each runs in a subprocess with the tiny models (.cache/models, built by the fixtures when missing)
+Each runs in a subprocess with the tiny models (the models folder, built by the fixtures when missing)
 and asserts the soak's invariants (every query answered or refused with a reason, none lost or hung,
 frames with tracks reported, the report files written) and that no process it started outlives it.
 """

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from stvg_ros.core import model_registry as registry
+from stvg_ros.core.paths import PACKAGED_MANIFESTS
 
 REPO = Path(__file__).resolve().parents[1]
 URL = "https://example.org/weights/hosted.bin"
@@ -55,8 +56,8 @@ def stvg_ros(*args: str, env: dict) -> subprocess.CompletedProcess:
     )
 
 
-def test_repo_manifests_parse_and_name_their_files():
-    manifests = registry.load_manifests([REPO / "models"])
+def test_packaged_manifests_parse_and_name_their_files():
+    manifests = registry.load_manifests([PACKAGED_MANIFESTS])
     assert {"yolo-synth-tiny", "yolo11n", "yolo11s"} <= set(manifests)
     tiny = manifests["yolo-synth-tiny"]
     assert tiny.kind == "detector" and {f.format for f in tiny.files} == {"pt", "onnx", "onnx-int8"}
@@ -64,6 +65,21 @@ def test_repo_manifests_parse_and_name_their_files():
 
 def test_a_local_path_is_used_as_is(models_env):
     assert registry.resolve(models_env["local"]) == models_env["local"].resolve()
+
+
+def test_the_models_folder_is_stvg_ros_models_else_the_user_cache_never_the_source_tree(monkeypatch, tmp_path):
+    from stvg_ros.core.paths import manifest_dirs, models_home
+
+    for name in ("STVG_ROS_MODELS", "STVG_CACHE", "STVG_MODELS_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert models_home() == tmp_path / "xdg" / "stvg_ros" / "models"
+    assert registry.model_cache_dir("yolo11n") == tmp_path / "xdg" / "stvg_ros" / "models" / "yolo11n"
+    monkeypatch.setenv("STVG_ROS_MODELS", str(tmp_path / "robot-models"))
+    assert models_home() == tmp_path / "robot-models"
+    assert manifest_dirs() == [tmp_path / "robot-models", PACKAGED_MANIFESTS]  # exported manifests win
+    with pytest.raises(registry.ModelFileMissing, match=str(tmp_path / "robot-models" / "yolo11n")):
+        registry.resolve("yolo11n")
 
 
 def test_a_file_in_the_cache_is_found(models_env):

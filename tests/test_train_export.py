@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from stvg_ros.core import model_registry
-from stvg_ros.core.paths import cache_dir, repo_root
+from stvg_ros.core.paths import PACKAGED_MANIFESTS, cache_dir
 from stvg_train.export import ExportOptions, export, merged_model_dir, sha256_of
 
 
@@ -67,7 +67,7 @@ def test_lora_merge_adds_the_adapter_to_the_base_weights(lora_adapter, tmp_path)
 
 def test_export_writes_quantized_gguf_detector_int8_and_manifests_that_load(lora_adapter, tiny_detector,
                                                                              synth_dataset, tmp_path):
-    models_before = sorted(p.name for p in (repo_root() / "models").iterdir()) if repo_root() else []
+    models_before = sorted(p.name for p in PACKAGED_MANIFESTS.iterdir())
     _, adapter = lora_adapter
     out = tmp_path / "models"
     result = export(ExportOptions(model_dir=str(adapter), out_dir=str(out), name="stvg-r1-test",
@@ -99,8 +99,7 @@ def test_export_writes_quantized_gguf_detector_int8_and_manifests_that_load(lora
     size = {f["quantization"]: f["bytes"] for f in files if f["role"] == "model"}
     assert size["Q4_K_M"] < size["Q8_0"]
     assert not list(out.glob(".*-work"))  # scratch folder removed
-    if repo_root():
-        assert sorted(p.name for p in (repo_root() / "models").iterdir()) == models_before
+    assert sorted(p.name for p in PACKAGED_MANIFESTS.iterdir()) == models_before
 
 
 def test_export_needs_calibration_frames_for_the_detector(lora_adapter, tiny_detector, tmp_path):
@@ -111,15 +110,14 @@ def test_export_needs_calibration_frames_for_the_detector(lora_adapter, tiny_det
 
 
 def test_rewriting_an_existing_manifest_keeps_what_the_export_cannot_know(tmp_path):
-    """Exporting over models/stvg-r1-7b-q4_k_m.yaml replaces its files and sha256 but keeps the released
-    checkpoint, license and how-to-get fields; the converter field names the converter's version."""
-    import shutil
-
+    """Exporting stvg-r1-7b-q4_k_m into an empty models folder starts from the package's manifest of that
+    name: its files and sha256 are replaced, the released checkpoint, license and how-to-get fields kept;
+    the converter field names the converter's version."""
     from stvg_ros.grounding.gguf import LLAMA_CPP_PYTHON_VERSION
     from stvg_train.export import _manifest_file, _write_manifest
 
     label = "stvg-r1-7b-q4_k_m"
-    shutil.copy(repo_root() / "models" / f"{label}.yaml", tmp_path / f"{label}.yaml")
+    assert not (tmp_path / f"{label}.yaml").exists()
     model = tmp_path / label / f"{label}.gguf"
     model.parent.mkdir()
     model.write_bytes(b"GGUF model")

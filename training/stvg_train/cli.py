@@ -124,7 +124,7 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="trained model -> GGUF (+ mmproj) -> Q8_0 / Q4_K_M; detector -> ONNX int8")
     p.add_argument("--model", required=True, help="trained model folder (a grpo output_dir or checkpoint)")
     p.add_argument("--base-model", default=None, help="base model for a LoRA adapter folder (default: from the adapter)")
-    p.add_argument("--out", default=None, help="output folder (default: <checkout>/models/<name>)")
+    p.add_argument("--out", default=None, help="output folder (default: $STVG_ROS_MODELS, else ~/.cache/stvg_ros/models)")
     p.add_argument("--name", default="stvg-r1-custom", help="name of the exported model (manifest name)")
     p.add_argument("--quant", nargs="+", default=["Q8_0", "Q4_K_M"], help="llama.cpp quantizations")
     p.add_argument("--detector", default=None, help="detector weights to export to ONNX (optional)")

@@ -158,18 +158,30 @@ def _manifest_file(path: Path, fmt: str, command: str, **extra: Any) -> dict[str
 KEPT_FIELDS = ("description", "parameters", "license", "checkpoint", "how_to_get")
 
 
+def _registered_manifest(name: str) -> Path | None:
+    """The manifest file the registry knows under `name` (e.g. the package's stvg-r1-7b-q4_k_m.yaml)."""
+    from stvg_ros.core import model_registry
+
+    try:
+        return model_registry.get_manifest(name).path
+    except model_registry.ModelRegistryError:
+        return None
+
+
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
-    """Write `<out>/<name>.yaml`. An existing manifest of that name (e.g. the checkout's models/) keeps
+    """Write `<out>/<name>.yaml`. An existing manifest of that name (in `out`, else the registry's, e.g. the package's) keeps
     its KEPT_FIELDS and any other field the export does not write; the export's own fields (files,
     sha256, converter version, ...) replace the old ones."""
     import yaml
 
     path = out / f"{manifest['name']}.yaml"
     header = (f"# Written by `stvg-train export` ({time.strftime('%Y-%m-%d %H:%M:%S')}). Files are in "
-              f"./{manifest['name']}/; copy both (this file and that folder) into a robot's models/.\n")
-    if path.is_file():
+              f"./{manifest['name']}/; copy both (this file and that folder) into a robot's models folder "
+              f"($STVG_ROS_MODELS or ~/.cache/stvg_ros/models).\n")
+    previous = path if path.is_file() else _registered_manifest(manifest["name"])
+    if previous is not None:
         try:
-            existing = yaml.safe_load(path.read_text())
+            existing = yaml.safe_load(previous.read_text())
         except yaml.YAMLError:
             existing = None  # unreadable: replaced as a whole
         if isinstance(existing, dict):
@@ -290,11 +302,11 @@ def export(opts: ExportOptions) -> dict[str, Any]:
 
 
 def default_out_dir_root() -> Path:
-    """<checkout>/models in a source checkout, else ./models."""
-    from stvg_ros.core.paths import repo_root
+    """The user's models folder (`paths.models_home()`: $STVG_ROS_MODELS or ~/.cache/stvg_ros/models),
+    where the registry finds the manifests and files; never the source or install tree."""
+    from stvg_ros.core.paths import models_home
 
-    root = repo_root()
-    return (root / "models") if root is not None else Path("models")
+    return models_home()
 
 
 def _check_manifests(out: Path, manifests: list[str]) -> None:

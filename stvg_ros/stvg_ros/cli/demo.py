@@ -3,7 +3,7 @@
 Offline and self-contained: it writes a synthetic scene (video + rosbag2), builds the tiny test
 models on first use (`yolo-synth-tiny` detector: perception.synthetic_detector, about 3 min on 2
 cores; `qwen25vl-tiny-random` VLM: grounding.tiny; both through the model registry's build hooks,
-cached under .cache/models/), starts tracker + overlay + grounding in this process (the graph of
+kept in the models folder, ~/.cache/stvg_ros/models/), starts tracker + overlay + grounding in this process (the graph of
 `stvg-ros up`), plays the bag into them with the player node, asks the scene's caption over the
 `ground` service, and writes:
 

@@ -15,7 +15,7 @@ A manifest (one YAML file per model, in `paths.manifest_dirs()`):
         source: {build: "stvg_ros.synthetic.detector:build"}   # or {url: ...} or {hf_repo, filename}
 
 `resolve(name_or_path)` looks, in order, at: an existing local path; the manifest folders
-(`<dir>/<name>/<file>`); the cache `cache_dir("models", name)`; a build function (models we make
+(`<dir>/<name>/<file>`); `model_cache_dir(name)` (`paths.models_home()/<name>`); a build function (models we make
 ourselves); a download (only when the machine is online and downloads are allowed). When nothing
 works it raises `ModelFileMissing`, whose message names the file and the command that gets it.
 Nothing is downloaded or built implicitly unless the caller allows it.
@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from stvg_ros.core.paths import cache_dir, manifest_dirs
+from stvg_ros.core.paths import manifest_dirs, models_home
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,10 @@ def get_manifest(name: str) -> ModelManifest:
 
 
 def model_cache_dir(name: str) -> Path:
-    return cache_dir("models", name)
+    """Where the files of model `name` are kept on this machine: `paths.models_home()/<name>`."""
+    path = models_home() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def offline_reason() -> str:

@@ -144,9 +144,10 @@ def test_the_installed_graph_answers_a_query(install_space, tiny_detector, tiny_
 def test_a_wheel_of_stvg_ros_carries_the_manifests(tmp_path):
     """`pip install` of a wheel (no source tree, no colcon): the manifests resolve and model files go to
     the models folder of the user, not into site-packages."""
-    wheel_dir, target = tmp_path / "wheels", tmp_path / "site"
+    wheel_dir, target, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "stvg_ros"
+    shutil.copytree(REPO / "stvg_ros", source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheel_dir), str(REPO / "stvg_ros")], capture_output=True, text=True, timeout=300)  # fmt: skip
+                            "-w", str(wheel_dir), str(source)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert built.returncode == 0, built.stderr
     (wheel,) = wheel_dir.glob("stvg_ros-*.whl")
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),

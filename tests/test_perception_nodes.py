@@ -197,6 +197,22 @@ def test_a_missing_model_fails_configure_with_the_file_name(tmp_path):
         tracker.stop()
 
 
+def test_the_default_detector_is_the_real_object_one_and_its_absence_says_how_to_get_it(tmp_path):
+    """With no detector given, the tracker loads yolo11n (COCO); offline and not pulled, configure fails
+    with the command that gets it (the synthetic detector is only ever an explicit choice)."""
+    tracker = NodeProcess.python(
+        ros_args("stvg_ros.nodes.tracker_node", f"{NAMESPACE}_default"), tmp_path / "tracker.log",
+        env={"STVG_ROS_MODELS": str(tmp_path / "empty-models"), "STVG_OFFLINE": "1"},
+    )  # fmt: skip
+    try:
+        assert tracker.wait_for_log("configure failed", 60), tracker.log()
+        log = tracker.log()
+        assert "'yolo11n'" in log and "stvg-ros models pull yolo11n" in log and "Traceback" not in log
+        assert "yolo-synth-tiny" not in log
+    finally:
+        tracker.stop()
+
+
 # --------------------------------------------------------------------------------------------
 # Parameter files, docs and visualisation configs match the node schemas
 

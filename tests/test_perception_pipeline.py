@@ -127,7 +127,7 @@ def test_config_from_node_parameters_and_files():
 
     node_file = yaml.safe_load((CONFIG_DIR / "tracker.yaml").read_text())
     config = perception_config_from(node_file)
-    assert config.model == "yolo-synth-tiny" and config.precision == "int8" and config.tracker.reid_max_gap_s == 3.0
+    assert config.model == "yolo11n" and config.precision == "int8" and config.tracker.reid_max_gap_s == 3.0
     assert config == TrackerParams().perception_config()
     assert perception_config_from({**node_file, "model": "other.onnx"}).model == "other.onnx"  # CLI override
     config = perception_config_from({"model": "x.onnx", "reid_max_gap_s": 2.5, "detect_every": 2})

@@ -45,8 +45,9 @@ PRECISIONS = ("int8", "fp32")
 class PerceptionConfig:
     """Everything that makes a perception pipeline."""
 
-    #: manifest name in models/ (e.g. yolo-synth-tiny, yolo11n) or a .onnx / .pt / .yaml path
-    model: str = "yolo-synth-tiny"
+    #: manifest name (yolo11n: COCO, for real cameras; yolo-synth-tiny: synthetic scenes only) or a
+    #: .onnx / .pt / .yaml path
+    model: str = "yolo11n"
     #: onnx (ONNX Runtime, default on CPU) or ultralytics (torch)
     backend: str = "onnx"
     #: onnx backend: int8 (static QDQ, faster on CPU) or fp32

@@ -108,20 +108,39 @@ def tracks_from_msg(msg):
     )
 
 
+def detection2d_fields(tracks, class_names: Sequence[str] = ()) -> list[dict]:
+    """What `detections` carries for each tracked object (ROS-free): `id` (the track ID as a string),
+    box `center`/`size`, hypothesis `class_id` (a name when known) and `score`. vision_msgs has no
+    "predicted" flag, so a box the tracker predicted without a detection on this frame gets score 0.0:
+    a consumer that thresholds scores drops it, and `tracks` (TrackedObject.detected) says it exactly."""
+    fields = []
+    for i in range(len(tracks)):
+        x1, y1, x2, y2 = (float(v) for v in tracks.xyxy[i])
+        class_id = int(tracks.class_id[i])
+        detected = bool(tracks.detected[i])
+        fields.append({
+            "id": str(int(tracks.track_id[i])),
+            "center": ((x1 + x2) / 2, (y1 + y2) / 2),
+            "size": (x2 - x1, y2 - y1),
+            "class_id": class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id),
+            "score": float(tracks.score[i]) if detected else 0.0,
+            "detected": detected,
+        })  # fmt: skip
+    return fields
+
+
 def tracks_to_detection2d(tracks, header, class_names: Sequence[str] = ()):
-    """Tracks -> vision_msgs/Detection2DArray (track ID in `Detection2D.id`) with `header`; needs vision_msgs."""
+    """Tracks -> vision_msgs/Detection2DArray with `header` (fields: `detection2d_fields`); needs vision_msgs."""
     from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose  # optional package
 
     out = Detection2DArray(header=header)
-    for i in range(len(tracks)):
-        x1, y1, x2, y2 = (float(v) for v in tracks.xyxy[i])
-        det = Detection2D(header=header, id=str(int(tracks.track_id[i])))
-        det.bbox.center.position.x, det.bbox.center.position.y = (x1 + x2) / 2, (y1 + y2) / 2
-        det.bbox.size_x, det.bbox.size_y = x2 - x1, y2 - y1
+    for fields in detection2d_fields(tracks, class_names):
+        det = Detection2D(header=header, id=fields["id"])
+        det.bbox.center.position.x, det.bbox.center.position.y = fields["center"]
+        det.bbox.size_x, det.bbox.size_y = fields["size"]
         hypothesis = ObjectHypothesisWithPose()
-        class_id = int(tracks.class_id[i])
-        hypothesis.hypothesis.class_id = class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
-        hypothesis.hypothesis.score = float(tracks.score[i])
+        hypothesis.hypothesis.class_id = fields["class_id"]
+        hypothesis.hypothesis.score = fields["score"]
         det.results.append(hypothesis)
         out.detections.append(det)
     return out

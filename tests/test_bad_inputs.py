@@ -58,6 +58,8 @@ def assert_one_clear_line(err: str, *fragments: str) -> None:
         (None, ["-p", "tracker_node:allow_pickle=maybe"], ["'allow_pickle'", "must be bool"]),
         (None, ["-p", "tracker_node:precision=int4"], ["'precision'", "is not one of"]),
         (None, ["-p", "tracker_node:conf=5.0"], ["tracker_node", "conf must be in [0.0, 1.0], got 5.0"]),
+        (None, ["--cameras", "front=/f/image_raw,front=/r/image_raw"], ["cameras: 'front' is given twice"]),
+        (None, ["--cameras", "front"], ["expected NAME=TOPIC"]),
     ],
 )
 def test_up_refuses_bad_parameters_before_starting(capsys, tmp_path, params_text, args, expected):

@@ -250,6 +250,28 @@ def test_rviz_and_foxglove_configs_show_the_annotated_image():
     assert "Image!stvgids" in json.dumps(layout["layout"])
 
 
+def test_viz_configs_follow_the_namespace_and_camera(tmp_path):
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from stvg_ros.nodes.viz_configs import write_viz_configs
+
+    paths = write_viz_configs(tmp_path, "robot/front", "/front/color/image_raw", label="front")
+    rviz = yaml.safe_load(paths["rviz"].read_text())
+    assert [d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"]] == [
+        "/robot/front/image_annotated", "/front/color/image_raw"]  # fmt: skip
+    panels = json.loads(paths["foxglove"].read_text())["configById"]
+    assert panels["RawMessages!stvgtracks"]["topicPath"] == "/robot/front/tracks"
+    assert panels["RawMessages!stvgresult"]["topicPath"] == "/robot/front/grounding_result"
+    assert panels["Image!stvgcam"]["imageMode"]["imageTopic"] == "/front/color/image_raw"
+    assert panels["DiagnosticSummary!stvgdiag"]["topicToRender"] == "/diagnostics"  # global, not moved
+    single = write_viz_configs(tmp_path / "one", "", "/camera/image_raw")
+    package = Path(__file__).resolve().parents[1] / "stvg_ros" / "config" / "stvg_ros_foxglove.json"
+    assert json.loads(single["foxglove"].read_text()) == json.loads(package.read_text())  # the default graph's
+
+
 def test_compressed_input_and_lifecycle_transitions(tiny_detector, tmp_path):
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState

@@ -499,3 +499,44 @@ def test_every_parameter_table_is_generated_from_its_schema(schema, doc):
 
     table = params.parameters_markdown(getattr(params, schema))
     assert table in (REPO / doc).read_text(), f"{doc}: paste stvg_ros.nodes.params.parameters_markdown({schema})"
+
+
+def test_cameras_start_a_tracker_and_overlay_per_camera_and_one_grounding_node(monkeypatch):
+    actions = _actions(monkeypatch, cameras="front=/front/image_raw, rear=/rear/image_raw", namespace="robot")
+    nodes = [a for a in actions if isinstance(a, _Node)]
+    assert [(n.kwargs["namespace"], n.kwargs["name"]) for n in nodes] == [
+        ("/robot/front", "tracker_node"), ("/robot/front", "overlay_node"),
+        ("/robot/rear", "tracker_node"), ("/robot/rear", "overlay_node"), ("/robot", "grounding_node"),
+    ]  # fmt: skip
+    front_tracker, rear_overlay, grounding = nodes[0].kwargs, nodes[3].kwargs, nodes[-1].kwargs
+    assert ("image", "/front/image_raw") in front_tracker["remappings"]
+    assert ("image/compressed", "/rear/image_raw/compressed") in rear_overlay["remappings"]
+    assert {"use_sim_time": False, "autostart": False, "camera": "front"} in front_tracker["parameters"]
+    assert {"use_sim_time": False, "autostart": False, "cameras": ["front", "rear"]} in grounding["parameters"]
+    assert {("front/image", "/front/image_raw"), ("rear/image", "/rear/image_raw"),
+            ("rear/image/compressed", "/rear/image_raw/compressed")} <= set(grounding["remappings"])  # fmt: skip
+    assert sum(isinstance(a, _EmitEvent) for a in actions) == len(nodes)  # launch brings each one up
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("front", "expected NAME=TOPIC"), ("1cam=/a", "not a valid camera name"), ("a=/x,a=/y", "given twice"),
+     (" , ", "no camera given")],
+)  # fmt: skip
+def test_bad_cameras_are_refused_with_the_reason(monkeypatch, text, problem):
+    from stvg_ros.nodes.graph import parse_cameras
+
+    with pytest.raises(ValueError, match=problem):
+        parse_cameras(text)
+    with pytest.raises(ValueError, match=problem):  # the launch file refuses it the same way
+        _actions(monkeypatch, cameras=text)
+
+
+def test_rviz_true_starts_one_rviz_per_camera_on_that_cameras_topics(monkeypatch):
+    actions = _actions(monkeypatch, cameras="front=/front/image_raw,rear=/rear/image_raw", namespace="robot", rviz="true")
+    rviz = [a for a in actions if isinstance(a, _Node) and a.kwargs["executable"] == "rviz2"]
+    assert [r.kwargs["name"] for r in rviz] == ["rviz_front", "rviz_rear"]
+    config = yaml.safe_load(Path(rviz[1].kwargs["arguments"][1]).read_text())
+    topics = {d["Topic"]["Value"] for d in config["Visualization Manager"]["Displays"]}
+    assert topics == {"/robot/rear/image_annotated", "/rear/image_raw"}
+    assert not [a for a in _actions(monkeypatch) if isinstance(a, _Node) and a.kwargs["executable"] == "rviz2"]

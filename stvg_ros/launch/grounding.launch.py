@@ -4,6 +4,11 @@
     ros2 launch stvg_ros grounding.launch.py namespace:=front backend:=http model:=stvg-r1-7b-q4_k_m
     ros2 launch stvg_ros grounding.launch.py params_file:=/path/robot.yaml overlay:=false use_sim_time:=true
     ros2 launch stvg_ros grounding.launch.py autostart:=false   # a lifecycle manager brings them up
+    ros2 launch stvg_ros grounding.launch.py cameras:=front=/front/image_raw,rear=/rear/image_raw
+
+`cameras` (NAME=TOPIC,...) runs several cameras on one model: a tracker (and overlay) per camera in
+<namespace>/NAME, and one grounding node in <namespace> serving NAME/ground for each camera
+(stvg_ros.nodes.graph.place_nodes, as `stvg-ros up --cameras`); `camera_topic` is then unused.
 
 The node list comes from stvg_ros.nodes.graph.GRAPH_NODES, the same list `stvg-ros up` starts in
 one process. Each node gets, in this order: its own file in the package's config/, the
@@ -41,13 +46,20 @@ from launch.actions import (
 from launch.conditions import IfCondition
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import LifecycleNode
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
 from stvg_ros.nodes.dds import large_image_dds_settings
-from stvg_ros.nodes.graph import DEFAULT_CAMERA_TOPIC, IMAGE_TOPIC, graph_nodes, node_params_file
+from stvg_ros.nodes.graph import (
+    DEFAULT_CAMERA_TOPIC,
+    graph_nodes,
+    image_remaps,
+    node_params_file,
+    parse_cameras,
+    place_nodes,
+)
 
 TRUE_VALUES = ("true", "1", "yes", "on")
 
@@ -55,6 +67,7 @@ TRUE_VALUES = ("true", "1", "yes", "on")
 ARGUMENTS = (
     ("camera_topic", DEFAULT_CAMERA_TOPIC, "camera image topic (sensor_msgs/Image) the graph listens to", None),
     ("namespace", "", "namespace of all nodes, e.g. one per camera", None),
+    ("cameras", "", "several cameras, one model: NAME=TOPIC,NAME=TOPIC (empty: the one camera_topic)", None),
     ("params_file", "", "ROS parameters file applied to every node after its config/<node>.yaml (empty: none)", None),
     (
         "backend",
@@ -66,6 +79,7 @@ ARGUMENTS = (
     ("use_sim_time", "false", "use /clock (rosbag replay with --clock)", ["true", "false"]),
     ("overlay", "true", "start the overlay node (annotated image with the IDs the model sees)", ["true", "false"]),
     ("log_level", "info", "log level of all nodes", ["debug", "info", "warn", "error"]),
+    ("rviz", "false", "start RViz 2 per camera with a config whose topics follow namespace/cameras", ["true", "false"]),
     (
         "autostart",
         "true",
@@ -112,25 +126,30 @@ def _nodes(context, *args, **kwargs):
     overlay = _value("overlay", context).lower() in TRUE_VALUES
     autostart = _value("autostart", context).lower() in TRUE_VALUES
     grounding_overrides = {key: _value(key, context) for key in ("backend", "model") if _value(key, context)}
-    remappings = [
-        (IMAGE_TOPIC, camera_topic),
-        (f"{IMAGE_TOPIC}/compressed", camera_topic.rstrip("/") + "/compressed"),
-    ]
-    actions = [LogInfo(msg=f"stvg_ros: camera {camera_topic}, parameters file {params_file or '(package defaults)'}")]
-    for spec in graph_nodes(overlay=overlay):
+    namespace = _value("namespace", context)
+    if cameras := _value("cameras", context):
+        # (spec, namespace, remappings, parameters of its own) per node: one tracker/overlay per camera
+        placed = [(p.spec, p.namespace, list(p.remaps), dict(p.params))
+                  for p in place_nodes(parse_cameras(cameras), namespace, overlay)]  # fmt: skip
+        where = f"cameras {cameras}"
+    else:
+        placed = [(spec, namespace, image_remaps(camera_topic), {}) for spec in graph_nodes(overlay=overlay)]
+        where = f"camera {camera_topic}"
+    actions = [LogInfo(msg=f"stvg_ros: {where}, parameters file {params_file or '(package defaults)'}")]
+    for spec, node_namespace, remappings, own_params in placed:
         own_file = node_params_file(spec)
         parameters = [str(own_file)] if own_file is not None else []
         if params_file:
             parameters.append(params_file)
         # autostart false: the node does not bring itself up; launch or a lifecycle manager does.
-        parameters.append({"use_sim_time": use_sim_time, "autostart": False})
+        parameters.append({"use_sim_time": use_sim_time, "autostart": False, **own_params})
         if spec.name == "grounding_node" and grounding_overrides:
             parameters.append(grounding_overrides)
         node = LifecycleNode(
             package="stvg_ros",
             executable=spec.executable,
             name=spec.name,
-            namespace=_value("namespace", context),
+            namespace=node_namespace,
             parameters=parameters,
             remappings=remappings,
             ros_arguments=["--log-level", _value("log_level", context)],
@@ -140,7 +159,25 @@ def _nodes(context, *args, **kwargs):
         actions.append(node)
         if autostart:
             actions.extend(_bring_up(node))
+    if _value("rviz", context).lower() in TRUE_VALUES:
+        actions.extend(_rviz(namespace, camera_topic, cameras))
     return actions
+
+
+def _rviz(namespace: str, camera_topic: str, cameras: str) -> list:
+    """An RViz 2 per camera, each with the package's config moved to that camera's topics."""
+    import tempfile
+
+    from stvg_ros.nodes.viz_configs import write_viz_configs
+
+    out_dir = tempfile.mkdtemp(prefix="stvg-rviz-")
+    root = namespace.strip("/")
+    views = [(f"{root}/{c.name}", c.topic, c.name) for c in parse_cameras(cameras)] if cameras else [(root, camera_topic, "")]
+    return [
+        Node(package="rviz2", executable="rviz2", name=f"rviz_{label}" if label else "rviz", output="screen",
+             arguments=["-d", str(write_viz_configs(out_dir, where, topic, label)["rviz"])])
+        for where, topic, label in views
+    ]  # fmt: skip
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -13,6 +13,7 @@ from stvg_ros.nodes.graph import (
     DEFAULT_CAMERA_TOPIC,
     check_graph_parameters,
     graph_parameters,
+    parse_cameras,
     parse_overrides,
     run_graph,
 )
@@ -32,8 +33,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     parser.add_argument("--camera-topic", default=DEFAULT_CAMERA_TOPIC, help="camera image topic (sensor_msgs/Image)")
     parser.add_argument("--namespace", default="", help="namespace of all nodes (e.g. one per camera)")
+    parser.add_argument(
+        "--cameras",
+        metavar="NAME=TOPIC,...",
+        help="several cameras, one model: a tracker (and overlay) per camera in <namespace>/NAME and one "
+        "grounding node serving NAME/ground for each (replaces --camera-topic)",
+    )
     parser.add_argument("--backend", choices=VLM_BACKENDS, help="grounding backend")
     parser.add_argument("--model", help="grounding model: manifest name or path")
+    parser.add_argument(
+        "--viz-dir",
+        metavar="DIR",
+        help="write RViz and Foxglove configs whose topics follow --namespace/--cameras into DIR (one pair per camera)",
+    )
     parser.add_argument("--use-sim-time", action="store_true", help="use /clock (bag replay)")
     parser.add_argument("--no-overlay", action="store_true", help="do not start the overlay node")
     parser.add_argument(
@@ -63,9 +75,12 @@ def run(args: argparse.Namespace) -> int:
             grounding["model"] = args.model
         # a missing or malformed --params file, a typo in a name, a wrong value: say so before ROS starts
         check_graph_parameters(graph_parameters(args.params, overrides))
+        cameras = parse_cameras(args.cameras) if args.cameras else None
     except ValueError as exc:
         print(f"stvg-ros up: error: {exc}", file=sys.stderr)
         return 2
+    if args.viz_dir:
+        _write_viz_configs(args.viz_dir, args.namespace, cameras, args.camera_topic)
     return run_graph(
         params_file=args.params,
         camera_topic=args.camera_topic,
@@ -74,4 +89,18 @@ def run(args: argparse.Namespace) -> int:
         overlay=not args.no_overlay,
         overrides=overrides,
         large_image_dds=args.large_image_dds,
+        cameras=cameras,
     )
+
+
+def _write_viz_configs(out_dir: str, namespace: str, cameras, camera_topic: str) -> None:
+    """One RViz + Foxglove config per camera, topics under that camera's namespace; paths printed."""
+    from stvg_ros.nodes.viz_configs import write_viz_configs
+
+    root = namespace.strip("/")
+    if cameras:
+        written = [write_viz_configs(out_dir, f"{root}/{c.name}", c.topic, label=c.name) for c in cameras]
+    else:
+        written = [write_viz_configs(out_dir, root, camera_topic)]
+    for paths in written:
+        print(f"rviz2 -d {paths['rviz']}   # Foxglove: import {paths['foxglove']}", flush=True)

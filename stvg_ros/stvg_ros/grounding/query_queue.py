@@ -53,6 +53,7 @@ class QueryJob:
     outcome: Any = None  # grounding.pipeline.GroundingOutcome once it ran
     error: str = ""  # why it did not run or failed outside the pipeline
     note: str = ""  # said with the answer (e.g. the buffered frames are old: the camera stopped)
+    camera: str = ""  # which camera's history `snapshot` is (a node serving several cameras)
     min_step: float = 0.05
     _updates: deque = field(default_factory=lambda: deque([("queued", 0.0)], maxlen=64))
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -65,6 +65,87 @@ GRAPH_NODES: tuple[GraphNode, ...] = (
 PLAYER_NODE = GraphNode("player_node", "player_node", "stvg_ros.nodes.player_node", "PlayerNode")
 
 
+@dataclass(frozen=True)
+class Camera:
+    """One camera of a multi-camera graph: a name (a ROS name token: its nodes' namespace and the
+    prefix of the grounding node's topics for it) and its image topic."""
+
+    name: str
+    topic: str
+
+
+def parse_cameras(text: str) -> list[Camera]:
+    """`front=/front/image_raw,rear=/rear/image_raw` (`stvg-ros up --cameras`, launch `cameras:=`) ->
+    cameras; ValueError naming the item for a missing topic, a name that is not a ROS name token
+    (letters, digits, _; not starting with a digit) or a name given twice."""
+    import re
+
+    cameras: list[Camera] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, topic = (x.strip() for x in item.partition("="))
+        if not sep or not topic:
+            raise ValueError(f"cameras: {item!r}: expected NAME=TOPIC, e.g. front=/front/image_raw")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"cameras: {name!r} is not a valid camera name (letters, digits and _; no leading digit)")
+        if any(c.name == name for c in cameras):
+            raise ValueError(f"cameras: {name!r} is given twice")
+        cameras.append(Camera(name, topic))
+    if not cameras:
+        raise ValueError("cameras: no camera given (expected NAME=TOPIC[,NAME=TOPIC...])")
+    return cameras
+
+
+def image_remaps(camera_topic: str, prefix: str = "") -> list[tuple[str, str]]:
+    """`<prefix>image` -> the camera topic, and image_transport's compressed sub-topic after it."""
+    return [(f"{prefix}{IMAGE_TOPIC}", camera_topic),
+            (f"{prefix}{IMAGE_TOPIC}/compressed", camera_topic.rstrip("/") + "/compressed")]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PlacedNode:
+    """A node of a multi-camera graph as it is started: namespace, remaps and parameters of its own."""
+
+    spec: GraphNode
+    namespace: str  # absolute ("/" + ...), or "" for the root
+    remaps: tuple[tuple[str, str], ...]
+    params: tuple[tuple[str, Any], ...]  # set after the parameters files (camera names)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def ros_args(self) -> list[str]:
+        """Node-level `--ros-args` (namespace, remaps, parameters) for a node built in this process."""
+        args = ["--ros-args"]
+        if self.namespace:
+            args += ["-r", f"__ns:={self.namespace}"]
+        for src, dst in self.remaps:
+            args += ["-r", f"{src}:={dst}"]
+        for key, value in self.params:
+            args += ["-p", f"{key}:={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"]
+        return args
+
+
+def place_nodes(cameras: list[Camera], namespace: str = "", overlay: bool = True) -> list[PlacedNode]:
+    """The graph for several cameras sharing one model: per camera a tracker (and overlay) in
+    <namespace>/<camera> on that camera's topic (tracker parameter `camera` set), and one grounding
+    node in <namespace> with `cameras` set and <camera>/image remapped to each camera's topic."""
+    root = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    placed = []
+    for camera in cameras:
+        for spec in graph_nodes(overlay):
+            if spec.name == "grounding_node":
+                continue
+            params = (("camera", camera.name),) if spec.name == "tracker_node" else ()
+            placed.append(PlacedNode(spec, f"{root}/{camera.name}", tuple(image_remaps(camera.topic)), params))
+    grounding = next(spec for spec in GRAPH_NODES if spec.name == "grounding_node")
+    remaps = tuple(r for camera in cameras for r in image_remaps(camera.topic, f"{camera.name}/"))
+    placed.append(PlacedNode(grounding, root, remaps, (("cameras", [c.name for c in cameras]),)))
+    return placed
+
+
 def graph_nodes(overlay: bool = True) -> list[GraphNode]:
     """The nodes to start; `overlay=False` leaves the overlay node out."""
     switches = {"overlay": overlay}
@@ -209,8 +290,8 @@ class Graph:
     the nodes. Extra nodes (a player, a client) can be added with `add()` after `build()`.
     """
 
-    def __init__(self, nodes: Iterable[GraphNode], autostart: bool = True) -> None:
-        self.specs = list(nodes)
+    def __init__(self, nodes: Iterable[GraphNode | PlacedNode], autostart: bool = True) -> None:
+        self.specs = list(nodes)  # a PlacedNode is built with its own namespace, remaps and parameters
         self.autostart = autostart
         self.nodes: list = []
         self.failed: list[str] = []  # names of nodes whose configure/activate failed
@@ -220,13 +301,14 @@ class Graph:
         self._stopped = threading.Event()
 
     def build(self) -> Graph:
-        for spec in self.specs:
+        for item in self.specs:
+            spec = item.spec if isinstance(item, PlacedNode) else item
             cls = getattr(importlib.import_module(spec.module), spec.class_name)
-            self.nodes.append(cls())
+            self.nodes.append(cls(cli_args=item.ros_args()) if isinstance(item, PlacedNode) else cls())
         if self.autostart:
             for spec, node in zip(self.specs, self.nodes, strict=True):
                 if hasattr(node, "trigger_configure") and not autostart(node):
-                    self.failed.append(spec.name)
+                    self.failed.append(node.get_fully_qualified_name() if isinstance(spec, PlacedNode) else spec.name)
         for node in list(self.nodes):
             self._add_executor(node)
         return self
@@ -316,8 +398,12 @@ def run_graph(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     remaps: Iterable[tuple[str, str]] = (),
     large_image_dds: bool = False,
+    cameras: list[Camera] | None = None,
 ) -> int:
     """Start the graph in this process and spin until SIGINT/SIGTERM; 0 on a clean stop.
+
+    `cameras` (two or more): one tracker (and overlay) per camera and one grounding node for all
+    (`place_nodes`); `camera_topic` is then unused.
 
     `large_image_dds` applies the package's Fast DDS profile to this process (see
     nodes.dds.large_image_dds_settings); otherwise the environment's transports stand.
@@ -330,12 +416,17 @@ def run_graph(
     merged = merged_params_file(params_file, overrides)
     if large_image_dds and not use_large_image_dds():
         log.info("--large-image-dds: the environment already chooses the Fast DDS transports; keeping them")
-    rclpy.init(args=ros_arguments(merged, camera_topic, namespace, use_sim_time, remaps))
-    graph = Graph(graph_nodes(overlay))
+    if cameras:
+        rclpy.init(args=ros_arguments(merged, use_sim_time=use_sim_time, remaps=remaps))
+        graph = Graph(place_nodes(cameras, namespace, overlay))
+    else:
+        rclpy.init(args=ros_arguments(merged, camera_topic, namespace, use_sim_time, remaps))
+        graph = Graph(graph_nodes(overlay))
     try:
         graph.build()
-        names = ", ".join(spec.name for spec in graph.specs)
-        log.info("graph up: %s (camera %s, namespace %r)", names, camera_topic, namespace or "/")
+        names = ", ".join(node.get_fully_qualified_name() for node in graph.nodes)
+        where = ", ".join(f"{c.name} {c.topic}" for c in cameras) if cameras else camera_topic
+        log.info("graph up: %s (cameras: %s)", names, where)
         if graph.failed:
             log.error(
                 "not active: %s (see the errors above); fix the parameters and use the lifecycle services "

@@ -72,11 +72,11 @@ def ns_to_stamp(stamp_ns: int):
     return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
 
 
-def tracks_to_msg(tracks, header, class_names: Sequence[str] = ()):
+def tracks_to_msg(tracks, header, class_names: Sequence[str] = (), camera: str = ""):
     """Tracks -> stvg_ros_msgs/TrackedObjectArray with `header` (the source image's, unchanged)."""
     from stvg_ros_msgs.msg import TrackedObject, TrackedObjectArray
 
-    out = TrackedObjectArray(header=header)
+    out = TrackedObjectArray(header=header, camera=camera)
     for i in range(len(tracks)):
         class_id = int(tracks.class_id[i])
         x1, y1, x2, y2 = (float(v) for v in tracks.xyxy[i])
@@ -152,14 +152,14 @@ def image_size(msg) -> tuple[int, int] | None:
     return (width, height) if width > 0 and height > 0 else None
 
 
-def result_msg(outcome, query: str, frame_id: str, now):
+def result_msg(outcome, query: str, frame_id: str, now, camera: str = ""):
     """GroundingOutcome (pipeline) -> stvg_ros_msgs/GroundingResult; `now` stamps the answer."""
     from std_msgs.msg import Header
 
     from stvg_ros_msgs.msg import GroundingResult, TubeBox
 
     msg = GroundingResult(
-        query=query, success=bool(outcome.success), message=str(outcome.message or ""), model=str(outcome.model)
+        camera=camera, query=query, success=bool(outcome.success), message=str(outcome.message or ""), model=str(outcome.model)
     )
     msg.header.stamp, msg.header.frame_id = now, frame_id
     msg.target_id = int(outcome.target_id) if outcome.success and outcome.target_id is not None else -1
@@ -187,7 +187,7 @@ def result_msg(outcome, query: str, frame_id: str, now):
     return msg
 
 
-def target_msg(update, header):
+def target_msg(update, header, camera: str = ""):
     """TargetUpdate (grounding/query_queue.py) -> stvg_ros_msgs/Target with `header`."""
     from stvg_ros_msgs.msg import Target
 
@@ -195,7 +195,7 @@ def target_msg(update, header):
              "stopped": Target.STATUS_STOPPED}  # fmt: skip
     box = update.box if update.box is not None else np.zeros(4, np.float32)
     return Target(
-        header=header, target_id=int(update.target_id), query=update.query, status=codes[update.status],
+        header=header, camera=camera, target_id=int(update.target_id), query=update.query, status=codes[update.status],
         seconds_since_seen=float(update.seconds_since_seen),
         x1=float(box[0]), y1=float(box[1]), x2=float(box[2]), y2=float(box[3]),
     )  # fmt: skip

@@ -215,6 +215,10 @@ class TrackerParams:
         "configure and activate in the node's own process on start (false: launch or a lifecycle manager does)",
         read_only=True,
     )
+    camera: str = param(
+        "", "camera name written into every tracks message (multi-camera graphs set it; IDs are per camera)",
+        read_only=True,
+    )  # fmt: skip
     detector: str = param(_P.model, "detector: model manifest name (models/*.yaml) or a .onnx/.pt/.yaml path")
     backend: str = param(_P.backend, "detector runtime: ONNX Runtime or ultralytics (torch)", choices=DETECTOR_BACKENDS)
     precision: str = param(_P.precision, "ONNX file to load: static int8 (faster on CPU) or fp32", choices=PRECISIONS)
@@ -369,6 +373,11 @@ class GroundingParams:
         "configure and activate in the node's own process on start (false: launch or a lifecycle manager does)",
         read_only=True,
     )
+    cameras: list[str] = dataclasses.field(
+        default_factory=list,
+        metadata={"description": "cameras served by this node's one model: each NAME gets NAME/image, NAME/tracks, "
+                  "NAME/ground, NAME/target, ... (empty: one camera on image, tracks, ground, ...)", "read_only": True},
+    )  # fmt: skip
     backend: str = param("llama_cpp", "VLM backend", choices=VLM_BACKENDS)
     model: str = param(
         "stvg-r1-7b-q4_k_m",

@@ -208,7 +208,7 @@ class TrackerNode(LifecycleNode):
             names = self.pipeline.class_names
         if not self.context.ok():  # shut down while this frame was processed (SIGINT/SIGTERM): nothing to publish
             return
-        self._tracks_pub.publish(tracks_to_msg(tracks, msg.header, names))
+        self._tracks_pub.publish(tracks_to_msg(tracks, msg.header, names, self.params.camera))
         if self._det_pub is not None:
             self._det_pub.publish(tracks_to_detection2d(tracks, msg.header, names))
         self._output.tick()

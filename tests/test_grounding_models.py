@@ -110,6 +110,38 @@ def test_transformers_backend_feeds_clips_as_the_model_was_trained(tiny_vlm, tmp
     assert backend.use_video is expected
 
 
+def test_every_path_samples_frames_and_pixels_as_the_model_was_trained(tiny_vlm, tmp_path, monkeypatch):
+    """A manifest's recorded input format reaches the backend (llama.cpp here; the transformers and http
+    backends get it the same way in make_backend) and sets the pipeline's frame count and pixel budget,
+    also after a live change of num_frames; nothing recorded leaves the configured values."""
+    import shutil
+
+    from stvg_ros.grounding.pipeline import GroundingConfig, GroundingPipeline, with_recorded_input_format
+
+    manifests = tmp_path / "manifests"
+    (manifests / "trained-q8_0").mkdir(parents=True)
+    shutil.copy(tiny_vlm.gguf_q8_0, manifests / "trained-q8_0" / "trained-q8_0.gguf")
+    shutil.copy(tiny_vlm.mmproj_f32, manifests / "trained-q8_0" / "mmproj-trained.gguf")
+    record = {"representation": "images", "frames_per_clip": [6], "max_pixels_per_frame": 112 * 112,
+              "min_pixels_per_frame": 28 * 28}  # fmt: skip
+    (manifests / "trained-q8_0.yaml").write_text(json.dumps({
+        "name": "trained-q8_0", "kind": "vlm", "input_format": record,
+        "files": [{"name": "trained-q8_0.gguf", "format": "gguf"},
+                  {"name": "mmproj-trained.gguf", "format": "mmproj", "matches": "trained-q8_0.gguf"}]}))  # fmt: skip
+    monkeypatch.setenv("STVG_MODELS_PATH", str(manifests))
+    backend = make_backend("llama_cpp", model="trained-q8_0", load=False)
+    assert backend.input_format == record
+    pipeline = GroundingPipeline(backend, GroundingConfig(num_frames=16))
+    assert (pipeline.config.num_frames, pipeline.config.max_pixels, pipeline.config.min_pixels) == (6, 12544, 784)
+    pipeline.config = GroundingConfig(num_frames=8)  # a live parameter change: the record still wins
+    assert pipeline.config.num_frames == 6
+    plain = GroundingPipeline(make_backend("llama_cpp", model=str(tiny_vlm.gguf_q8_0), mmproj=str(tiny_vlm.mmproj_f32),
+                                           load=False), GroundingConfig(num_frames=8))  # fmt: skip
+    assert plain.config.num_frames == 8 and plain.backend.input_format == {}
+    config, notes = with_recorded_input_format(GroundingConfig(num_frames=6), {"frames_per_clip": [4, 6]})
+    assert config.num_frames == 6 and notes == []  # the longest clip it saw; already so
+
+
 def test_an_unreadable_input_format_record_is_a_clear_load_error(tiny_vlm, tmp_path):
     from stvg_ros.grounding.backends.models import INPUT_FORMAT_FILE
 

@@ -138,15 +138,53 @@ class _CancelOrDeadline:
         return self.cancelled() or self.timed_out()
 
 
+def with_recorded_input_format(config: GroundingConfig, recorded: dict) -> tuple[GroundingConfig, list[str]]:
+    """`config` with the frame count and pixel budget a model was trained with (its manifest's
+    `input_format`, backends.models.recorded_input_format), and what changed, one line each. A model
+    sees clips the way it learnt them: the recorded values win over num_frames / max_pixels."""
+    import dataclasses
+
+    changes: dict = {}
+    frames = [int(n) for n in recorded.get("frames_per_clip") or [] if int(n) > 0]
+    if frames and config.num_frames != max(frames):
+        changes["num_frames"] = max(frames)
+    for key, field_name in (("max_pixels_per_frame", "max_pixels"), ("min_pixels_per_frame", "min_pixels")):
+        value = recorded.get(key)
+        if isinstance(value, int) and value > 0 and getattr(config, field_name) != value:
+            changes[field_name] = value
+    if changes.get("min_pixels", config.min_pixels) > changes.get("max_pixels", config.max_pixels):
+        changes.pop("min_pixels", None)  # a record with only a smaller max keeps a valid pair
+        changes["min_pixels"] = min(config.min_pixels, changes.get("max_pixels", config.max_pixels))
+    notes = [f"{k} {getattr(config, k)} -> {v} (the model's recorded input format)" for k, v in changes.items()]
+    return (dataclasses.replace(config, **changes) if changes else config), notes
+
+
 class GroundingPipeline:
-    """Answers GroundingRequests over ClipSnapshots with one VLM backend. Thread-safe."""
+    """Answers GroundingRequests over ClipSnapshots with one VLM backend. Thread-safe.
+
+    The backend's `input_format` (recorded at training; {} for a released checkpoint) sets the frame
+    count and pixel budget: `config` always holds the values queries use (`with_recorded_input_format`).
+    """
 
     def __init__(self, backend, config: GroundingConfig | None = None) -> None:
         self.backend = backend
+        self._config = GroundingConfig()
         self.config = config or GroundingConfig()
         self._lock = threading.Lock()
         # Raises Sam2Unavailable when SAM2 refinement is enabled but cannot run (package or checkpoint).
         self.anchors: AnchorProvider | None = self.config.anchors or build_mask_anchors(self.config.sam2)
+
+    @property
+    def config(self) -> GroundingConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: GroundingConfig) -> None:
+        recorded = getattr(self.backend, "input_format", None)
+        config, notes = with_recorded_input_format(config, recorded if isinstance(recorded, dict) else {})
+        for note in notes:
+            log.warning("%s: %s", self.model_name or "model", note)
+        self._config = config
 
     @property
     def model_name(self) -> str:

@@ -155,6 +155,8 @@ def make_backend(kind: str, settings: BackendSettings | None = None, *, load: bo
         picked = {k: extra[k] for k in http_extras if k in extra}
         backend = HttpBackend(files["endpoint"], model=files["model"], model_name=files["name"],
                               timeout_s=settings.timeout_s, **picked)  # fmt: skip
+    # How the model was trained to see clips (GroundingPipeline samples and resizes frames to match).
+    backend.input_format = recorded_input_format(files["name"], files.get("model") if kind == "transformers" else None)
     if load:
         backend.load()
     return backend

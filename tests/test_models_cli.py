@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,9 @@ def test_the_models_folder_is_stvg_ros_models_else_the_user_cache_never_the_sour
     assert manifest_dirs() == [tmp_path / "robot-models", PACKAGED_MANIFESTS]  # exported manifests win
     with pytest.raises(registry.ModelFileMissing, match=str(tmp_path / "robot-models" / "yolo11n")):
         registry.resolve("yolo11n")
+    monkeypatch.delenv("STVG_ROS_MODELS")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-home")  # no writable home: a per-user temporary folder
+    assert models_home() == Path(tempfile.gettempdir()) / f"stvg_ros-{os.getuid()}" / "models"
 
 
 def test_a_file_in_the_cache_is_found(models_env):

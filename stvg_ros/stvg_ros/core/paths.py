@@ -22,7 +22,18 @@ def repo_root() -> Path | None:
 
 
 def _user_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stvg_ros"
+    """$XDG_CACHE_HOME/stvg_ros (~/.cache/stvg_ros); a per-user temporary folder when there is no
+    writable home (a service account, a read-only image)."""
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stvg_ros"
+        base.mkdir(parents=True, exist_ok=True)
+        if os.access(base, os.W_OK):
+            return base
+    except (OSError, RuntimeError):  # RuntimeError: no home directory at all
+        pass
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"stvg_ros-{os.getuid()}"
 
 
 def cache_dir(*parts: str) -> Path:

@@ -1,7 +1,8 @@
-"""Multi-object tracking: ultralytics ByteTrack, plus re-association of lost tracks after occlusion.
+"""Multi-object tracking: ByteTrack, plus re-association of lost tracks after occlusion.
 
-ByteTrack (`ultralytics.trackers.byte_tracker.BYTETracker`) does the frame-to-frame association.
-On top of it this module adds what a grounding model needs from IDs:
+ByteTrack (`stvg_ros.perception.bytetrack.ByteTracker`, our numpy implementation: no torch, no
+ultralytics) does the frame-to-frame association. On top of it this module adds what a grounding
+model needs from IDs:
 
 - **Public IDs**: small integers handed out in order of first appearance, unique per camera and
   never reused, even after `reset()` (ByteTrack's internal IDs skip numbers).
@@ -27,13 +28,13 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from stvg_ros.core.types import Tracks
+from stvg_ros.perception.bytetrack import ByteTracker, Track, iou_matrix
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +111,6 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(a * b).sum())
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
 # --------------------------------------------------------------------------------------------
 # Public tracks
 
@@ -193,24 +183,11 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(p - (a + t * ab)))
 
 
-class _Detections:
-    """The results-like object BYTETracker.update() reads: conf, cls, xywh, xyxy, len, bool indexing."""
-
-    def __init__(self, xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray) -> None:
-        self.xyxy = xyxy.astype(np.float32)
-        self.conf = conf.astype(np.float32)
-        self.cls = cls.astype(np.float32)
-
-    @property
-    def xywh(self) -> np.ndarray:
-        wh = self.xyxy[:, 2:] - self.xyxy[:, :2]
-        return np.concatenate([self.xyxy[:, :2] + wh / 2, wh], axis=1)
-
-    def __len__(self) -> int:
-        return len(self.xyxy)
-
-    def __getitem__(self, index) -> _Detections:
-        return _Detections(self.xyxy[index], self.conf[index], self.cls[index])
+def _rows(tracks: list[Track]) -> np.ndarray:
+    """(N, 8) float32 rows of ByteTrack tracks: Kalman box (x0, y0, x1, y1), internal ID, score,
+    class, index of the detection last matched."""
+    rows = [[*t.xyxy, t.track_id, t.score, t.class_id, t.det_index] for t in tracks]
+    return np.asarray(rows, np.float32).reshape(-1, 8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,10 +212,8 @@ class Tracker:
     # ---- state
 
     def _reset_state(self) -> None:
-        from ultralytics.trackers.byte_tracker import BYTETracker
-
         c = self.config
-        args = SimpleNamespace(
+        self._byte = ByteTracker(
             track_high_thresh=c.track_high_thresh,
             track_low_thresh=c.track_low_thresh,
             new_track_thresh=c.new_track_thresh,
@@ -246,7 +221,6 @@ class Tracker:
             match_thresh=c.match_thresh,
             fuse_score=c.fuse_score,
         )
-        self._byte = BYTETracker(args)
         self._public_of: dict[int, int] = {}  # ByteTrack id -> public id
         self._tracks: dict[int, _PublicTrack] = {}  # public id -> memory (live and lost)
         self._last_stamp: int | None = None
@@ -314,17 +288,12 @@ class Tracker:
             return 1
         self._intervals.append(dt / (1 + max(0, int(skipped))))
         self._last_stamp = stamp_ns
-        self._byte.max_frames_lost = max(1, round(c.lost_buffer_s / self.frame_interval_s))
+        self._byte.track_buffer = max(1, round(c.lost_buffer_s / self.frame_interval_s))
         return int(np.clip(round(dt / self.frame_interval_s), 1, 30))
 
     def _coast(self, steps: int) -> None:
         """Advance the Kalman filters of live and lost tracks by `steps` frames without detections."""
-        from ultralytics.trackers.byte_tracker import STrack
-
-        pool = [t for t in self._byte.tracked_stracks if t.is_activated] + self._byte.lost_stracks
-        for _ in range(steps):
-            self._byte.frame_id += 1
-            STrack.multi_predict(pool)
+        self._byte.coast(steps)
 
     # ---- public API
 
@@ -335,7 +304,7 @@ class Tracker:
         if steps is None:
             return self._last_output[np.arange(len(self._last_output))]
         self._coast(steps)
-        live = [t for t in self._byte.tracked_stracks if t.is_activated and t.track_id in self._public_of]
+        live = [t for t in self._byte.tracked_stracks if t.confirmed and t.track_id in self._public_of]
         if not live:
             self._last_output = Tracks.empty()
             return self._last_output
@@ -344,7 +313,7 @@ class Tracker:
             xyxy=xyxy,
             track_id=np.asarray([self._public_of[t.track_id] for t in live], np.int64),
             score=np.asarray([t.score for t in live], np.float32),
-            class_id=np.asarray([int(t.cls) for t in live], np.int32),
+            class_id=np.asarray([t.class_id for t in live], np.int32),
             detected=np.zeros(len(live), bool),
         )
         self._last_output = _clip(out, image_size)
@@ -360,8 +329,7 @@ class Tracker:
         if steps > 1:
             self._coast(steps - 1)
         detections = self._sanitize(detections)
-        rows = self._byte.update(_Detections(detections.xyxy, detections.score, detections.class_id))
-        rows = np.asarray(rows, np.float32).reshape(-1, 8)
+        rows = _rows(self._byte.update(detections.xyxy, detections.score, detections.class_id))
         rows = self._revive_from_low_scores(stamp_ns, rows, detections, rgb)
         image_size = (rgb.shape[1], rgb.shape[0]) if rgb is not None else None
         out = self._publish(stamp_ns, rows, detections, rgb)
@@ -432,7 +400,7 @@ class Tracker:
         if not len(candidates):
             return rows
         if len(rows):  # a weak box on top of a track is that object, not another one
-            candidates = candidates[_iou_matrix(detections.xyxy[candidates], rows[:, :4]).max(axis=1) < 0.3]
+            candidates = candidates[iou_matrix(detections.xyxy[candidates], rows[:, :4]).max(axis=1) < 0.3]
         live_public = {self._public_of[int(t)] for t in rows[:, 4] if int(t) in self._public_of}
         lost = self._lost_memories(stamp_ns, live_public)
         if not len(candidates) or not lost:
@@ -443,26 +411,17 @@ class Tracker:
         )
         if not matches:
             return rows
-        from ultralytics.trackers.byte_tracker import STrack
-
         revived = []
         for a, memory in matches.items():
             d = int(candidates[a])
-            x0, y0, x1, y1 = (float(v) for v in detections.xyxy[d])
-            track = STrack(
-                np.array([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, d]),
-                float(detections.score[d]),
-                float(detections.class_id[d]),
+            # Confirmed at once, so that low-score detections keep it (ByteTrack's second association).
+            track = self._byte.start_track(
+                detections.xyxy[d], detections.score[d], detections.class_id[d], d, confirmed=True
             )
-            if hasattr(self._byte, "_ids"):  # internal IDs are per tracker in this ultralytics version
-                track.next_id = self._byte._ids.__next__
-            track.activate(self._byte.kalman_filter, self._byte.frame_id)
-            track.is_activated = True  # confirmed: low-score detections keep it (ByteTrack's 2nd stage)
-            self._byte.tracked_stracks.append(track)
             self._take_over(track.track_id, memory.public_id)
             self.stats["low_score_revivals"] += 1
-            revived.append(track.result)
-        return np.concatenate([rows, np.asarray(revived, np.float32).reshape(-1, 8)])
+            revived.append(track)
+        return np.concatenate([rows, _rows(revived)])
 
     def _assign_public_ids(
         self,
@@ -543,7 +502,7 @@ class Tracker:
         stale = [i for i, p in self._public_of.items() if p == public_id]
         for ident in stale:
             del self._public_of[ident]
-        self._byte.lost_stracks = [t for t in self._byte.lost_stracks if t.track_id not in stale]
+        self._byte.drop_lost(set(stale))
 
     def _forget(self, stamp_ns: int, live: set[int]) -> None:
         """Drop mappings of tracks ByteTrack removed, then memories older than the re-association
@@ -563,7 +522,7 @@ def _isolated(xyxy: np.ndarray, max_iou: float = 0.1) -> np.ndarray:
         return np.ones(len(xyxy), bool)
     if len(xyxy) > 400:  # quadratic; crowds this large get no appearance updates
         return np.zeros(len(xyxy), bool)
-    iou = _iou_matrix(xyxy, xyxy)
+    iou = iou_matrix(xyxy, xyxy)
     np.fill_diagonal(iou, 0)
     return iou.max(axis=1) <= max_iou
 

@@ -70,6 +70,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     run.add_argument("--videos", required=True, help="folder with the video files (name = video id + extension)")
     run.add_argument("--annotations", required=True)
     run.add_argument("--out", required=True, help="output folder")
+    run.add_argument("--baseline", choices=("random", "most-visible"), default=None,
+                     help="answer with a trivial baseline instead of the model (no model is loaded): a random "
+                          "track ID, or the most visible track, with the whole video as the span")  # fmt: skip
     common(run)
     add_run_arguments(run)
 
@@ -147,6 +150,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         frame_tolerance=args.frame_tolerance,
         progress=not args.no_progress,
         resume=args.resume,
+        baseline=(args.baseline or "").replace("-", "_"),
     )
 
 

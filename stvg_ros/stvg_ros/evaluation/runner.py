@@ -39,6 +39,7 @@ from stvg_ros.core.model_registry import ModelRegistryError
 from stvg_ros.core.prompt import QueryError, normalize_query
 from stvg_ros.core.types import Tracks, frame_stamp_ns
 from stvg_ros.core.video_io import VideoError, iter_video, video_info
+from stvg_ros.evaluation.baselines import baseline_prediction
 from stvg_ros.evaluation.errors import EvalError
 from stvg_ros.evaluation.loaders import AnnotationSet, Query, find_video, load_annotations
 from stvg_ros.evaluation.predictions import Prediction, query_record, span_indices
@@ -78,6 +79,7 @@ class RunConfig:
     frame_tolerance: int = 0  # allowed |decoded frames - annotated frames|
     progress: bool = True
     resume: bool = False  # continue the run in `out` (run_store)
+    baseline: str = ""  # random | most_visible: a trivial baseline answers instead of the model (baselines.py)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,15 +155,16 @@ def frame_count(kind: str, path: Path) -> int:
 # the run
 
 
-def build_pipeline(perception: PerceptionConfig | None, grounding: GroundingParams) -> OfflinePipeline:
+def build_pipeline(
+    perception: PerceptionConfig | None, grounding: GroundingParams, with_model: bool = True
+) -> OfflinePipeline:
     """The OfflinePipeline of the tracker's PerceptionConfig (None: no detector) and the grounding
     node's parameters, made as the nodes make their parts (the buffer is the node's; `video_buffer`
-    resizes it per video); a missing or unloadable model becomes one clear EvalError."""
+    resizes it per video); a missing or unloadable model becomes one clear EvalError. Without
+    `with_model` (a baseline run) no model is loaded."""
+    backend = (lambda: make_backend(grounding.backend, **asdict(grounding.backend_settings()))) if with_model else None
     try:
-        return OfflinePipeline(
-            perception, grounding.buffer_config(), grounding.grounding_config(),
-            backend=lambda: make_backend(grounding.backend, **asdict(grounding.backend_settings())),
-        )  # fmt: skip
+        return OfflinePipeline(perception, grounding.buffer_config(), grounding.grounding_config(), backend=backend)
     except (ModelLoadError, ModelRegistryError, DetectorError, Sam2Unavailable) as exc:
         raise EvalError(f"cannot load a model: {exc}") from None
 
@@ -255,6 +258,7 @@ def run_fingerprint(config: RunConfig, params: dict[str, dict]) -> dict:
         "perception": config.perception,
         "limit": config.limit,
         "frame_tolerance": config.frame_tolerance,
+        "baseline": config.baseline,
         "parameters": {node: params.get(node, {}) for node in ("tracker_node", "grounding_node")},
     }
 
@@ -313,8 +317,8 @@ def run_dataset(config: RunConfig) -> dict:
         "perception": config.perception,
         "perception_fps": round(stats["frames"] / perception_s, 2) if perception_s > 0 else None,
         "mean_query_latency_s": round(float(np.mean(store.latencies)), 3) if store.latencies else None,
-        "backend": grounding.backend,
-        "model": grounding.model,
+        "backend": "baseline" if config.baseline else grounding.backend,
+        "model": f"baseline:{config.baseline}" if config.baseline else grounding.model,
         "resumed_queries": store.resumed,
     }
     write_report(config.out, summary, subset, predictions)
@@ -343,7 +347,7 @@ def _run_videos(config: RunConfig, store: RunStore, videos: list[str], by_video:
     """Perception and grounding of `videos`, committing each finished query and video to `store`."""
     if not videos:
         return  # a resumed run that had finished: nothing to load
-    pipeline = build_pipeline(tracker if config.perception == "tracker" else None, grounding)
+    pipeline = build_pipeline(tracker if config.perception == "tracker" else None, grounding, not config.baseline)
     node_buffer = pipeline.buffer_config
     set_next_track_id(pipeline, store.state.get("next_track_id"))
     total = sum(frames_of_video[v] for v in videos)
@@ -358,6 +362,7 @@ def _run_videos(config: RunConfig, store: RunStore, videos: list[str], by_video:
                 pipeline.reset(video_buffer(node_buffer, first))
                 frame_of: dict[int, int] = {}
                 stamps: list[int] = []
+                tracks_by_frame: dict[int, Tracks] = {}  # kept for a baseline only
                 video_start_ns = None
                 for index, stamp, frame_id, rgb in iter_frames(kind, path, first.fps):
                     video_start_ns = stamp if video_start_ns is None else video_start_ns
@@ -370,6 +375,8 @@ def _run_videos(config: RunConfig, store: RunStore, videos: list[str], by_video:
                         pipeline.feed_tracks(stamp, rgb, frame_tracks, frame_id)
                     frame = first.to_annotation(index)
                     frame_of[stamp] = frame
+                    if config.baseline:
+                        tracks_by_frame[frame] = frame_tracks
                     stamps.append(stamp)
                     # the ceiling gets the tracks as tracks.jsonl has them (a resumed run reads them back)
                     row = track_file.write(video_id, frame, frame_tracks.track_id, frame_tracks.xyxy, stamp)
@@ -382,6 +389,12 @@ def _run_videos(config: RunConfig, store: RunStore, videos: list[str], by_video:
                         continue
                     tick = time.monotonic()
                     outcome, error = None, ""
+                    if config.baseline:
+                        prediction = baseline_prediction(config.baseline, query, tracks_by_frame)
+                        record = _record(query, prediction, None, time.monotonic() - tick)
+                        store.add(prediction, {**record, "success": not prediction.empty,
+                                               "model": f"baseline:{config.baseline}"})  # fmt: skip
+                        continue
                     try:
                         request = GroundingRequest(query=normalize_query(query.caption), window_s=0.0)
                         outcome = pipeline.ground(request)

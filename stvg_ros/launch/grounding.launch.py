@@ -168,15 +168,14 @@ def _rviz(namespace: str, camera_topic: str, cameras: str) -> list:
     """An RViz 2 per camera, each with the package's config moved to that camera's topics."""
     import tempfile
 
-    from stvg_ros.nodes.viz_configs import write_viz_configs
+    from stvg_ros.nodes.viz_configs import write_graph_viz_configs
 
     out_dir = tempfile.mkdtemp(prefix="stvg-rviz-")
-    root = namespace.strip("/")
-    views = [(f"{root}/{c.name}", c.topic, c.name) for c in parse_cameras(cameras)] if cameras else [(root, camera_topic, "")]
+    views = write_graph_viz_configs(out_dir, namespace, parse_cameras(cameras) if cameras else None, camera_topic)
     return [
         Node(package="rviz2", executable="rviz2", name=f"rviz_{label}" if label else "rviz", output="screen",
-             arguments=["-d", str(write_viz_configs(out_dir, where, topic, label)["rviz"])])
-        for where, topic, label in views
+             arguments=["-d", str(paths["rviz"])])
+        for label, paths in views
     ]  # fmt: skip
 
 

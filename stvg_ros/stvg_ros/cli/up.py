@@ -95,12 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_viz_configs(out_dir: str, namespace: str, cameras, camera_topic: str) -> None:
     """One RViz + Foxglove config per camera, topics under that camera's namespace; paths printed."""
-    from stvg_ros.nodes.viz_configs import write_viz_configs
+    from stvg_ros.nodes.viz_configs import write_graph_viz_configs
 
-    root = namespace.strip("/")
-    if cameras:
-        written = [write_viz_configs(out_dir, f"{root}/{c.name}", c.topic, label=c.name) for c in cameras]
-    else:
-        written = [write_viz_configs(out_dir, root, camera_topic)]
-    for paths in written:
+    for _, paths in write_graph_viz_configs(out_dir, namespace, cameras, camera_topic):
         print(f"rviz2 -d {paths['rviz']}   # Foxglove: import {paths['foxglove']}", flush=True)

@@ -264,11 +264,7 @@ def ros_arguments(
 ) -> list[str]:
     """The `--ros-args` that give in-process nodes what the launch file gives its nodes."""
     args = ["--ros-args", "--params-file", str(params_file)]
-    if camera_topic:
-        args += ["-r", f"{IMAGE_TOPIC}:={camera_topic}"]
-        # image_transport's compressed sub-topic follows the camera topic.
-        args += ["-r", f"{IMAGE_TOPIC}/compressed:={camera_topic.rstrip('/')}/compressed"]
-    for src, dst in remaps:
+    for src, dst in [*(image_remaps(camera_topic) if camera_topic else []), *remaps]:
         args += ["-r", f"{src}:={dst}"]
     if namespace:
         args += ["-r", f"__ns:={'/' + namespace.strip('/')}"]

@@ -52,3 +52,14 @@ def write_viz_configs(out_dir: str | Path, namespace: str, camera_topic: str, la
     paths["rviz"].write_text(header + yaml.safe_dump(rviz, sort_keys=False))
     paths["foxglove"].write_text(json.dumps(foxglove, indent=2) + "\n")
     return paths
+
+
+def write_graph_viz_configs(
+    out_dir: str | Path, namespace: str, cameras: list | None, camera_topic: str
+) -> list[tuple[str, dict[str, Path]]]:
+    """(camera name, `write_viz_configs` paths) for each camera of a graph: `cameras` (graph.Camera,
+    topics under <namespace>/<name>), or the single camera on `camera_topic` (name "")."""
+    root = namespace.strip("/")
+    if cameras:
+        return [(c.name, write_viz_configs(out_dir, f"{root}/{c.name}", c.topic, label=c.name)) for c in cameras]
+    return [("", write_viz_configs(out_dir, root, camera_topic))]

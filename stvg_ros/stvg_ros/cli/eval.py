@@ -4,7 +4,7 @@
                         [--frame-ids decoded|one_based] [--json]
     stvg-ros eval run --videos DIR --annotations A --out DIR [--backend B --model M] [--resume]
     stvg-ros eval replay --bag B --sidecar S --out DIR [--resume]
-    stvg-ros eval make-set --out DIR --level occlusion [--count N --seed S]
+    stvg-ros eval make-set --out DIR --level occlusion [--count N --seed S] [--paraphrase]
 
 Bad input ends with exit code 2 and one line on stderr (`stvg-ros eval: error: ...`).
 """
@@ -122,6 +122,8 @@ def add_make_set_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries-per-video", type=int, default=1, help="queries per scene (default 1)")
     parser.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3", help="bag storage")
     parser.add_argument("--no-bags", action="store_true", help="videos and annotations only")
+    parser.add_argument("--paraphrase", action="store_true",
+                        help="also write annotations_paraphrased.json: the same queries with reworded captions")  # fmt: skip
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
@@ -264,7 +266,8 @@ def _replay(args: argparse.Namespace) -> int:
 def _make_set(args: argparse.Namespace) -> int:
     manifest = make_set(args.out, level=args.level, count=args.count, seed=args.seed, seconds=args.seconds,
                         fps=args.fps, width=args.width, height=args.height, objects=args.objects,
-                        queries_per_video=args.queries_per_video, storage=args.storage, bags=not args.no_bags)
+                        queries_per_video=args.queries_per_video, storage=args.storage, bags=not args.no_bags,
+                        paraphrase=args.paraphrase)  # fmt: skip
     if args.json:
         json.dump(manifest, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")

@@ -7,7 +7,9 @@
     DIR/annotations.json (HC-STVG v2 + fps, target_id), DIR/queries.json, DIR/index.json,
     DIR/sidecars/<name>.json (what `eval replay` needs per bag), DIR/benchset.json (this manifest),
     DIR/gt_predictions.json (the ground truth written as predictions: scores 1 under `tubedetr` and
-    `hcstvg_official`, a check of any evaluation set-up).
+    `hcstvg_official`, a check of any evaluation set-up), and with `--paraphrase`
+    DIR/annotations_paraphrased.json (annotations.json with its captions reworded,
+    `synthetic/paraphrase.py`: does a model generalise beyond the caption templates?).
 
 Levels: easy, occlusion (the target is fully hidden for a while), distractors (look-alikes),
 crossing (paths cross), mixed (cycles through the four).
@@ -28,6 +30,7 @@ from stvg_ros.evaluation.predictions import Prediction, save_predictions
 
 LEVELS = ("easy", "occlusion", "distractors", "crossing", "mixed")
 MANIFEST = "benchset.json"
+PARAPHRASED = "annotations_paraphrased.json"
 DEFAULT_TOPIC = "/camera/image_raw"
 
 
@@ -69,8 +72,12 @@ def make_set(
     queries_per_video: int = 1,
     storage: str = "sqlite3",
     bags: bool = True,
+    paraphrase: bool = False,
 ) -> dict:
-    """Write the set and return its manifest (also saved as DIR/benchset.json)."""
+    """Write the set and return its manifest (also saved as DIR/benchset.json).
+
+    `paraphrase`: also write annotations_paraphrased.json (the same queries, captions reworded,
+    seeded from `seed`), listed in the manifest as `annotations_paraphrased`."""
     from stvg_ros.evaluation.loaders import load_annotations
     from stvg_ros.synthetic.scenes import SceneSpec, write_dataset
 
@@ -97,6 +104,10 @@ def make_set(
             path.write_text(json.dumps(sidecar, indent=1) + "\n")
             sidecars.append(str(path.relative_to(root)))
     save_predictions(root / "gt_predictions.json", gt_predictions(annotations))
+    if paraphrase:
+        from stvg_ros.synthetic.paraphrase import paraphrase_annotations
+
+        paraphrase_annotations(root / "annotations.json", root / PARAPHRASED, seed)
     manifest = {
         "root": str(root),
         "level": level,
@@ -106,6 +117,7 @@ def make_set(
         "n_queries": len(annotations),
         "difficulties": list(index.difficulties),
         "annotations": "annotations.json",
+        **({"annotations_paraphrased": PARAPHRASED} if paraphrase else {}),
         "videos": "videos",
         "bags": [str(b.relative_to(root)) for b in index.bags],
         "sidecars": sidecars,

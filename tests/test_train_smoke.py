@@ -74,7 +74,7 @@ def test_smoke_runs_the_whole_training_path(tmp_path, tiny_detector):
 def test_every_subcommand_has_help(capsys):
     from stvg_train.cli import COMMANDS, main
 
-    assert set(COMMANDS) == {"prep", "grpo", "export", "smoke"}
+    assert set(COMMANDS) == {"prep", "grpo", "export", "smoke", "recipe"}
     for name in COMMANDS:
         with pytest.raises(SystemExit) as done:
             main([name, "--help"])

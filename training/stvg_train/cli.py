@@ -177,11 +177,28 @@ def _run_smoke(args) -> int:
     return 0 if result["ok"] else 1
 
 
+def _add_recipe(sub) -> None:
+    p = sub.add_parser("recipe", help="train our small STVG model from scratch on synthetic scenes (all stages)")
+    p.add_argument("recipe", help="recipe name (synth-small) or a recipe YAML file")
+    p.add_argument("--work-dir", required=True, help="where every stage writes (rerun to resume)")
+    p.add_argument("--stages", nargs="+", default=None, help="run only these stages (default: all, in order)")
+    p.add_argument("--redo", nargs="+", default=None, help="run these stages again even if finished")
+    p.add_argument("--json", action="store_true")
+
+
+def _run_recipe(args) -> int:
+    from stvg_train.recipe import run_recipe
+
+    _emit(run_recipe(args.recipe, args.work_dir, stages=args.stages, redo=args.redo), args.json)
+    return 0
+
+
 COMMANDS = {
     "prep": (_add_prep, _run_prep),
     "grpo": (_add_grpo, _run_grpo),
     "export": (_add_export, _run_export),
     "smoke": (_add_smoke, _run_smoke),
+    "recipe": (_add_recipe, _run_recipe),
 }
 
 

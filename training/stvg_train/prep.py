@@ -158,6 +158,9 @@ class PrepOptions:
     resume: bool = True
     #: Torch threads per worker (tiny models run fastest on one thread per process).
     threads: int = 1
+    #: [low, high]: each video's track IDs start at a number drawn from this range (seeded by the video
+    #: id), as on a robot or in `stvg-ros eval`, where IDs keep counting from clip to clip; None: from 1.
+    first_track_id: tuple[int, int] | None = None
 
 
 @dataclass
@@ -250,15 +253,28 @@ class PerceivedVideo:
     start_ns: int  # stamp of frame 0 (`frame_stamp_ns`)
 
 
+def first_track_id(video_id: str, id_range: tuple[int, int] | None) -> int:
+    """The first track ID of a video: 1, or a number from `id_range` seeded by the video id."""
+    if not id_range:
+        return 1
+    low, high = int(id_range[0]), int(id_range[1])
+    seed = int.from_bytes(hashlib.sha256(video_id.encode()).digest()[:8], "little")
+    return int(np.random.default_rng(seed).integers(low, high + 1))
+
+
 def perceive_video(video_path: str | Path, perception_config: PerceptionConfig, *,
-                   sample_fps: float = BufferConfig.sample_fps, fps: float | None = None) -> PerceivedVideo:
-    """Run a video through a fresh perception pipeline (fresh IDs) into a ClipBuffer, as the robot does:
-    every frame goes to the tracker and to the buffer (which keeps frames at `sample_fps`)."""
+                   sample_fps: float = BufferConfig.sample_fps, fps: float | None = None,
+                   first_id: int = 1) -> PerceivedVideo:
+    """Run a video through a fresh perception pipeline (IDs from `first_id`) into a ClipBuffer, as the
+    robot does: every frame goes to the tracker and to the buffer (which keeps frames at `sample_fps`)."""
     info = video_info(video_path)
     fps = float(fps or info.fps)
     # the grounding node's buffer, but holding the whole video (1 GiB): each sample is sampled from all of it
     buffer = replace(BufferConfig(), max_seconds=info.frames / fps + 1.0, sample_fps=sample_fps, max_mb=1024.0)
     pipeline = OfflinePipeline(perception_config, buffer)
+    tracker = getattr(pipeline.perception, "tracker", None)
+    if first_id != 1 and tracker is not None:
+        tracker.continue_ids_from(first_id)
     frame_tracks: dict[int, Tracks] = {}
     stamp_to_frame: dict[int, int] = {}
     for index, _, rgb in iter_video(video_path):
@@ -299,7 +315,8 @@ def prepare_video(job: VideoJob) -> list[dict[str, Any]]:
     if not job.video_path:
         raise FileNotFoundError(f"no video file for {job.video_id}")
     fps = float(job.queries[0].fps)
-    seen = perceive_video(job.video_path, _WORKER["perception_config"], sample_fps=opts.sample_fps, fps=fps)
+    seen = perceive_video(job.video_path, _WORKER["perception_config"], sample_fps=opts.sample_fps, fps=fps,
+                          first_id=first_track_id(job.video_id, opts.first_track_id))
     frame_tracks, duration_s = seen.frame_tracks, seen.duration_s
     # draws the IDs with core.render.render_ids, as the grounding node does
     clip = sample_clip(seen.snapshot, 0.0, opts.num_frames, max_pixels=opts.max_pixels, min_pixels=opts.min_pixels)
@@ -365,6 +382,7 @@ def settings_key(opts: PrepOptions) -> str:
         "version": PREP_VERSION,
         "perception": asdict(_perception_config(opts)),
         **{k: getattr(opts, k) for k in ("num_frames", "sample_fps", "max_pixels", "min_pixels", "min_iou")},
+        **({"first_track_id": list(opts.first_track_id)} if opts.first_track_id else {}),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

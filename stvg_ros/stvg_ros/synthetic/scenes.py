@@ -662,7 +662,7 @@ def _passes(object_id, f0, f1, direction, centres, others, sizes) -> list[Event]
     return events
 
 
-_TEMPLATES = {
+CAPTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "move": ("the {d} moving {dir}", "the {d} that moves {dir}"),
     "stop": ("the {d} that stops moving", "the {d} that stops", "the {d} that comes to a stop"),
     "start": ("the {d} that starts moving", "the {d} that starts to move"),
@@ -706,7 +706,7 @@ def _caption(event: Event, objects: list[SceneObject], events: list[Event], fps:
     for with_size in (False, True):
         rivals = [o for o in objects if o.id != target.id and _same_look(o, target, with_size)]
         if all(event.key not in keys[o.id] for o in rivals):
-            templates = _TEMPLATES[event.kind]
+            templates = CAPTION_TEMPLATES[event.kind]
             text = templates[int(rng.integers(len(templates)))]
             return text.format(d=target.description(with_size), dir=event.direction, o=other)
     return None

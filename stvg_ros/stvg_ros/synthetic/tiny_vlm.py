@@ -87,8 +87,9 @@ def _training_sentences() -> list[str]:
     return sentences
 
 
-def build_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE (Qwen2 split regex, Qwen special tokens) as a PreTrainedTokenizerFast."""
+def build_tokenizer(vocab_size: int = 512, extra_sentences: tuple[str, ...] | list[str] = ()):
+    """A byte-level BPE (Qwen2 split regex, Qwen special tokens) as a PreTrainedTokenizerFast,
+    trained on the local sentences plus `extra_sentences`."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -108,7 +109,7 @@ def build_tokenizer(vocab_size: int = 512):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_training_sentences(), trainer=trainer)
+    tokenizer.train_from_iterator(_training_sentences() + list(extra_sentences), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",

@@ -1,0 +1,239 @@
+"""SFT warm start pieces (training/stvg_train/sft.py), the small model's tokenizer (small_model.py) and
+prep's seeded first track IDs (prep.py): fast, no ROS, no perception."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+from stvg_ros.core.answer import parse_answer
+from stvg_ros.synthetic.scenes import CAPTION_TEMPLATES, COLOURS, DIRECTIONS, SHAPES, SIZES
+from stvg_train.data import make_sample
+from stvg_train.prep import PrepOptions, first_track_id, settings_key
+from stvg_train.sft import (
+    FrameQuestion,
+    collate,
+    encode_example,
+    encode_frame_question,
+    id_questions,
+    read_questions,
+    reference_completion,
+    unique_description,
+)
+from stvg_train.small_model import build_small_qwen25vl, caption_sentences
+
+# ------------------------------------------------------------------------------------------------
+# the completion SFT teaches
+
+
+def test_reference_completion_is_well_formatted_and_parses_strictly():
+    text = reference_completion(7, 1.5, 4.25)
+    answer = parse_answer(text, strict=True)
+    assert answer.ok and answer.well_formatted
+    assert answer.target_id == 7
+    assert answer.start == pytest.approx(1.50) and answer.end == pytest.approx(4.25)
+    assert "<answer>Target ID: 7, Time range: 1.50 to 4.25</answer>" in text
+    assert answer.reasoning == "Object 7 matches the event from 1.50 to 4.25."
+    # the span is written with two decimals, as the answer grammar does
+    assert parse_answer(reference_completion(12, 0.0, 10.0)).answer_text == "Target ID: 12, Time range: 0.00 to 10.00"
+
+
+# ------------------------------------------------------------------------------------------------
+# the auxiliary "which object is the <description>?" questions
+
+
+def _obj(object_id: int, colour: str, shape: str, size: str = "medium") -> dict:
+    return {"id": object_id, "colour": colour, "shape": shape, "size": size}
+
+
+def test_unique_description_names_only_the_object():
+    objects = [_obj(1, "red", "circle", "small"), _obj(2, "red", "circle", "large"), _obj(3, "blue", "square"),
+               _obj(4, "red", "square"), _obj(5, "green", "diamond", "small"), _obj(6, "green", "diamond", "small")]
+    assert unique_description(objects, 3) == "blue square"  # colour + shape is enough
+    assert unique_description(objects, 4) == "red square"  # another red and another square, never both
+    assert unique_description(objects, 1) == "small red circle"  # only the size tells them apart
+    assert unique_description(objects, 2) == "large red circle"
+    assert unique_description(objects, 5) is None  # same size, colour and shape as object 6
+    assert unique_description(objects, 6) is None
+    assert unique_description(objects, 99) is None  # not in the scene
+    assert unique_description([], 1) is None
+
+
+def test_id_questions_ask_on_frames_where_the_target_is_drawn(tmp_path):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    (gt / "synth_a.json").write_text(json.dumps({"objects": [_obj(1, "red", "circle"), _obj(2, "blue", "square")]}))
+    (gt / "synth_b.json").write_text(json.dumps({"objects": [_obj(1, "red", "circle"), _obj(2, "red", "circle")]}))
+    rows = {
+        "video": ["synth_a", "synth_b", "synth_a", "synth_missing"],
+        "annotated_target_id": [2, 1, 1, 1],
+        "gt_target_id": [14, 3, 12, 5],
+        "frame_track_ids": [[[12, 14], [12], [14]], [[3]], [[12], [14]], [[5]]],
+    }
+    questions = id_questions(rows, tmp_path)
+    assert questions == [
+        FrameQuestion(0, 0, "Which object is the blue square?", "Object 14."),
+        FrameQuestion(0, 2, "Which object is the blue square?", "Object 14."),  # not frame 1: 14 not drawn
+        # row 1: two identical red circles, no unique description; row 3: no gt/ file
+        FrameQuestion(2, 0, "Which object is the red circle?", "Object 12."),
+    ]
+
+
+def test_read_questions_list_the_drawn_ids_left_to_right_once_per_video():
+    rows = {
+        "video": ["synth_a", "synth_a", "synth_b"],  # rows of one video share their frames
+        "frame_track_ids": [[[12, 14], []], [[12, 14], []], [[3, 7, 5]]],
+        "frame_track_boxes": [[[[50, 0, 60, 10], [0, 0, 10, 10]], []], [[[50, 0, 60, 10], [0, 0, 10, 10]], []],
+                              [[[90, 0, 99, 9], [10, 5, 20, 15], [40, 40, 50, 50]]]],
+    }
+    question = "Which numbers are drawn, from left to right?"
+    assert read_questions(rows) == [FrameQuestion(0, 0, question, "14, 12."),  # frame 1 has no track
+                                    FrameQuestion(2, 0, question, "7, 5, 3.")]
+
+
+def _row(images: int = 2, side: int = 56) -> dict:
+    frames = [Image.new("RGB", (side, side), (40 * k, 120, 200)) for k in range(images)]
+    return make_sample(sample_id="s0", source="synthetic", video="synth_a", caption="the blue square moving left",
+                       images=frames, timestamps_s=[0.5 * k for k in range(images)], clip_duration_s=2.0,
+                       gt_start_s=0.5, gt_end_s=1.0, gt_target_id=14, annotated_target_id=2,
+                       frame_track_ids=[[14]] * images, frame_track_boxes=[[[0, 0, 10, 10]]] * images,
+                       frame_gt_boxes=[[0, 0, 10, 10]] * images)
+
+
+# ------------------------------------------------------------------------------------------------
+# prep: seeded first track IDs
+
+
+def test_first_track_id_is_seeded_by_the_video_within_the_range():
+    assert first_track_id("synth_7_0", None) == 1
+    assert first_track_id("synth_7_0", ()) == 1
+    videos = [f"synth_7_{i}" for i in range(40)]
+    firsts = [first_track_id(v, (1, 250)) for v in videos]
+    assert firsts == [first_track_id(v, (1, 250)) for v in videos]  # deterministic
+    assert all(1 <= f <= 250 for f in firsts)
+    assert len(set(firsts)) >= 30  # different videos (almost always) start elsewhere
+    assert {first_track_id(v, (5, 7)) for v in videos} == {5, 6, 7}  # both ends are reachable
+    assert first_track_id("synth_7_3", [42, 42]) == 42
+
+
+def test_settings_key_includes_the_first_track_id_range():
+    base = PrepOptions(out_dir="unused", perception_config={"model": "yolo-synth-tiny"})
+    ranged = PrepOptions(out_dir="unused", perception_config={"model": "yolo-synth-tiny"}, first_track_id=(1, 250))
+    other = PrepOptions(out_dir="unused", perception_config={"model": "yolo-synth-tiny"}, first_track_id=(1, 100))
+    keys = {settings_key(base), settings_key(ranged), settings_key(other)}
+    assert len(keys) == 3
+    assert settings_key(ranged) == settings_key(PrepOptions(out_dir="elsewhere", perception_config={"model": "yolo-synth-tiny"},
+                                                            first_track_id=(1, 250)))
+
+
+# ------------------------------------------------------------------------------------------------
+# the small model's tokenizer
+
+
+def _template_regex(template: str) -> re.Pattern:
+    words = re.escape(template).replace(r"\{d\}", r"(?:\w+ )?\w+ \w+").replace(r"\{dir\}", r"\w+")
+    return re.compile(words.replace(r"\{o\}", r"\w+ \w+"))
+
+
+def test_caption_sentences_cover_every_template_kind():
+    sentences = caption_sentences()
+    assert sentences and not any("{" in s or "  " in s for s in sentences)  # every field filled in
+    for kind, templates in CAPTION_TEMPLATES.items():
+        for template in templates:
+            pattern = _template_regex(template)
+            assert any(pattern.fullmatch(s) for s in sentences), (kind, template)
+    # every colour, shape and size, with and without the size, for every direction a kind uses
+    for d in ("red circle", "large cyan hexagon", "small orange triangle"):
+        for direction in DIRECTIONS:
+            assert f"the {d} moving {direction}" in sentences
+        assert f"the {d} that turns left" in sentences and f"the {d} turning right" in sentences
+        assert f"the {d} that comes to a stop" in sentences and f"the {d} that reverses direction" in sentences
+    words = {w for s in sentences for w in s.split()}
+    assert set(COLOURS) | set(SHAPES) | set(SIZES) | set(DIRECTIONS) <= words
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """The untrained small Qwen2.5-VL (about 5 s to build: tokenizer training and random init)."""
+    from transformers import AutoProcessor
+
+    out = build_small_qwen25vl(tmp_path_factory.mktemp("small") / "model", max_pixels=56 * 56)
+    return out, AutoProcessor.from_pretrained(out)
+
+
+def test_small_tokenizer_round_trips_captions_and_answers(small_model):
+    out, processor = small_model
+    tokenizer = processor.tokenizer
+    info = json.loads((out / "stvg_small.json").read_text())
+    assert info["seed"] == 0 and 1_000_000 < info["parameters"] < 20_000_000
+    texts = ["the large red circle that keeps moving left after passing the blue square",
+             reference_completion(7, 1.5, 4.25), reference_completion(213, 0.0, 9.75),
+             "Frame at 3.50 s:", *caption_sentences()[::97]]
+    for text in texts:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert tokenizer.decode(ids) == text
+    # the trained wording is compact: a whole reference completion is a few dozen tokens
+    assert len(tokenizer.encode(reference_completion(7, 1.5, 4.25), add_special_tokens=False)) < 60
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") != tokenizer.unk_token_id
+
+
+def test_encode_example_labels_only_the_completion(small_model):
+    _, processor = small_model
+    row = _row()
+    completion = reference_completion(14, 0.5, 1.0)
+    prompt = encode_example(processor, row)
+    example = encode_example(processor, row, completion)
+    n_prompt = prompt["input_ids"].shape[1]
+    assert torch.equal(example["input_ids"][:n_prompt], prompt["input_ids"][0])
+    assert (example["labels"][:n_prompt] == -100).all()
+    labelled = example["labels"][n_prompt:]
+    assert (labelled != -100).all() and torch.equal(labelled, example["input_ids"][n_prompt:])
+    assert processor.tokenizer.decode(labelled) == completion + "<|im_end|>\n"
+    assert example["mm_token_type_ids"].shape == example["input_ids"].shape
+    assert (example["mm_token_type_ids"][n_prompt:] == 0).all() and (example["mm_token_type_ids"][:n_prompt] > 0).any()
+    assert example["image_grid_thw"].shape[0] == 2  # one grid per frame
+
+    question = encode_frame_question(processor, row, FrameQuestion(0, 1, "Which object is the blue square?",
+                                                                   "Object 14."))
+    answer = question["labels"][question["labels"] != -100]
+    assert processor.tokenizer.decode(answer) == "Object 14.<|im_end|>\n"
+    prompt_text = processor.tokenizer.decode(question["input_ids"][question["labels"] == -100])
+    assert "Which object is the blue square?" in prompt_text and "Frame at 0.50 s:" in prompt_text
+    assert question["image_grid_thw"].shape[0] == 1  # one frame only
+
+
+# ------------------------------------------------------------------------------------------------
+# batches
+
+
+def _example(ids: list[int], n_prompt: int, images: int, fill: float) -> dict:
+    input_ids = torch.tensor(ids)
+    labels = input_ids.clone()
+    labels[:n_prompt] = -100
+    types = torch.zeros(len(ids), dtype=torch.long)
+    types[1:1 + images] = 1
+    return {"input_ids": input_ids, "labels": labels, "mm_token_type_ids": types,
+            "pixel_values": torch.full((4 * images, 3), fill), "image_grid_thw": torch.tensor([[1, 2, 2]] * images)}
+
+
+def test_collate_pads_right_and_keeps_images_in_order():
+    pad = 0
+    a = _example([5, 6, 7, 8, 9, 10], n_prompt=4, images=1, fill=1.0)
+    b = _example([11, 12, 13], n_prompt=2, images=2, fill=2.0)
+    b["image_grid_thw"] = torch.tensor([[1, 2, 2], [1, 2, 4]])
+    b["pixel_values"] = torch.cat([torch.full((4, 3), 2.0), torch.full((8, 3), 3.0)])
+    batch = collate([a, b], pad)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10], [11, 12, 13, pad, pad, pad]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, -100, -100, -100, 9, 10], [-100, -100, 13, -100, -100, -100]]
+    assert batch["mm_token_type_ids"].tolist() == [[0, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0]]
+    assert batch["pixel_values"].shape == (4 + 4 + 8, 3)
+    assert batch["pixel_values"][:, 0].tolist() == [1.0] * 4 + [2.0] * 4 + [3.0] * 8
+    assert batch["image_grid_thw"].tolist() == [[1, 2, 2], [1, 2, 2], [1, 2, 4]]
+    # a batch of one needs no padding
+    single = collate([b], pad)
+    assert torch.equal(single["input_ids"][0], b["input_ids"]) and single["attention_mask"].all()

@@ -10,7 +10,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "tests"]),
-    package_data={"stvg_ros.core": ["*.txt", "*.gbnf"], "stvg_ros": ["py.typed", "models/*.yaml"]},
+    package_data={"stvg_ros.core": ["*.txt", "*.gbnf"], "stvg_ros": ["py.typed", "models/*.yaml", "models/*/*.gguf"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -18,7 +18,8 @@ import yaml
 from stvg_train.prep import first_track_id
 from stvg_train.recipe import RECIPES, STAGES, load_recipe, stage_ship
 
-EVAL_ROWS = ["baseline: random track", "baseline: most-visible track", "SFT only", "SFT + GRPO (shipped)"]
+EVAL_ROWS = ["baseline: random track", "baseline: most-visible track", "SFT only", "SFT + GRPO (shipped)",
+             "SFT + GRPO through the ROS graph (eval replay)"]
 
 
 def _tiny_recipe(path: Path) -> Path:
@@ -124,7 +125,7 @@ def test_recipe_runs_every_stage(recipe_run):
     assert [row["model"] for row in evaluation["table"]] == EVAL_ROWS
     assert all(row["queries"] == len(heldout_queries) for row in evaluation["table"])
     assert all(row["id_accuracy"] is not None and 0.0 <= row["id_accuracy"] <= 1.0 for row in evaluation["table"])
-    assert [row["model"] for row in evaluation["paraphrased"]] == EVAL_ROWS[2:]
+    assert [row["model"] for row in evaluation["paraphrased"]] == EVAL_ROWS[2:4]
     assert all(row["queries"] == len(heldout_queries) for row in evaluation["paraphrased"])
     assert set(evaluation["heldout_reward"]) == {"sft", "grpo"}
     assert all(r["prompts"] >= 1 for r in evaluation["heldout_reward"].values())

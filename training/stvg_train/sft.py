@@ -92,15 +92,17 @@ def _usable_rows(path: str):
 
 
 def encode_example(processor, row, completion: str | None = None) -> dict:
-    """Model inputs of one prepared row; with `completion`, the completion (and `<|im_end|>`) appended
-    and `labels` set on it only."""
-    import torch
-
+    """Model inputs of one prepared row; with `completion`, a training example (`with_completion`)."""
     from stvg_train.smoke import encode_prompt
 
     enc = encode_prompt(processor, row)
-    if completion is None:
-        return enc
+    return enc if completion is None else with_completion(processor, enc, completion)
+
+
+def with_completion(processor, enc: dict, completion: str) -> dict:
+    """A training example from an encoded prompt: `completion` and `<|im_end|>` appended, labels on them only."""
+    import torch
+
     tail = processor.tokenizer(completion + "<|im_end|>\n", add_special_tokens=False, return_tensors="pt")["input_ids"]
     n_prompt = enc["input_ids"].shape[1]
     input_ids = torch.cat([enc["input_ids"], tail], dim=1)[0]
@@ -170,8 +172,6 @@ def read_questions(rows) -> list[FrameQuestion]:
 
 def encode_frame_question(processor, row, question: FrameQuestion) -> dict:
     """An auxiliary sample: the question, one labelled frame, the answer (labels on the answer only)."""
-    import torch
-
     from stvg_ros.core.prompt import frame_label
 
     content = [{"type": "text", "text": question.question},
@@ -179,15 +179,7 @@ def encode_frame_question(processor, row, question: FrameQuestion) -> dict:
                {"type": "image", "image": row["images"][question.frame]}]
     enc = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=True, return_dict=True,
                                         add_generation_prompt=True, return_tensors="pt")
-    tail = processor.tokenizer(question.answer + "<|im_end|>\n", add_special_tokens=False,
-                               return_tensors="pt")["input_ids"]
-    n_prompt = enc["input_ids"].shape[1]
-    input_ids = torch.cat([enc["input_ids"], tail], dim=1)[0]
-    labels = input_ids.clone()
-    labels[:n_prompt] = -100
-    token_types = torch.cat([enc["mm_token_type_ids"][0], torch.zeros(tail.shape[1], dtype=torch.long)])
-    return {"input_ids": input_ids, "labels": labels, "mm_token_type_ids": token_types,
-            "pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"]}
+    return with_completion(processor, enc, question.answer)
 
 
 def collate(examples: list[dict], pad_id: int) -> dict:

@@ -48,23 +48,13 @@ def answer_sentences() -> list[str]:
 
 def build_small_qwen25vl(out_dir: str | Path, *, seed: int = 0, max_pixels: int = 140 * 112) -> Path:
     """Write the untrained small model (random init with `seed`), its tokenizer and processor to `out_dir`."""
-    import torch
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
-
-    from stvg_ros.synthetic.tiny_vlm import build_processor, build_tokenizer, qwen25vl_config
+    from stvg_ros.synthetic.tiny_vlm import build_processor, build_tokenizer, qwen25vl_config, random_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(SMALL_VOCAB, caption_sentences() + answer_sentences())
     text = {**SMALL_SHAPES["text"], "vocab_size": len(tokenizer)}
-    config = qwen25vl_config(tokenizer, text, SMALL_SHAPES["vision"])
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")],
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        do_sample=False,
-    )
+    model = random_model(qwen25vl_config(tokenizer, text, SMALL_SHAPES["vision"]), tokenizer, seed)
     model.save_pretrained(out)
     build_processor(tokenizer, max_pixels=max_pixels).save_pretrained(out)
     params = sum(p.numel() for p in model.parameters())

@@ -183,6 +183,22 @@ def qwen25vl_config(tokenizer, text: dict, vision: dict):
     return config
 
 
+def random_model(config, tokenizer, seed: int):
+    """A Qwen2.5-VL of `config` with random weights (seeded) and greedy generation that stops at
+    `<|im_end|>` or `<|endoftext|>`."""
+    import torch
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")],
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        do_sample=False,
+    )
+    return model
+
+
 def build_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 128 * 28 * 28):
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
@@ -201,20 +217,10 @@ def build_tiny_qwen25vl(out_dir: str | Path, *, text_hidden: int = 64, vision_de
     Deterministic for a given seed. The folder loads with `AutoProcessor` / `AutoModelForImageTextToText`
     offline and converts with llama.cpp's convert_hf_to_gguf.py (see grounding/gguf.py).
     """
-    import torch
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    config = tiny_config(tokenizer, text_hidden=text_hidden, vision_depth=vision_depth)
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")],
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        do_sample=False,
-    )
+    model = random_model(tiny_config(tokenizer, text_hidden=text_hidden, vision_depth=vision_depth), tokenizer, seed)
     model.save_pretrained(out)
     build_processor(tokenizer).save_pretrained(out)
     (out / "stvg_tiny.json").write_text(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import yaml
 
 from stvg_ros.core.paths import cache_dir
 from stvg_train.config import ConfigError, config_from_dict, load_config
@@ -126,13 +127,17 @@ def test_bad_configs_are_clear_errors(change, message):
 
 
 def test_every_shipped_config_parses():
-    names = sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("accelerate"))
+    names = sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith(("accelerate", "recipe_")))
     assert {"grpo_1gpu.yaml", "grpo_8gpu_zero3.yaml", "grpo_8gpu_vllm.yaml", "grpo_lora_1gpu.yaml",
             "smoke_cpu.yaml"} <= set(names)
     for name in names:
         cfg = load_config(CONFIGS / name)
         if cfg.grpo.get("deepspeed"):
             assert cfg.config_relative(cfg.grpo["deepspeed"]).is_file()
+    # a recipe (`stvg-train recipe`) holds its GRPO stage's training config under `grpo`
+    for recipe in sorted(CONFIGS.glob("recipe_*.yaml")):
+        cfg = config_from_dict(yaml.safe_load(recipe.read_text())["grpo"])
+        assert cfg.rewards == ["iou", "format"] and cfg.grpo["max_steps"] > 0
 
 
 def run_cli(*args: str, timeout: float = 300) -> dict:

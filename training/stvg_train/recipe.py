@@ -143,26 +143,35 @@ def exported_model(work: Path, which: str, recipe: dict[str, Any]) -> tuple[str,
     return label, work / ("export-sft" if which == "sft" else "export")
 
 
+def _perception_params(recipe: dict[str, Any]) -> list[str]:
+    """The recipe's perception as graph parameters (`-p NODE:NAME=VALUE` values)."""
+    perception = recipe["perception"]
+    return [f"tracker_node:detector={perception['model']}",
+            f"tracker_node:detect_every={perception.get('detect_every', 1)}"]
+
+
+def _run_eval_cli(cmd: list[str], out: Path, model_dir: Path | None, timeout_s: float) -> dict[str, Any]:
+    """Run a `stvg-ros eval` command (into a fresh `out`, with `model_dir` on STVG_MODELS_PATH); its JSON."""
+    env = dict(os.environ)
+    if model_dir is not None:
+        env["STVG_MODELS_PATH"] = os.pathsep.join([str(model_dir), env.get("STVG_MODELS_PATH", "")])
+    shutil.rmtree(out, ignore_errors=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[3:5])} failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout[done.stdout.index("{"):])
+
+
 def eval_run(work: Path, out: Path, *, model: tuple[str, Path] | None = None, baseline: str | None = None,
              heldout: str = "heldout", recipe: dict[str, Any]) -> dict[str, Any]:
     """`stvg-ros eval run` on the held-out set (a subprocess: exactly the user's command); `model` is a
     manifest name and the folder that holds it (put on STVG_MODELS_PATH)."""
     folder = work / heldout  # every query of the set (queries.json), not only annotations.json's first
     cmd = [sys.executable, "-m", "stvg_ros.cli.main", "eval", "run", "--videos", str(folder / "videos"),
-           "--annotations", str(folder), "--out", str(out), "--source", "video", "--json",
-           "--no-progress", "-p", f"tracker_node:detector={recipe['perception']['model']}",
-           "-p", f"tracker_node:detect_every={recipe['perception'].get('detect_every', 1)}"]
-    env = dict(os.environ)
-    if model is not None:
-        cmd += ["--model", model[0]]
-        env["STVG_MODELS_PATH"] = os.pathsep.join([str(model[1]), env.get("STVG_MODELS_PATH", "")])
-    else:
-        cmd += ["--baseline", str(baseline)]
-    shutil.rmtree(out, ignore_errors=True)
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"eval run failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout[done.stdout.index("{"):])
+           "--annotations", str(folder), "--out", str(out), "--source", "video", "--json", "--no-progress",
+           *[a for p in _perception_params(recipe) for a in ("-p", p)]]
+    cmd += ["--model", model[0]] if model is not None else ["--baseline", str(baseline)]
+    return _run_eval_cli(cmd, out, model[1] if model is not None else None, timeout_s=3600)
 
 
 #: Table column <- key of `stvg-ros eval run --json`.
@@ -175,18 +184,11 @@ def eval_replay(work: Path, out: Path, *, model: tuple[str, Path], recipe: dict[
     graph (tracker + grounding nodes over DDS, sim time), as on a robot."""
     heldout = work / "heldout"
     sidecars = [str(heldout / s) for s in json.loads((heldout / "benchset.json").read_text())["sidecars"]]
-    perception = recipe["perception"]
-    params = [f"tracker_node:detector={perception['model']}",
-              f"tracker_node:detect_every={perception.get('detect_every', 1)}", f"grounding_node:model={model[0]}"]
+    params = [*_perception_params(recipe), f"grounding_node:model={model[0]}"]
     cmd = [sys.executable, "-m", "stvg_ros.cli.main", "eval", "replay", "--sidecar", sidecars[0],
            "--more-sidecars", *sidecars[1:], "--out", str(out), "--start-graph", "--graph-timeout", "120",
            "--query-timeout", "60", "--json", "--no-progress", *[a for p in params for a in ("-p", p)]]
-    env = {**os.environ, "STVG_MODELS_PATH": os.pathsep.join([str(model[1]), os.environ.get("STVG_MODELS_PATH", "")])}
-    shutil.rmtree(out, ignore_errors=True)
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=7200, check=False, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"eval replay failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout[done.stdout.index("{"):])
+    return _run_eval_cli(cmd, out, model[1], timeout_s=7200)
 
 
 def _row(label: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -199,11 +201,11 @@ def stage_evaluate(recipe: dict[str, Any], work: Path) -> dict[str, Any]:
 
     table, paraphrased = [], []
     runs = work / "eval"
-    for label, kwargs in (("baseline: random track", {"baseline": "random"}),
-                          ("baseline: most-visible track", {"baseline": "most-visible"}),
-                          ("SFT only", {"model": exported_model(work, "sft", recipe)}),
-                          ("SFT + GRPO (shipped)", {"model": exported_model(work, "grpo", recipe)})):
-        slug = label.split(" (")[0].replace(": ", "-").replace(" + ", "-").replace(" ", "-").lower()
+    for label, slug, kwargs in (
+            ("baseline: random track", "baseline-random-track", {"baseline": "random"}),
+            ("baseline: most-visible track", "baseline-most-visible-track", {"baseline": "most-visible"}),
+            ("SFT only", "sft-only", {"model": exported_model(work, "sft", recipe)}),
+            ("SFT + GRPO (shipped)", "sft-grpo", {"model": exported_model(work, "grpo", recipe)})):
         table.append(_row(label, eval_run(work, runs / slug, recipe=recipe, **kwargs)))
         if "model" in kwargs:
             result = eval_run(work, runs / f"{slug}-paraphrased", recipe=recipe, heldout="heldout-paraphrased",

@@ -104,6 +104,7 @@ def stage_sft(recipe: dict[str, Any], work: Path) -> dict[str, Any]:
     opts = SftOptions(model_dir=str(work / "init"), train=str(work / "prepared-train"),
                       heldout=str(work / "prepared-val"), out_dir=str(work / "sft"),
                       scenes=str(work / "synthetic-train"),
+                      source_size=(int(recipe["scenes"]["width"]), int(recipe["scenes"]["height"])),
                       seed=int(recipe["seed"]), max_pixels=int(recipe["max_pixels"]),
                       threads=int(recipe.get("threads", 2)), **recipe["sft"])
     return train_sft(opts)

@@ -286,6 +286,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
         reading = IdReadingHead(model.config.text_config.hidden_size, seed=opts.seed)
         groups.append({"params": list(reading.parameters()), "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=opts.lr)
+    trained = [p for group in groups for p in group["params"]]
     train_rows = _usable_rows(opts.train)
     heldout_rows = None
     if opts.heldout:
@@ -363,7 +364,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
         total = sum(x for x in (loss, aux_loss, None if read_loss is None else opts.id_reading_weight * read_loss)
                     if x is not None)
         total.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), opts.max_grad_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, opts.max_grad_norm))
         optimizer.step()
         optimizer.zero_grad()
         step += 1

@@ -74,6 +74,9 @@ def _rows() -> Dataset:
 def test_labelled_frames_once_per_video_and_only_with_ids():
     assert labelled_frames(_rows()) == [(0, 0), (2, 0), (2, 1)]
     assert labelled_frames(None) == []
+    wide = Dataset.from_dict({"video": ["c"], "frame_track_ids": [[[12], [1234]]]})
+    with pytest.raises(ValueError, match="track ID 1234: ID reading covers IDs of up to 3 digits"):
+        labelled_frames(wide)
 
 
 def test_head_loss_trains_and_scores_count_id_cells_only(tmp_path):

@@ -102,7 +102,8 @@ def visual_tokens(model, pixel_values, image_grid_thw):
 
 
 def labelled_frames(rows) -> list[tuple[int, int]]:
-    """(row index, frame index) of every frame with a drawn ID, once per video (its rows share frames)."""
+    """(row index, frame index) of every frame with a drawn ID, once per video (its rows share frames).
+    Raises ValueError, before any training step, where an ID has more digits than the head reads."""
     if rows is None:
         return []
     picks, seen = [], set()
@@ -110,6 +111,10 @@ def labelled_frames(rows) -> list[tuple[int, int]]:
         if video not in seen:
             seen.add(video)
             picks += [(index, k) for k, ids in enumerate(frame_ids) if ids]
+            widest = max((i for ids in frame_ids for i in ids), default=0)
+            if len(str(widest)) > ID_DIGITS:
+                raise ValueError(f"video {video!r} has track ID {widest}: ID reading covers IDs of up to "
+                                 f"{ID_DIGITS} digits (set id_reading_frames: 0 for this data)")
     return picks
 
 

@@ -301,6 +301,8 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     frames = VideoFrames(train_rows)  # auxiliary questions and ID reading look at single frames
     read_frames = labelled_frames(train_rows) if reading else []
     heldout_frames = labelled_frames(heldout_rows)[: opts.eval_samples] if reading and heldout_rows else []
+    # decoded once: the same held-out frames are scored at every evaluation
+    heldout_reading = frame_batch(processor, heldout_rows, heldout_frames, opts.source_size) if heldout_frames else None
     pad_id = processor.tokenizer.pad_token_id
     step = 0
     order: list[int] = []
@@ -385,10 +387,9 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
             if heldout_rows is not None and (step % opts.eval_every == 0 or step == opts.steps):
                 scores = greedy_scores(model, processor, heldout_rows, max_new_tokens=opts.max_new_tokens)
                 entry.update({f"heldout_{k}": v for k, v in scores.items()})
-                if heldout_frames:
-                    batch = frame_batch(processor, heldout_rows, heldout_frames, opts.source_size)
+                if heldout_reading is not None:
                     entry.update({f"heldout_id_reading_{k}": v
-                                  for k, v in reading_scores(reading, model, batch).items()})
+                                  for k, v in reading_scores(reading, model, heldout_reading).items()})
             log_file.write(json.dumps(entry) + "\n")
             log_file.flush()
             log.info("sft %s", entry)

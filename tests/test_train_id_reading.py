@@ -3,6 +3,8 @@ loss trains the vision tower, and its scores count only the cells where an ID is
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -14,15 +16,20 @@ from stvg_ros.core.types import Tracks
 from stvg_ros.grounding.sampling import scale_tracks
 from stvg_train.id_reading import (
     CELL_PX,
+    HEAD_FILE,
     ID_DIGITS,
     MIN_INK_PX,
     NO_DIGIT,
+    TARGET_COLUMNS,
+    IdExercises,
     IdReadingHead,
+    ReadingOptions,
     cell_targets,
     digit_classes,
     frame_batch,
     labelled_frames,
     reading_scores,
+    train_reading,
 )
 from stvg_train.small_model import build_small_qwen25vl
 
@@ -42,7 +49,8 @@ def test_cell_targets_mark_the_cells_the_renderer_inks():
     ids, boxes = [7, 152], [[20, 20, 60, 60], [200, 150, 260, 210]]
     targets = cell_targets(ids, boxes, SOURCE, FRAME)
     grid_w, grid_h = FRAME[0] // CELL_PX, FRAME[1] // CELL_PX
-    assert targets.shape == (grid_w * grid_h, ID_DIGITS)
+    assert targets.shape == (grid_w * grid_h, TARGET_COLUMNS)
+    targets, characters = targets[:, :ID_DIGITS], targets[:, ID_DIGITS:]
     # the frame the model sees: the same tracks, scaled, drawn by the renderer
     tracks = scale_tracks(Tracks(xyxy=np.asarray(boxes, np.float32), track_id=np.asarray(ids)),
                           FRAME[0] / SOURCE[0], FRAME[1] / SOURCE[1])
@@ -55,6 +63,18 @@ def test_cell_targets_mark_the_cells_the_renderer_inks():
     # the small ID sits near the top-left, the large one near the bottom-right
     cells = {tuple(t): np.flatnonzero((targets == t).all(axis=1)) for t in seen}
     assert cells[tuple(digit_classes(7))].max() < cells[tuple(digit_classes(152))].min()
+    # the patches' characters: the digits of both IDs, only inside the cells of their ID
+    assert set(characters[marked].ravel()) - {NO_DIGIT} == {7, 1, 5, 2}
+    assert (characters[~marked] == NO_DIGIT).all()
+    assert {int(c) for c in characters[cells[tuple(digit_classes(7))]].ravel()} - {NO_DIGIT} == {7}
+    # drawn one by one, the characters are exactly the renderer's ink
+    from stvg_train.id_reading import _character_ink
+
+    for track_id, (x, y) in zip(ids, tracks.centers.astype(int), strict=True):
+        one = Tracks(xyxy=np.asarray([[x - 1, y - 1, x + 1, y + 1]], np.float32), track_id=np.asarray([track_id]))
+        drawn = render_ids(np.zeros((FRAME[1], FRAME[0], 3), np.uint8), one)[..., 0] > 0
+        layers = _character_ink(track_id, (x, y), FRAME)
+        assert len(layers) == len(str(track_id)) and (layers.any(axis=0) == drawn).mean() > 0.995
     # no tracks: every cell is empty
     assert (cell_targets([], [], SOURCE, FRAME) == NO_DIGIT).all()
 
@@ -88,10 +108,10 @@ def test_head_loss_trains_and_scores_count_id_cells_only(tmp_path):
     rows = _rows()
     pixel_values, grid, targets = frame_batch(processor, rows, labelled_frames(rows), SOURCE)
     assert grid.tolist() == [[1, FRAME[1] // 14, FRAME[0] // 14]] * 3
-    assert targets.shape == (3 * (FRAME[0] // CELL_PX) * (FRAME[1] // CELL_PX), ID_DIGITS)
-    head = IdReadingHead(model.config.text_config.hidden_size)
+    assert targets.shape == (3 * (FRAME[0] // CELL_PX) * (FRAME[1] // CELL_PX), TARGET_COLUMNS)
+    head = IdReadingHead(model.config.text_config.hidden_size, model.config.vision_config.hidden_size)
     before = reading_scores(head, model, (pixel_values, grid, targets))
-    id_cells = int((targets != NO_DIGIT).any(dim=1).sum())
+    id_cells = int((targets[:, :ID_DIGITS] != NO_DIGIT).any(dim=1).sum())
     assert before["cells"] == id_cells > 0 and 0.0 <= before["exact"] <= before["place"] <= 1.0
     params = [*model.model.visual.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=3e-3)
@@ -126,4 +146,49 @@ def test_video_frames_decodes_each_video_once():
     assert frames[2]["frame_track_ids"] == [[41, 42], [41]] and rows.decoded == 2
     processor = build_processor(build_tokenizer(300, ["a b c"]), max_pixels=FRAME[0] * FRAME[1])
     _, grid, targets = frame_batch(processor, frames, [(0, 0), (1, 0), (2, 0)], SOURCE)
-    assert rows.decoded == 2 and grid.shape[0] == 3 and targets.shape[1] == ID_DIGITS  # no decoding again
+    assert rows.decoded == 2 and grid.shape[0] == 3 and targets.shape[1] == TARGET_COLUMNS  # no decoding again
+
+
+SPEC = {"seconds": 4.0, "fps": 5.0, "width": 320, "height": 240, "n_objects": 3, "difficulty": "mixed"}
+
+
+def test_exercises_draw_readable_ids_where_their_targets_say():
+    exercises = IdExercises(SPEC, FRAME, seed=3, pool=2, extra_ids=4)
+    rng = np.random.default_rng(0)
+    widths, cells, inked = set(), 0, 0
+    for _ in range(20):
+        frame, targets = exercises.frame(rng)
+        assert frame.shape == (FRAME[1], FRAME[0], 3) and frame.dtype == np.uint8
+        assert targets.shape == ((FRAME[0] // CELL_PX) * (FRAME[1] // CELL_PX), TARGET_COLUMNS)
+        targets = targets[:, :ID_DIGITS]
+        # the ink's core (pure red; the scenes' red shapes are darker): anti-aliased edges are left out
+        red = (frame[..., 0] >= 240) & (frame[..., 1] <= 30) & (frame[..., 2] <= 30)
+        ink = red.reshape(FRAME[1] // CELL_PX, CELL_PX, FRAME[0] // CELL_PX, CELL_PX).sum(axis=(1, 3)).ravel()
+        labelled = (targets != NO_DIGIT).any(axis=1)
+        assert labelled.any() and (ink[~labelled] < MIN_INK_PX).all()  # no ID drawn where the targets say none
+        inked += int((ink[labelled] > 0).sum())
+        widths |= {int((row != NO_DIGIT).sum()) for row in targets[labelled]}
+        cells += int(labelled.sum())
+    assert widths == {1, 2, 3} and cells > 20 * 4  # IDs of every width, several per frame
+    assert inked >= 0.9 * cells  # labelled cells show the ink's core
+    again, _ = IdExercises(SPEC, FRAME, seed=3, pool=2).frame(np.random.default_rng(0))
+    first, _ = exercises.frame(np.random.default_rng(0))
+    assert np.array_equal(again, first)  # seeded
+
+
+@pytest.mark.slow
+def test_train_reading_resumes_from_its_checkpoint(tmp_path):
+    model = build_small_qwen25vl(tmp_path / "init", seed=0, max_pixels=FRAME[0] * FRAME[1])
+    opts = ReadingOptions(model_dir=str(model), out_dir=str(tmp_path / "read"), scenes=SPEC,
+                          max_pixels=FRAME[0] * FRAME[1], steps=2, frames=2, pool=2, eval_every=2, eval_frames=2,
+                          save_every=1, log_every=1, threads=1)
+    first = train_reading(opts)
+    assert first["steps"] == 2 and first["heldout_exercises_cells"] > 0
+    state = torch.load(tmp_path / "read" / "final" / HEAD_FILE, weights_only=False)
+    assert set(state) == {"head", "options"}  # the final model carries the head, no optimizer
+    assert torch.load(tmp_path / "read" / "checkpoint-last" / HEAD_FILE, weights_only=False)["step"] == 1
+    # a longer run over the same folder resumes at the checkpoint (step 1): the log is rewritten from there
+    opts.steps = 3
+    assert train_reading(opts)["steps"] == 3
+    log = [json.loads(line) for line in (tmp_path / "read" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3]

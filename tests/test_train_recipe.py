@@ -26,6 +26,7 @@ def _tiny_recipe(path: Path) -> Path:
     recipe = yaml.safe_load(RECIPES["synth-small"].read_text(encoding="utf-8"))
     recipe["threads"], recipe["workers"] = 1, 1
     recipe["data"].update(train_videos=3, val_videos=1, heldout_videos=1, heldout_queries_per_video=1)
+    recipe["read"].update(steps=3, frames=2, pool=2, eval_every=3, eval_frames=2, save_every=2, log_every=1)
     recipe["sft"].update(steps=4, batch_size=2, aux_batch_size=2, aux_only_steps=1, id_reading_frames=2, eval_every=2, eval_samples=2,
                          save_every=2, log_every=1)
     recipe["grpo"]["grpo"].update(max_steps=1, per_device_train_batch_size=4, num_generations=2, save_steps=1)
@@ -89,7 +90,16 @@ def test_recipe_runs_every_stage(recipe_run):
     # init: the untrained small model
     assert 1_000_000 < result["init"]["parameters"] < 20_000_000 and result["init"]["seed"] == 0
 
-    # SFT: loss every step, held-out scores every eval_every steps, a resumable checkpoint, the final model
+    # read: the vision tower's ID-reading exercises, scored on unseen exercises and the validation frames
+    assert result["read"]["steps"] == 3
+    log = [json.loads(line) for line in (work / "read" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3] and all(e["id_reading_loss"] > 0 for e in log)
+    assert log[-1]["heldout_exercises_cells"] > 0 and log[-1]["heldout_id_reading_cells"] > 0
+    assert 0.0 <= log[-1]["heldout_id_reading_exact"] <= 1.0
+    assert (work / "read" / "final" / "id_reading_head.pt").is_file()
+    assert (work / "read" / "checkpoint-last" / "id_reading_head.pt").is_file()  # saved at step 2
+
+    # SFT (from the read stage's model): loss every step, held-out scores every eval_every steps, a resumable checkpoint, the final model
     assert result["sft"]["steps"] == 4
     log = [json.loads(line) for line in (work / "sft" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3, 4]
@@ -135,7 +145,7 @@ def test_recipe_runs_every_stage(recipe_run):
     # report: learning curves and the summary
     report_dir = work / "report"
     training_report = json.loads((report_dir / "training_report.json").read_text())
-    plots = training_report["sft"]["plots"] + training_report["grpo"]["plots"]
+    plots = training_report["read"]["plots"] + training_report["sft"]["plots"] + training_report["grpo"]["plots"]
     assert plots and all(p.endswith(".png") and (report_dir / p).stat().st_size > 0 for p in plots)
     assert training_report["evaluation"]["table"] == evaluation["table"]
     assert (report_dir / "training_report.md").is_file()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stvg_train.report import plot_grpo, plot_sft, write_training_report
+from stvg_train.report import plot_grpo, plot_reading, plot_sft, write_training_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -134,8 +134,33 @@ def test_plots_only_what_a_log_has(tmp_path):
     assert "## Evaluation" not in (tmp_path / "c" / "training_report.md").read_text()
 
 
+def test_reading_stage_curves_come_first_in_the_report(tmp_path):
+    records = [{"step": s, "id_reading_loss": 3.0 / s, "grad_norm": 1.0, "lr": 1e-3} for s in range(10, 101, 10)]
+    for r in records[4::5]:  # held-out reading every 50 steps
+        r.update(heldout_exercises_exact=r["step"] / 200, heldout_exercises_place=r["step"] / 150,
+                 heldout_exercises_cells=120, heldout_id_reading_exact=r["step"] / 250)
+    reading_log = _write_jsonl(tmp_path / "read.jsonl", records)
+    [path] = plot_reading(reading_log, tmp_path / "a")
+    assert path.name == "read_id.png"
+    _assert_png(path)
+    report = write_training_report(tmp_path / "b", reading_log=reading_log,
+                                   sft_log=_write_jsonl(tmp_path / "sft.jsonl", _sft_records()))
+    assert report["read"]["plots"] == ["read_id.png"]
+    curves = report["read"]["curves"]
+    assert set(curves) == {"id_reading_loss", "heldout_exercises_exact", "heldout_exercises_place",
+                           "heldout_id_reading_exact"}
+    assert curves["heldout_exercises_exact"]["best"] == {"step": 100, "value": 0.5}
+    markdown = (tmp_path / "b" / "training_report.md").read_text()
+    assert markdown.index("## ID reading (before SFT)") < markdown.index("## SFT")
+    # a reading log without its loss is refused, naming the file, before anything is written
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"step": 1, "heldout_exercises_exact": 0.1}])
+    with pytest.raises(ValueError, match=re.escape(str(bad))):
+        write_training_report(tmp_path / "c", reading_log=bad)
+    assert not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("content", [None, "", "\n\n"], ids=["missing", "empty", "blank-lines"])
-@pytest.mark.parametrize("plot", [plot_sft, plot_grpo])
+@pytest.mark.parametrize("plot", [plot_sft, plot_grpo, plot_reading])
 def test_a_missing_or_empty_log_is_a_clear_error(tmp_path, content, plot):
     log = tmp_path / "log.jsonl"
     if content is not None:

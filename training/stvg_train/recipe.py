@@ -6,7 +6,8 @@ and GRPO resume from their last checkpoint):
   data     training, validation and held-out scenes (disjoint seeds), `prep` with the robot's detector,
            tracker and ID drawing
   init     the untrained small Qwen2.5-VL (`small_model`)
-  sft      supervised warm start on the GT answers (`sft`)
+  read     the vision tower learns to read drawn IDs on endless exercises (`id_reading.train_reading`)
+  sft      supervised warm start on the GT answers (`sft`), from the `read` model
   grpo     GRPO from the SFT checkpoint with METHOD.md's rewards (`grpo`)
   export   GGUF Q8_0 + mmproj of the SFT-only and the GRPO model (`export`)
   evaluate `stvg-ros eval run` on the held-out set: both models, the baselines, the paraphrased
@@ -36,7 +37,7 @@ import yaml
 log = logging.getLogger("stvg_train.recipe")
 
 RECIPES = {"synth-small": Path(__file__).resolve().parents[1] / "configs" / "recipe_synth_small.yaml"}
-STAGES = ("data", "init", "sft", "grpo", "export", "evaluate", "report")
+STAGES = ("data", "init", "read", "sft", "grpo", "export", "evaluate", "report")
 
 
 def load_recipe(name_or_path: str) -> dict[str, Any]:
@@ -98,13 +99,33 @@ def stage_init(recipe: dict[str, Any], work: Path) -> dict[str, Any]:
     return {"model": str(out), **json.loads((out / "stvg_small.json").read_text())}
 
 
+def _source_size(recipe: dict[str, Any]) -> tuple[int, int]:
+    return int(recipe["scenes"]["width"]), int(recipe["scenes"]["height"])
+
+
+def stage_read(recipe: dict[str, Any], work: Path) -> dict[str, Any]:
+    from stvg_train.id_reading import ReadingOptions, train_reading
+
+    if not recipe.get("read"):
+        return {"skipped": "the recipe has no read section"}
+    return train_reading(ReadingOptions(
+        model_dir=str(work / "init"), out_dir=str(work / "read"), scenes=_scene_spec(recipe),
+        max_pixels=int(recipe["max_pixels"]), seed=int(recipe["seed"]), threads=int(recipe.get("threads", 2)),
+        heldout=str(work / "prepared-val"), source_size=_source_size(recipe), **recipe["read"]))
+
+
+def _sft_start(work: Path) -> Path:
+    """SFT starts from the `read` stage's model when the recipe has one, else from the untrained model."""
+    return work / "read" / "final" if (work / "read" / "final").is_dir() else work / "init"
+
+
 def stage_sft(recipe: dict[str, Any], work: Path) -> dict[str, Any]:
     from stvg_train.sft import SftOptions, train_sft
 
-    opts = SftOptions(model_dir=str(work / "init"), train=str(work / "prepared-train"),
+    opts = SftOptions(model_dir=str(_sft_start(work)), train=str(work / "prepared-train"),
                       heldout=str(work / "prepared-val"), out_dir=str(work / "sft"),
                       scenes=str(work / "synthetic-train"),
-                      source_size=(int(recipe["scenes"]["width"]), int(recipe["scenes"]["height"])),
+                      source_size=_source_size(recipe),
                       seed=int(recipe["seed"]), max_pixels=int(recipe["max_pixels"]),
                       threads=int(recipe.get("threads", 2)), **recipe["sft"])
     return train_sft(opts)
@@ -227,8 +248,9 @@ def stage_report(recipe: dict[str, Any], work: Path) -> dict[str, Any]:
 
     evaluation = json.loads((work / "stages" / "evaluate.json").read_text())
     grpo_log = next(iter(sorted((work / "grpo").glob("*.jsonl"))), None)
+    reading_log = work / "read" / "log.jsonl"
     return write_training_report(work / "report", sft_log=work / "sft" / "log.jsonl", grpo_log=grpo_log,
-                                 evaluation=evaluation)
+                                 evaluation=evaluation, reading_log=reading_log if reading_log.is_file() else None)
 
 
 #: What the shipped model says about itself wherever it answers (demo, ask, eval reports).
@@ -300,7 +322,7 @@ def stage_ship(recipe: dict[str, Any], work: Path, dest: Path | None = None) -> 
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {
-    "data": stage_data, "init": stage_init, "sft": stage_sft, "grpo": stage_grpo, "export": stage_export,
+    "data": stage_data, "init": stage_init, "read": stage_read, "sft": stage_sft, "grpo": stage_grpo, "export": stage_export,
     "evaluate": stage_evaluate, "report": stage_report, "ship": stage_ship,
 }
 

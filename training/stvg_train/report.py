@@ -139,6 +139,24 @@ def _plot_sft(curves: dict[str, Curve], out_dir: Path) -> list[Path]:
     return paths
 
 
+def _reading_curves(records: list[dict[str, Any]], log_path: Path) -> dict[str, Curve]:
+    loss = _curve(records, "id_reading_loss", "ID-reading loss", "min")
+    if loss is None:
+        raise ValueError(f"ID-reading log {log_path} has no `id_reading_loss` entries with a `step`")
+    curves = _present(loss, _curve(records, "heldout_exercises_exact", "unseen exercises: IDs read exactly", "max"),
+                      _curve(records, "heldout_id_reading_exact", "robot's held-out frames: IDs read exactly", "max"),
+                      _curve(records, "heldout_exercises_place", "unseen exercises: digits right", "max"))
+    return {c.key: c for c in curves}
+
+
+def _plot_reading(curves: dict[str, Curve], out_dir: Path) -> list[Path]:
+    panels = [("loss vs step", "cross-entropy per ID cell", [curves["id_reading_loss"]])]
+    scores = [c for k, c in curves.items() if k != "id_reading_loss"]
+    if scores:
+        panels.append(("held-out reading", "share of ID cells", scores))
+    return [_save_figure(out_dir / "read_id.png", "Reading the drawn IDs (vision tower, before SFT)", panels)]
+
+
 def _grpo_curves(records: list[dict[str, Any]], log_path: Path) -> dict[str, Curve]:
     components = {k: m.group(1) for r in records for k in r if (m := _REWARD_KEY.match(k))}
     length_key = next((k for k in _LENGTH_KEYS if any(k in r for r in records)), _LENGTH_KEYS[0])
@@ -175,6 +193,11 @@ def plot_sft(log_path: str | Path, out_dir: str | Path) -> list[Path]:
     return _plot_sft(_sft_curves(read_log(log_path), Path(log_path)), Path(out_dir))
 
 
+def plot_reading(log_path: str | Path, out_dir: str | Path) -> list[Path]:
+    """read_id.png (the `read` stage's loss and held-out reading) in out_dir; returns its path."""
+    return _plot_reading(_reading_curves(read_log(log_path), Path(log_path)), Path(out_dir))
+
+
 def plot_grpo(log_path: str | Path, out_dir: str | Path) -> list[Path]:
     """grpo_rewards.png, grpo_loss_kl.png and grpo_length.png in out_dir, each when its keys are logged."""
     return _plot_grpo(_grpo_curves(read_log(log_path), Path(log_path)), Path(out_dir))
@@ -197,7 +220,7 @@ def _markdown(report: dict[str, Any]) -> str:
                   "|" + "---|" * len(_TABLE_COLUMNS)]
         lines += ["| " + " | ".join(_cell(row.get(k)) for k, _ in _TABLE_COLUMNS) + " |" for row in table]
         lines.append("")
-    for name, title in (("sft", "SFT"), ("grpo", "GRPO")):
+    for name, title in (("read", "ID reading (before SFT)"), ("sft", "SFT"), ("grpo", "GRPO")):
         if name not in report:
             continue
         part = report[name]
@@ -212,18 +235,23 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def write_training_report(out_dir: str | Path, *, sft_log: str | Path | None = None,
-                          grpo_log: str | Path | None = None, evaluation: dict | None = None) -> dict:
+                          grpo_log: str | Path | None = None, evaluation: dict | None = None,
+                          reading_log: str | Path | None = None) -> dict:
     """Plots into out_dir, training_report.json (plots relative to out_dir, first/last/best per curve, the
     evaluation as given, the GRPO run's final train_* summary) and training_report.md; returns the JSON dict."""
-    if sft_log is None and grpo_log is None and evaluation is None:
-        raise ValueError("write_training_report needs an SFT log, a GRPO log or an evaluation")
+    if reading_log is None and sft_log is None and grpo_log is None and evaluation is None:
+        raise ValueError("write_training_report needs an ID-reading, SFT or GRPO log or an evaluation")
     # Both logs are read before anything is written: a bad one leaves out_dir untouched.
+    reading = _reading_curves(read_log(reading_log), Path(reading_log)) if reading_log is not None else None
     sft = _sft_curves(read_log(sft_log), Path(sft_log)) if sft_log is not None else None
     grpo_records = read_log(grpo_log) if grpo_log is not None else None
     grpo = _grpo_curves(grpo_records, Path(grpo_log)) if grpo_records is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
+    if reading is not None:
+        report["read"] = {"log": str(reading_log), "plots": [p.name for p in _plot_reading(reading, out)],
+                          "curves": {k: c.summary() for k, c in reading.items()}}
     if sft is not None:
         report["sft"] = {"log": str(sft_log), "plots": [p.name for p in _plot_sft(sft, out)],
                          "curves": {k: c.summary() for k, c in sft.items()}}

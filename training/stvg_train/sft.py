@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from stvg_train.id_reading import IdReadingHead, frame_batch, labelled_frames, reading_scores
+from stvg_train.id_reading import HEAD_FILE, IdReadingHead, frame_batch, labelled_frames, reading_scores
 
 log = logging.getLogger("stvg_train.sft")
 
@@ -84,14 +84,19 @@ class SftOptions:
     source_size: tuple[int, int] | None = None
 
 
+def warmup_cosine_lr(lr: float, warmup_steps: int, steps: int, step: int) -> float:
+    """Linear warm-up to `lr`, then cosine decay to a tenth of it at `steps` (SFT and ID reading)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
 def _learning_rate(opts: SftOptions, step: int) -> float:
-    if step < opts.warmup_steps:
-        return opts.lr * (step + 1) / opts.warmup_steps
-    progress = (step - opts.warmup_steps) / max(1, opts.steps - opts.warmup_steps)
-    return opts.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+    return warmup_cosine_lr(opts.lr, opts.warmup_steps, opts.steps, step)
 
 
-def _usable_rows(path: str):
+def usable_rows(path: str):
     from stvg_train.data import gt_id_drawn, load_prepared
 
     rows = load_prepared([path])
@@ -283,14 +288,15 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     if opts.id_reading_frames > 0:
         if not opts.source_size:
             raise ValueError("id_reading_frames needs source_size (width, height of the source videos)")
-        reading = IdReadingHead(model.config.text_config.hidden_size, seed=opts.seed)
-        groups.append({"params": list(reading.parameters()), "weight_decay": 0.0})
+        reading = IdReadingHead(model.config.text_config.hidden_size, model.config.vision_config.hidden_size,
+                                seed=opts.seed)
+        groups.append({"params": reading.parameters(), "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=opts.lr)
     trained = [p for group in groups for p in group["params"]]
-    train_rows = _usable_rows(opts.train)
+    train_rows = usable_rows(opts.train)
     heldout_rows = None
     if opts.heldout:
-        held = _usable_rows(opts.heldout)
+        held = usable_rows(opts.heldout)
         heldout_rows = held.select(range(min(opts.eval_samples, len(held))))
     pools: list[list[FrameQuestion]] = []  # reading and which-object questions, drawn half and half
     if opts.aux_batch_size > 0:
@@ -319,6 +325,9 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     else:
         torch.manual_seed(opts.seed)
         (out / "log.jsonl").unlink(missing_ok=True)
+        if reading is not None and (source / HEAD_FILE).is_file():  # a model from the recipe's `read` stage
+            reading.load_state_dict(torch.load(source / HEAD_FILE, weights_only=False)["head"])
+            log.info("ID-reading head from %s", source / HEAD_FILE)
     log_file = (out / "log.jsonl").open("a")
     started = time.monotonic()
     recent: list[float] = []

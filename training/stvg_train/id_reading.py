@@ -219,7 +219,6 @@ def reading_scores(head: IdReadingHead, model, batch) -> dict[str, float]:
             "place": float(right.float().mean()) if n else 0.0}
 
 
-
 #: The head's weights, saved next to a model trained by `train_reading` (SFT carries them on).
 HEAD_FILE = "id_reading_head.pt"
 

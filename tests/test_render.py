@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stvg_ros.core.render import IdStyle, id_font_scale, id_thickness, mask_anchor, render_ids
+from stvg_ros.core.render import IdStyle, id_character_masks, id_font_scale, id_thickness, mask_anchor, render_ids
 from stvg_ros.core.types import Tracks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +58,20 @@ def test_mask_anchor_uses_the_middle_row_mean_x():
 def test_render_rejects_non_rgb_frames():
     with pytest.raises(ValueError, match="RGB uint8"):
         render_ids(np.zeros((10, 10), np.uint8), Tracks())
+
+
+@pytest.mark.parametrize("track_id", [7, 42, 158])
+def test_character_masks_are_the_renderers_ink_one_digit_per_layer(track_id):
+    frame_size = (224, 168)
+    x, y = 90, 80
+    one = Tracks(xyxy=[[x - 1, y - 1, x + 1, y + 1]], track_id=[track_id])
+    drawn = render_ids(np.zeros((168, 224, 3), np.uint8), one)[..., 0] > 0
+    layers = id_character_masks(track_id, (x, y), frame_size)
+    assert layers.shape == (len(str(track_id)), 168, 224)
+    assert (layers.any(axis=0) == drawn).mean() > 0.995 and drawn.sum() > 20
+    # each digit lies to the right of the one before it
+    lefts = [np.flatnonzero(layer.any(axis=0)).min() for layer in layers]
+    assert lefts == sorted(lefts) and len(set(lefts)) == len(lefts)
 
 
 def _calls_render_ids(path: Path, names: tuple[str, ...] = ("render_ids",)) -> bool:

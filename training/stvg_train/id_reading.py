@@ -52,25 +52,6 @@ def digit_classes(track_id: int) -> list[int]:
     return [NO_DIGIT] * (ID_DIGITS - len(text)) + [int(c) for c in text]
 
 
-def _character_ink(track_id: int, origin: tuple[int, int], frame_size: tuple[int, int]) -> np.ndarray:
-    """(characters, height, width) bool: each digit of `track_id` as the renderer draws it at `origin`
-    (the text's bottom-left), one character per layer (same font, scale, thickness and advance)."""
-    import cv2
-
-    from stvg_ros.core.render import id_font_scale, id_thickness
-
-    width, height = frame_size
-    scale = id_font_scale(height, width)
-    thickness = id_thickness(scale)
-    text = str(int(track_id))
-    layers = np.zeros((len(text), height, width), np.uint8)
-    for k, character in enumerate(text):
-        advance = cv2.getTextSize(text[:k], cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] if k else 0
-        cv2.putText(layers[k], character, (origin[0] + advance, origin[1]), cv2.FONT_HERSHEY_SIMPLEX, scale, 255,
-                    thickness, cv2.LINE_AA)
-    return layers > 0
-
-
 def cell_targets(track_ids: list[int], boxes_src: list[list[float]], src_size: tuple[int, int],
                  frame_size: tuple[int, int]) -> np.ndarray:
     """(cells, TARGET_COLUMNS) int64 targets of one frame, cells in raster order of the merged token grid.
@@ -82,6 +63,7 @@ def cell_targets(track_ids: list[int], boxes_src: list[list[float]], src_size: t
     sees is `frame_size` (width, height, multiples of CELL_PX), where the IDs are drawn at the scaled
     box centres, as `grounding.sampling.sample_clip` draws them.
     """
+    from stvg_ros.core.render import id_character_masks
     from stvg_ros.core.types import Tracks
     from stvg_ros.grounding.sampling import scale_tracks
 
@@ -95,7 +77,7 @@ def cell_targets(track_ids: list[int], boxes_src: list[list[float]], src_size: t
     for k, (track_id, box) in enumerate(zip(track_ids, boxes_src, strict=True)):
         one = Tracks(xyxy=np.asarray([box], np.float32), track_id=np.asarray([track_id]))
         centre = scale_tracks(one, width / src_size[0], height / src_size[1]).centers[0]
-        layers = _character_ink(track_id, (int(centre[0]), int(centre[1])), frame_size)
+        layers = id_character_masks(track_id, (int(centre[0]), int(centre[1])), frame_size)
         layers = layers[:, : grid_h * CELL_PX, : grid_w * CELL_PX]
         ink[k] = layers.any(axis=0).reshape(grid_h, CELL_PX, grid_w, CELL_PX).sum(axis=(1, 3))
         for character, layer in zip(str(int(track_id)), layers, strict=True):

@@ -117,14 +117,31 @@ def _save_figure(path: Path, title: str, panels: list[tuple[str, str, list[Curve
     return path
 
 
+#: (key, label, better) of a curve; in each spec the first curve is required: its log must have it.
+CurveSpec = tuple[str, str, str]
+
+_SFT_CURVES: tuple[CurveSpec, ...] = (
+    ("loss", "training loss", "min"), ("heldout_id_accuracy", "held-out ID accuracy", "max"),
+    ("heldout_tiou", "held-out mean tIoU", "max"), ("heldout_reward", "held-out mean reward", "max"))
+_READING_CURVES: tuple[CurveSpec, ...] = (
+    ("id_reading_loss", "ID-reading loss", "min"),
+    ("heldout_exercises_exact", "unseen exercises: IDs read exactly", "max"),
+    ("heldout_id_reading_exact", "robot's held-out frames: IDs read exactly", "max"),
+    ("heldout_exercises_place", "unseen exercises: digits right", "max"))
+
+
+def _logged_curves(records: list[dict[str, Any]], log_path: Path, what: str,
+                   specs: tuple[CurveSpec, ...]) -> dict[str, Curve]:
+    """The curves of `specs` present in a log; a log without the first (required) one is refused."""
+    required, *optional = specs
+    first = _curve(records, *required)
+    if first is None:
+        raise ValueError(f"{what} log {log_path} has no `{required[0]}` entries with a `step`")
+    return {c.key: c for c in _present(first, *(_curve(records, *spec) for spec in optional))}
+
+
 def _sft_curves(records: list[dict[str, Any]], log_path: Path) -> dict[str, Curve]:
-    loss = _curve(records, "loss", "training loss", "min")
-    if loss is None:
-        raise ValueError(f"SFT log {log_path} has no `loss` entries with a `step`")
-    curves = _present(loss, _curve(records, "heldout_id_accuracy", "held-out ID accuracy", "max"),
-                      _curve(records, "heldout_tiou", "held-out mean tIoU", "max"),
-                      _curve(records, "heldout_reward", "held-out mean reward", "max"))
-    return {c.key: c for c in curves}
+    return _logged_curves(records, log_path, "SFT", _SFT_CURVES)
 
 
 def _plot_sft(curves: dict[str, Curve], out_dir: Path) -> list[Path]:
@@ -140,13 +157,7 @@ def _plot_sft(curves: dict[str, Curve], out_dir: Path) -> list[Path]:
 
 
 def _reading_curves(records: list[dict[str, Any]], log_path: Path) -> dict[str, Curve]:
-    loss = _curve(records, "id_reading_loss", "ID-reading loss", "min")
-    if loss is None:
-        raise ValueError(f"ID-reading log {log_path} has no `id_reading_loss` entries with a `step`")
-    curves = _present(loss, _curve(records, "heldout_exercises_exact", "unseen exercises: IDs read exactly", "max"),
-                      _curve(records, "heldout_id_reading_exact", "robot's held-out frames: IDs read exactly", "max"),
-                      _curve(records, "heldout_exercises_place", "unseen exercises: digits right", "max"))
-    return {c.key: c for c in curves}
+    return _logged_curves(records, log_path, "ID-reading", _READING_CURVES)
 
 
 def _plot_reading(curves: dict[str, Curve], out_dir: Path) -> list[Path]:

@@ -36,6 +36,27 @@ def id_thickness(font_scale: float) -> int:
     return max(2, int(2 * font_scale))
 
 
+def _put_id_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float, thickness: int,
+                 color) -> None:
+    """The one drawing call of the visual prompt (font, anti-aliasing); `origin` is the text's bottom-left."""
+    cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
+
+
+def id_character_masks(track_id: int, origin: tuple[int, int], frame_size: tuple[int, int]) -> np.ndarray:
+    """(digits, height, width) bool: where `render_ids` inks each digit of `track_id` drawn at `origin` on a
+    frame of `frame_size` (width, height), one layer per character (same font, scale, thickness, advance).
+    Training uses it to say which character lies under each vision patch."""
+    width, height = frame_size
+    scale = id_font_scale(height, width)
+    thickness = id_thickness(scale)
+    text = str(int(track_id))
+    layers = np.zeros((len(text), height, width), np.uint8)
+    for k, character in enumerate(text):
+        advance = cv2.getTextSize(text[:k], cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] if k else 0
+        _put_id_text(layers[k], character, (origin[0] + advance, origin[1]), scale, thickness, 255)
+    return layers > 0
+
+
 def mask_anchor(mask: np.ndarray) -> tuple[int, int] | None:
     """Text origin for a binary mask: row cy = (ymin+ymax)//2, x = mean of mask pixels on that row."""
     ys, xs = np.nonzero(mask)
@@ -71,7 +92,7 @@ def render_ids(
         if tid < 0 or sides[i] < style.min_box_side_px:
             continue
         x, y = anchors[tid] if anchors and tid in anchors else (int(centers[i, 0]), int(centers[i, 1]))
-        cv2.putText(out, str(tid), (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, style.color_rgb, thickness, cv2.LINE_AA)
+        _put_id_text(out, str(tid), (x, y), scale, thickness, style.color_rgb)
     return out
 
 

@@ -206,6 +206,27 @@ def test_encode_example_labels_only_the_completion(small_model):
     assert question["image_grid_thw"].shape[0] == 1  # one frame only
 
 
+def test_vision_tower_learns_at_its_share_of_the_rate_and_only_matrices_decay(small_model):
+    from transformers import AutoModelForImageTextToText
+
+    from stvg_train.sft import SftOptions, _parameter_groups
+
+    model = AutoModelForImageTextToText.from_pretrained(small_model[0])
+    groups = _parameter_groups(model, SftOptions(model_dir="", train="", out_dir="", vision_lr_scale=0.1))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(names)  # every parameter once
+    for group in groups:
+        for param in group["params"]:
+            assert group["lr_scale"] == (0.1 if ".visual." in names[id(param)] else 1.0)
+            assert group["weight_decay"] == (0.01 if param.ndim >= 2 else 0.0)
+    assert {g["lr_scale"] for g in groups} == {0.1, 1.0}
+    # 0 freezes the vision tower: its parameters are in no group and get no gradient
+    frozen = _parameter_groups(model, SftOptions(model_dir="", train="", out_dir="", vision_lr_scale=0))
+    kept = {id(p) for g in frozen for p in g["params"]}
+    for name, param in model.named_parameters():
+        assert (id(param) in kept) == param.requires_grad == (".visual." not in name)
+
+
 # ------------------------------------------------------------------------------------------------
 # batches
 

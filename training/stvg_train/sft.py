@@ -80,6 +80,9 @@ class SftOptions:
     #: frames per step of the dense ID-reading loss on the visual tokens (`id_reading`; 0: none)
     id_reading_frames: int = 0
     id_reading_weight: float = 1.0
+    #: the vision tower's learning rate as a share of `lr` (below 1 keeps what the `read` stage taught
+    #: it; 0 freezes it: no gradients through it, which makes a step much cheaper)
+    vision_lr_scale: float = 1.0
     #: (width, height) of the source videos, where `frame_track_boxes` live (needed by id_reading)
     source_size: tuple[int, int] | None = None
 
@@ -94,6 +97,21 @@ def warmup_cosine_lr(lr: float, warmup_steps: int, steps: int, step: int) -> flo
 
 def _learning_rate(opts: SftOptions, step: int) -> float:
     return warmup_cosine_lr(opts.lr, opts.warmup_steps, opts.steps, step)
+
+
+def _parameter_groups(model, opts: SftOptions) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only; the vision tower's parameters at `vision_lr_scale`
+    (at 0 they are frozen and left out)."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        visual = ".visual." in f".{name}"
+        if visual and opts.vision_lr_scale == 0:
+            param.requires_grad_(False)
+            continue
+        groups.setdefault((visual, param.ndim >= 2), []).append(param)
+    return [{"params": params, "weight_decay": opts.weight_decay if matrix else 0.0,
+             "lr_scale": opts.vision_lr_scale if visual else 1.0}
+            for (visual, matrix), params in sorted(groups.items())]
 
 
 def usable_rows(path: str):
@@ -281,16 +299,16 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     set_pixel_budget(processor, max_pixels=opts.max_pixels)
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = _parameter_groups(model, opts)
     reading = None
+    if opts.id_reading_frames > 0 and opts.vision_lr_scale == 0:
+        raise ValueError("id_reading_frames trains the vision tower, which vision_lr_scale=0 freezes: set one to 0")
     if opts.id_reading_frames > 0:
         if not opts.source_size:
             raise ValueError("id_reading_frames needs source_size (width, height of the source videos)")
         reading = IdReadingHead(model.config.text_config.hidden_size, model.config.vision_config.hidden_size,
                                 seed=opts.seed)
-        groups.append({"params": reading.parameters(), "weight_decay": 0.0})
+        groups.append({"params": reading.parameters(), "weight_decay": 0.0, "lr_scale": opts.vision_lr_scale})
     optimizer = torch.optim.AdamW(groups, lr=opts.lr)
     trained = [p for group in groups for p in group["params"]]
     train_rows = usable_rows(opts.train)
@@ -359,7 +377,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
                 completion = reference_completion(row["gt_target_id"], row["gt_start_s"], row["gt_end_s"])
                 examples.append(encode_example(processor, row, completion))
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(opts, step)
+            group["lr"] = _learning_rate(opts, step) * group["lr_scale"]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.bf16):
             loss = model(**collate(examples, pad_id)).loss if examples else None
             aux_loss = None

@@ -227,6 +227,30 @@ def test_vision_tower_learns_at_its_share_of_the_rate_and_only_matrices_decay(sm
         assert (id(param) in kept) == param.requires_grad == (".visual." not in name)
 
 
+class _Oracle(torch.nn.Module):
+    """Predicts each next token from the input itself (`shift` 1), or echoes the current one (`shift` 0)."""
+
+    def __init__(self, vocab: int, shift: int) -> None:
+        super().__init__()
+        self.vocab, self.shift = vocab, shift
+
+    def forward(self, input_ids, **_):
+        return type("Out", (), {"logits": torch.nn.functional.one_hot(input_ids.roll(-self.shift, dims=1),
+                                                                       self.vocab).float()})()
+
+
+def test_question_scores_check_every_answer_token_at_its_place(small_model):
+    from stvg_train.sft import question_scores
+
+    _, processor = small_model
+    frames = {0: _row()}
+    questions = [FrameQuestion(0, k, "Which numbers are drawn, from left to right?", f"{14 + k}.") for k in (0, 1)]
+    vocab = len(processor.tokenizer)
+    assert question_scores(_Oracle(vocab, 1), processor, frames, questions) == {"exact": 1.0, "tokens": 1.0}
+    off_by_one = question_scores(_Oracle(vocab, 0), processor, frames, questions)
+    assert off_by_one["exact"] == 0.0 and off_by_one["tokens"] < 0.5
+
+
 # ------------------------------------------------------------------------------------------------
 # batches
 

@@ -124,7 +124,7 @@ def stage_sft(recipe: dict[str, Any], work: Path) -> dict[str, Any]:
 
     opts = SftOptions(model_dir=str(_sft_start(work)), train=str(work / "prepared-train"),
                       heldout=str(work / "prepared-val"), out_dir=str(work / "sft"),
-                      scenes=str(work / "synthetic-train"),
+                      scenes=str(work / "synthetic-train"), heldout_scenes=str(work / "synthetic-val"),
                       source_size=_source_size(recipe),
                       seed=int(recipe["seed"]), max_pixels=int(recipe["max_pixels"]),
                       threads=int(recipe.get("threads", 2)), **recipe["sft"])

@@ -122,7 +122,9 @@ CurveSpec = tuple[str, str, str]
 
 _SFT_CURVES: tuple[CurveSpec, ...] = (
     ("loss", "training loss", "min"), ("heldout_id_accuracy", "held-out ID accuracy", "max"),
-    ("heldout_tiou", "held-out mean tIoU", "max"), ("heldout_reward", "held-out mean reward", "max"))
+    ("heldout_tiou", "held-out mean tIoU", "max"), ("heldout_reward", "held-out mean reward", "max"),
+    ("heldout_which_object_exact", "held-out \"which object is the …?\" right", "max"),
+    ("heldout_read_exact", "held-out \"which numbers are drawn?\" right", "max"))
 _READING_CURVES: tuple[CurveSpec, ...] = (
     ("id_reading_loss", "ID-reading loss", "min"),
     ("heldout_exercises_exact", "unseen exercises: IDs read exactly", "max"),
@@ -149,8 +151,10 @@ def _plot_sft(curves: dict[str, Curve], out_dir: Path) -> list[Path]:
                           [("loss vs step", "mean token cross-entropy", [curves["loss"]])], log_y=True)]
     scores = _present(curves.get("heldout_id_accuracy"), curves.get("heldout_tiou"))
     reward = curves.get("heldout_reward")
+    questions = _present(curves.get("heldout_which_object_exact"), curves.get("heldout_read_exact"))
     panels = ([("held-out ID accuracy and tIoU", "fraction / IoU", scores)] if scores else []) + (
-        [("held-out mean reward", "mean summed reward", [reward])] if reward else [])
+        [("held-out mean reward", "mean summed reward", [reward])] if reward else []) + (
+        [("held-out single-frame questions", "answered exactly", questions)] if questions else [])
     if panels:
         paths.append(_save_figure(out_dir / "sft_heldout.png", "SFT held-out evaluation (greedy decoding)", panels))
     return paths

@@ -57,6 +57,8 @@ class SftOptions:
     train: str  # a `stvg-train prep` output folder
     out_dir: str
     heldout: str | None = None  # prepared samples decoded every `eval_every` steps
+    #: the synthetic set of `heldout` (its gt/ scene files): adds held-out "which object is …?" scores
+    heldout_scenes: str | None = None
     steps: int = 2000
     batch_size: int = 8
     lr: float = 1e-3
@@ -281,6 +283,36 @@ def greedy_scores(model, processor, rows, *, max_new_tokens: int = 64) -> dict[s
             "example": texts[0] if texts else ""}
 
 
+def heldout_questions(rows, scenes: str | None, count: int, seed: int) -> dict[str, list[FrameQuestion]]:
+    """A fixed sample of held-out auxiliary questions per kind ("which_object" needs the set's `scenes`)."""
+    pools = {"read": read_questions(rows), "which_object": id_questions(rows, scenes) if scenes else []}
+    rng = random.Random(seed)
+    return {kind: rng.sample(pool, min(count, len(pool))) for kind, pool in pools.items() if pool}
+
+
+def question_scores(model, processor, frames, questions: list[FrameQuestion], *, batch_size: int = 16
+                    ) -> dict[str, float]:
+    """Share of `questions` answered exactly (every answer token the most likely one given the ones before:
+    what greedy decoding says) and share of answer tokens right; `frames` maps a question's row to frames."""
+    import torch
+
+    exact, right, tokens = 0, 0, 0
+    model.eval()
+    for first in range(0, len(questions), batch_size):
+        chunk = questions[first:first + batch_size]
+        batch = collate([encode_frame_question(processor, frames[q.row], q) for q in chunk],
+                        processor.tokenizer.pad_token_id)
+        labels = batch.pop("labels")[:, 1:]
+        with torch.no_grad():
+            predicted = model(**batch).logits[:, :-1].argmax(-1)
+        answer = labels != -100
+        hit = (predicted == labels) & answer
+        exact += int((hit | ~answer).all(dim=1).sum())
+        right, tokens = right + int(hit.sum()), tokens + int(answer.sum())
+    model.train()
+    return {"exact": exact / max(1, len(questions)), "tokens": right / max(1, tokens)}
+
+
 def train_sft(opts: SftOptions) -> dict[str, Any]:
     """Run (or resume) SFT; returns a summary. The final model and processor are saved to out_dir/final."""
     import torch
@@ -312,10 +344,13 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(groups, lr=opts.lr)
     trained = [p for group in groups for p in group["params"]]
     train_rows = usable_rows(opts.train)
-    heldout_rows = None
+    heldout_rows, held_questions, held_frames = None, {}, None
     if opts.heldout:
         held = usable_rows(opts.heldout)
         heldout_rows = held.select(range(min(opts.eval_samples, len(held))))
+        if opts.aux_batch_size > 0:
+            held_questions = heldout_questions(held, opts.heldout_scenes, opts.eval_samples, opts.seed)
+            held_frames = VideoFrames(held)
     pools: list[list[FrameQuestion]] = []  # reading and which-object questions, drawn half and half
     if opts.aux_batch_size > 0:
         pools = [p for p in (read_questions(train_rows), id_questions(train_rows, opts.scenes) if opts.scenes else [])
@@ -414,6 +449,9 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
             if heldout_rows is not None and (step % opts.eval_every == 0 or step == opts.steps):
                 scores = greedy_scores(model, processor, heldout_rows, max_new_tokens=opts.max_new_tokens)
                 entry.update({f"heldout_{k}": v for k, v in scores.items()})
+                for kind, asked in held_questions.items():
+                    entry.update({f"heldout_{kind}_{k}": v
+                                  for k, v in question_scores(model, processor, held_frames, asked).items()})
                 if heldout_reading is not None:
                     entry.update({f"heldout_id_reading_{k}": v
                                   for k, v in reading_scores(reading, model, heldout_reading).items()})

@@ -227,6 +227,15 @@ def test_vision_tower_learns_at_its_share_of_the_rate_and_only_matrices_decay(sm
         assert (id(param) in kept) == param.requires_grad == (".visual." not in name)
 
 
+def test_reading_loss_with_a_frozen_vision_tower_is_refused(small_model, tmp_path):
+    from stvg_train.sft import SftOptions, train_sft
+
+    opts = SftOptions(model_dir=str(small_model[0]), train=str(tmp_path / "unused"), out_dir=str(tmp_path / "out"),
+                      id_reading_frames=2, vision_lr_scale=0, source_size=(320, 240))
+    with pytest.raises(ValueError, match="vision_lr_scale=0 freezes"):
+        train_sft(opts)
+
+
 class _Oracle(torch.nn.Module):
     """Predicts each next token from the input itself (`shift` 1), or echoes the current one (`shift` 0)."""
 

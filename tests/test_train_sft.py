@@ -249,14 +249,15 @@ class _Oracle(torch.nn.Module):
 
 
 def test_question_scores_check_every_answer_token_at_its_place(small_model):
-    from stvg_train.sft import question_scores
+    from stvg_train.sft import question_batches, question_scores
 
     _, processor = small_model
     frames = {0: _row()}
     questions = [FrameQuestion(0, k, "Which numbers are drawn, from left to right?", f"{14 + k}.") for k in (0, 1)]
     vocab = len(processor.tokenizer)
-    assert question_scores(_Oracle(vocab, 1), processor, frames, questions) == {"exact": 1.0, "tokens": 1.0}
-    off_by_one = question_scores(_Oracle(vocab, 0), processor, frames, questions)
+    batches = question_batches(processor, frames, questions, batch_size=1)
+    assert question_scores(_Oracle(vocab, 1), batches) == {"exact": 1.0, "tokens": 1.0}
+    off_by_one = question_scores(_Oracle(vocab, 0), batches)
     assert off_by_one["exact"] == 0.0 and off_by_one["tokens"] < 0.5
 
 

@@ -290,27 +290,31 @@ def heldout_questions(rows, scenes: str | None, count: int, seed: int) -> dict[s
     return {kind: rng.sample(pool, min(count, len(pool))) for kind, pool in pools.items() if pool}
 
 
-def question_scores(model, processor, frames, questions: list[FrameQuestion], *, batch_size: int = 16
-                    ) -> dict[str, float]:
-    """Share of `questions` answered exactly (every answer token the most likely one given the ones before:
-    what greedy decoding says) and share of answer tokens right; `frames` maps a question's row to frames."""
+def question_batches(processor, frames, questions: list[FrameQuestion], *, batch_size: int = 16) -> list[dict]:
+    """`questions` encoded and collated once (`frames` maps a question's row to its frames), for
+    `question_scores` at every held-out evaluation."""
+    return [collate([encode_frame_question(processor, frames[q.row], q) for q in questions[first:first + batch_size]],
+                    processor.tokenizer.pad_token_id) for first in range(0, len(questions), batch_size)]
+
+
+def question_scores(model, batches: list[dict]) -> dict[str, float]:
+    """Share of the questions in `batches` (`question_batches`) answered exactly (every answer token the most
+    likely one given the ones before: what greedy decoding says) and share of answer tokens right."""
     import torch
 
-    exact, right, tokens = 0, 0, 0
+    exact, right, tokens, asked = 0, 0, 0, 0
     model.eval()
-    for first in range(0, len(questions), batch_size):
-        chunk = questions[first:first + batch_size]
-        batch = collate([encode_frame_question(processor, frames[q.row], q) for q in chunk],
-                        processor.tokenizer.pad_token_id)
-        labels = batch.pop("labels")[:, 1:]
+    for batch in batches:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        labels = batch["labels"][:, 1:]
         with torch.no_grad():
-            predicted = model(**batch).logits[:, :-1].argmax(-1)
+            predicted = model(**inputs).logits[:, :-1].argmax(-1)
         answer = labels != -100
         hit = (predicted == labels) & answer
         exact += int((hit | ~answer).all(dim=1).sum())
-        right, tokens = right + int(hit.sum()), tokens + int(answer.sum())
+        right, tokens, asked = right + int(hit.sum()), tokens + int(answer.sum()), asked + len(labels)
     model.train()
-    return {"exact": exact / max(1, len(questions)), "tokens": right / max(1, tokens)}
+    return {"exact": exact / max(1, asked), "tokens": right / max(1, tokens)}
 
 
 def train_sft(opts: SftOptions) -> dict[str, Any]:
@@ -344,13 +348,14 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(groups, lr=opts.lr)
     trained = [p for group in groups for p in group["params"]]
     train_rows = usable_rows(opts.train)
-    heldout_rows, held_questions, held_frames = None, {}, None
+    heldout_rows, held_questions = None, {}
     if opts.heldout:
         held = usable_rows(opts.heldout)
         heldout_rows = held.select(range(min(opts.eval_samples, len(held))))
-        if opts.aux_batch_size > 0:
-            held_questions = heldout_questions(held, opts.heldout_scenes, opts.eval_samples, opts.seed)
+        if opts.aux_batch_size > 0:  # encoded once: the same questions are scored at every evaluation
             held_frames = VideoFrames(held)
+            held_questions = {kind: question_batches(processor, held_frames, asked) for kind, asked in
+                              heldout_questions(held, opts.heldout_scenes, opts.eval_samples, opts.seed).items()}
     pools: list[list[FrameQuestion]] = []  # reading and which-object questions, drawn half and half
     if opts.aux_batch_size > 0:
         pools = [p for p in (read_questions(train_rows), id_questions(train_rows, opts.scenes) if opts.scenes else [])
@@ -449,9 +454,8 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
             if heldout_rows is not None and (step % opts.eval_every == 0 or step == opts.steps):
                 scores = greedy_scores(model, processor, heldout_rows, max_new_tokens=opts.max_new_tokens)
                 entry.update({f"heldout_{k}": v for k, v in scores.items()})
-                for kind, asked in held_questions.items():
-                    entry.update({f"heldout_{kind}_{k}": v
-                                  for k, v in question_scores(model, processor, held_frames, asked).items()})
+                for kind, batches in held_questions.items():
+                    entry.update({f"heldout_{kind}_{k}": v for k, v in question_scores(model, batches).items()})
                 if heldout_reading is not None:
                     entry.update({f"heldout_id_reading_{k}": v
                                   for k, v in reading_scores(reading, model, heldout_reading).items()})

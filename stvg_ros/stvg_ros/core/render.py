@@ -36,10 +36,14 @@ def id_thickness(font_scale: float) -> int:
     return max(2, int(2 * font_scale))
 
 
+#: The font of the drawn IDs (the trained drawing).
+ID_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
 def _put_id_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float, thickness: int,
-                 color) -> None:
+                 color: tuple[int, int, int] | int) -> None:
     """The one drawing call of the visual prompt (font, anti-aliasing); `origin` is the text's bottom-left."""
-    cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
+    cv2.putText(canvas, text, origin, ID_FONT, scale, color, thickness, cv2.LINE_AA)
 
 
 def id_character_masks(track_id: int, origin: tuple[int, int], frame_size: tuple[int, int]) -> np.ndarray:
@@ -52,7 +56,7 @@ def id_character_masks(track_id: int, origin: tuple[int, int], frame_size: tuple
     text = str(int(track_id))
     layers = np.zeros((len(text), height, width), np.uint8)
     for k, character in enumerate(text):
-        advance = cv2.getTextSize(text[:k], cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] if k else 0
+        advance = cv2.getTextSize(text[:k], ID_FONT, scale, thickness)[0][0] if k else 0
         _put_id_text(layers[k], character, (origin[0] + advance, origin[1]), scale, thickness, 255)
     return layers > 0
 

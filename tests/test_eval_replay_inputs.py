@@ -112,3 +112,26 @@ def test_sidecar_fields_are_checked(tmp_path):
                                                  "queries": [{"query_id": "v", "window_s": -1}]}))  # fmt: skip
     with pytest.raises(EvalError, match="window_s"):
         load_sidecar(tmp_path / "s.json")
+
+
+def test_lockstep_graph_gets_reliable_image_subscriptions(monkeypatch, tmp_path):
+    """A graph started for lock-step playback subscribes to images reliably (the user's -p come after, so
+    they win); the names are real graph parameters. Rate-paced playback leaves the graph's QoS alone."""
+    from stvg_ros.evaluation import replay
+    from stvg_ros.nodes.graph import check_graph_parameters, graph_parameters, parse_overrides
+
+    check_graph_parameters(graph_parameters(None, parse_overrides(list(replay.LOCKSTEP_GRAPH_PARAMS))))
+    commands = []
+    monkeypatch.setattr(replay.subprocess, "Popen", lambda command, **_: commands.append(command))
+    for pace in ("lockstep", "rate"):
+        config = replay.ReplayConfig(
+            sidecars=[], out=tmp_path, pace=pace, graph_args=["-p", "tracker_node:image_reliability=best_effort"]
+        )
+        replay._start_graph(config, tmp_path / f"{pace}.log")
+    lockstep, rate = (" ".join(c) for c in commands)
+    assert (
+        "tracker_node:image_reliability=reliable" in lockstep
+        and "grounding_node:image_reliability=reliable" in lockstep
+    )
+    assert lockstep.index("=reliable") < lockstep.index("=best_effort")
+    assert "=reliable" not in rate

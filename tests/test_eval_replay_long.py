@@ -45,12 +45,20 @@ def test_ten_minute_bag_replays_with_bounded_memory(tmp_path, tiny_detector, tin
         "grounding_node:reasoning=false",
     ]
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "stvg_ros.cli.main", "eval", "replay", "--sidecar", sidecar, "--out", out,
-         "--start-graph", "--graph-timeout", "180", "--json", "--no-progress", *(a for p in params for a in ("-p", p))],
-        capture_output=True, text=True, timeout=540, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    log = (out / "graph.log").read_text()[-3000:] if (out / "graph.log").exists() else ""
+
+    def graph_log() -> str:
+        return (out / "graph.log").read_text()[-3000:] if (out / "graph.log").exists() else ""
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "stvg_ros.cli.main", "eval", "replay", "--sidecar", sidecar, "--out", out,
+             "--start-graph", "--graph-timeout", "180", "--json", "--no-progress",
+             *(a for p in params for a in ("-p", p))],
+            capture_output=True, text=True, timeout=540, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:  # say where the time went (replay warns on each missed frame)
+        pytest.fail(f"replay ran over 540 s:\n{(exc.stderr or b'').decode()[-3000:]}\n{graph_log()}")
+    log = graph_log()
     assert done.returncode == 0, done.stderr[-3000:] + log
     summary = json.loads(done.stdout)
     stats = summary["replay"]

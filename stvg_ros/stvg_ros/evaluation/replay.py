@@ -287,7 +287,8 @@ class _Driver:
             CompressedImage, config.camera_topic.rstrip("/") + "/compressed", reliable
         )
         self.clock_pub = self.node.create_publisher(Clock, "/clock", 10)
-        tracks_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+        # reliable: in lock-step a lost tracks message would cost a frame timeout (the tracker publishes reliably)
+        tracks_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(TrackedObjectArray, config.tracks_topic, self._on_tracks, tracks_qos)
         self.client = GroundClient(self.node, name=config.service)
         self.Clock, self.Image, self.CompressedImage = Clock, Image, CompressedImage
@@ -386,9 +387,16 @@ class _Driver:
             rclpy.try_shutdown()
 
 
+#: Parameters a started graph gets in lock-step playback, before the user's own (which may override them):
+#: reliable image subscriptions, so that a frame the DDS layer would drop on a busy machine (best effort,
+#: e.g. over UDP where shared memory is not available) is delivered instead of costing a frame timeout.
+LOCKSTEP_GRAPH_PARAMS = ("tracker_node:image_reliability=reliable", "grounding_node:image_reliability=reliable")
+
+
 def _start_graph(config: ReplayConfig, log_path: Path) -> subprocess.Popen:
+    lockstep = [a for p in LOCKSTEP_GRAPH_PARAMS for a in ("-p", p)] if config.pace == "lockstep" else []
     command = [sys.executable, "-m", "stvg_ros.cli.main", "up", "--use-sim-time", "--no-overlay",
-               "--camera-topic", config.camera_topic, *config.graph_args]  # fmt: skip
+               "--camera-topic", config.camera_topic, *lockstep, *config.graph_args]  # fmt: skip
     log.info("starting the graph: %s", " ".join(command))
     handle = log_path.open("w")
     return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
@@ -574,6 +582,9 @@ def _play(config: ReplayConfig, store: RunStore, plans: list[BagPlan], queries: 
                         else:
                             stats["frames_without_tracks"] += 1
                             missed_in_a_row += 1
+                            log.warning("no tracks for frame %d of %s within %.0f s (%d frames missed so far)",
+                                        index, plan.sidecar.video_id, config.frame_timeout_s,
+                                        stats["frames_without_tracks"])  # fmt: skip
                             if missed_in_a_row >= LOCKSTEP_MAX_MISSES:
                                 raise EvalError(
                                     f"no tracks on {config.tracks_topic!r} for {missed_in_a_row} frames in a row "
@@ -594,6 +605,7 @@ def _play(config: ReplayConfig, store: RunStore, plans: list[BagPlan], queries: 
                         query = queries[item.query_id]
                         result, error, wall_s = driver.ground(query.caption, item.window_s, config.query_timeout_s)
                         if result is None:
+                            log.warning("query %s got no answer after %.1f s: %s", query.query_id, wall_s, error)
                             prediction, problems = Prediction.failed(query.query_id), [error]
                         else:
                             prediction, problems = _result_to_prediction(

@@ -236,6 +236,27 @@ def test_reading_loss_with_a_frozen_vision_tower_is_refused(small_model, tmp_pat
         train_sft(opts)
 
 
+def test_a_checkpoint_saved_with_other_settings_is_refused_with_a_clear_error(small_model, tmp_path):
+    """A checkpoint whose optimizer has other parameter groups (saved with the vision tower trained, resumed
+    with it frozen) is refused before any data is read, naming the checkpoint and how to start afresh."""
+    import shutil
+
+    from transformers import AutoModelForImageTextToText
+
+    from stvg_train.sft import TRAINER_STATE, SftOptions, train_sft
+
+    checkpoint = tmp_path / "out" / "checkpoint-last"
+    shutil.copytree(small_model[0], checkpoint)
+    model = AutoModelForImageTextToText.from_pretrained(small_model[0])
+    one_group = torch.optim.AdamW(model.parameters())
+    torch.save({"optimizer": one_group.state_dict(), "step": 3, "order": [], "rng": None, "torch_rng": None},
+               checkpoint / TRAINER_STATE)  # fmt: skip
+    opts = SftOptions(model_dir=str(small_model[0]), train=str(tmp_path / "unused"), out_dir=str(tmp_path / "out"),
+                      vision_lr_scale=0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"checkpoint-last was saved with other training settings.*--redo sft"):
+        train_sft(opts)
+
+
 class _Oracle(torch.nn.Module):
     """Predicts each next token from the input itself (`shift` 1), or echoes the current one (`shift` 0)."""
 

@@ -347,6 +347,28 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
         groups.append({"params": reading.parameters(), "weight_decay": 0.0, "lr_scale": opts.vision_lr_scale})
     optimizer = torch.optim.AdamW(groups, lr=opts.lr)
     trained = [p for group in groups for p in group["params"]]
+    step = 0
+    order: list[int] = []
+    rng = random.Random(opts.seed)
+    if resume:
+        state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # e.g. saved with the vision tower trained, resumed with it frozen
+            raise ValueError(f"{checkpoint} was saved with other training settings ({exc}): delete it to start "
+                             "SFT afresh (recipe: --redo sft)") from None
+        if reading is not None and state.get("id_reading_head"):
+            reading.load_state_dict(state["id_reading_head"])
+        step, order = state["step"], state["order"]
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed SFT at step %d from %s", step, checkpoint)
+    else:
+        torch.manual_seed(opts.seed)
+        (out / "log.jsonl").unlink(missing_ok=True)
+        if reading is not None and (source / HEAD_FILE).is_file():  # a model from the recipe's `read` stage
+            reading.load_state_dict(torch.load(source / HEAD_FILE, weights_only=False)["head"])
+            log.info("ID-reading head from %s", source / HEAD_FILE)
     train_rows = usable_rows(opts.train)
     heldout_rows, held_questions = None, {}
     if opts.heldout:
@@ -368,24 +390,6 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     # decoded once: the same held-out frames are scored at every evaluation
     heldout_reading = frame_batch(processor, heldout_rows, heldout_frames, opts.source_size) if heldout_frames else None
     pad_id = processor.tokenizer.pad_token_id
-    step = 0
-    order: list[int] = []
-    rng = random.Random(opts.seed)
-    if resume:
-        state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        if reading is not None and state.get("id_reading_head"):
-            reading.load_state_dict(state["id_reading_head"])
-        step, order = state["step"], state["order"]
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        log.info("resumed SFT at step %d from %s", step, checkpoint)
-    else:
-        torch.manual_seed(opts.seed)
-        (out / "log.jsonl").unlink(missing_ok=True)
-        if reading is not None and (source / HEAD_FILE).is_file():  # a model from the recipe's `read` stage
-            reading.load_state_dict(torch.load(source / HEAD_FILE, weights_only=False)["head"])
-            log.info("ID-reading head from %s", source / HEAD_FILE)
     log_file = (out / "log.jsonl").open("a")
     started = time.monotonic()
     recent: list[float] = []

@@ -15,6 +15,7 @@ from stvg_ros.core.render import render_ids
 from stvg_ros.core.types import Tracks
 from stvg_ros.grounding.sampling import scale_tracks
 from stvg_train.id_reading import (
+    ATTRIBUTES,
     CELL_PX,
     HEAD_FILE,
     ID_DIGITS,
@@ -24,6 +25,8 @@ from stvg_train.id_reading import (
     IdExercises,
     IdReadingHead,
     ReadingOptions,
+    attribute_classes,
+    attribute_targets,
     cell_targets,
     digit_classes,
     frame_batch,
@@ -71,6 +74,25 @@ def test_cell_targets_mark_the_cells_the_renderer_inks():
     assert (cell_targets([], [], SOURCE, FRAME) == NO_DIGIT).all()
 
 
+def test_attribute_targets_name_the_object_each_cell_shows():
+    """Bodies back to front (the nearer wins where they overlap); an ID cell names the object whose ID it
+    shows (even over another object's body); an ID drawn on no object names none."""
+    none = tuple(len(names) for names in attribute_classes())
+    back, front = (1, 2, 0), (3, 4, 2)
+    bodies = [([0, 0, 56, 56], back), ([28, 28, 84, 84], front)]  # cells (0..1, 0..1) and (1..2, 1..2)
+    owner = np.full(8 * 6, -1)
+    owner[2 * 8 + 2], owner[5 * 8 + 7] = 0, -2  # the back object's ID over the front one; a stray ID
+    shown = attribute_targets(bodies, owner, FRAME).reshape(6, 8, len(ATTRIBUTES))
+    assert shown.shape == (6, 8, 3)
+    assert tuple(shown[0, 0]) == tuple(shown[0, 1]) == tuple(shown[1, 0]) == back
+    assert tuple(shown[1, 1]) == tuple(shown[1, 2]) == tuple(shown[2, 1]) == front  # in front
+    assert tuple(shown[2, 2]) == back  # the back object's ID, drawn over the front object
+    assert tuple(shown[5, 7]) == tuple(shown[4, 4]) == none
+    # a box smaller than a cell still marks the cell it mostly covers
+    small = attribute_targets([([30, 30, 40, 40], back)], np.full(48, -1), FRAME).reshape(6, 8, 3)
+    assert tuple(small[1, 1]) == back and (small.reshape(-1, 3) != back).any(axis=1).sum() == 47
+
+
 def _rows() -> Dataset:
     frame = Image.new("RGB", FRAME, (90, 90, 90))
     return Dataset.from_dict({
@@ -116,6 +138,34 @@ def test_head_loss_trains_and_scores_count_id_cells_only(tmp_path):
     assert after["loss"] < 0.5 * before["loss"] and after["place"] > before["place"]
 
 
+def test_attribute_loss_teaches_what_the_objects_look_like(tmp_path):
+    """On exercises (targets with attribute columns) the head also learns the shown objects' colour, shape
+    and size; scores report them on object cells and on the cells of objects' IDs. Weight 0: digits only."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out = build_small_qwen25vl(tmp_path / "model", max_pixels=FRAME[0] * FRAME[1])
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32)
+    batch = IdExercises(SPEC, FRAME, seed=3, pool=2).batch(processor, 4, np.random.default_rng(1))
+    head = IdReadingHead(model.config.text_config.hidden_size, model.config.vision_config.hidden_size)
+    with torch.no_grad():
+        digits_only, _ = head.loss(model, *batch, attribute_weight=0.0)
+        with_attributes, _ = head.loss(model, *batch)
+        without_columns, _ = head.loss(model, *batch[:2], batch[2][:, :TARGET_COLUMNS])
+    assert with_attributes > digits_only == pytest.approx(float(without_columns))
+    before = reading_scores(head, model, batch)
+    assert {"object_attributes", "id_cell_attributes"} <= set(before)
+    optimizer = torch.optim.AdamW([*model.model.visual.parameters(), *head.parameters()], lr=3e-3)
+    for _ in range(30):
+        loss, _ = head.loss(model, *batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = reading_scores(head, model, batch)
+    assert after["object_attributes"] > max(0.5, before["object_attributes"])
+    assert after["id_cell_attributes"] > before["id_cell_attributes"]
+
+
 def test_video_frames_decodes_each_video_once():
     from stvg_ros.synthetic.tiny_vlm import build_processor, build_tokenizer
     from stvg_train.sft import VideoFrames
@@ -148,10 +198,19 @@ def test_exercises_draw_readable_ids_where_their_targets_say():
     exercises = IdExercises(SPEC, FRAME, seed=3, pool=2, extra_ids=4)
     rng = np.random.default_rng(0)
     widths, cells, inked = set(), 0, 0
+    objects_with_ids, stray_ids, colours = 0, 0, set()
     for _ in range(20):
         frame, targets = exercises.frame(rng)
         assert frame.shape == (FRAME[1], FRAME[0], 3) and frame.dtype == np.uint8
-        assert targets.shape == ((FRAME[0] // CELL_PX) * (FRAME[1] // CELL_PX), TARGET_COLUMNS)
+        assert targets.shape == ((FRAME[0] // CELL_PX) * (FRAME[1] // CELL_PX), TARGET_COLUMNS + len(ATTRIBUTES))
+        shown = targets[:, TARGET_COLUMNS:]
+        has_object = shown[:, 0] != len(attribute_classes()[0])
+        with_id = (targets[:, :ID_DIGITS] != NO_DIGIT).any(axis=1)
+        # an object's cells name all three attributes, other cells none
+        assert ((shown != np.asarray([len(n) for n in attribute_classes()])) == has_object[:, None]).all()
+        objects_with_ids += int((has_object & with_id).sum())
+        stray_ids += int((~has_object & with_id).sum())
+        colours |= set(shown[has_object, 0].tolist())
         targets = targets[:, :ID_DIGITS]
         # the ink's core (pure red; the scenes' red shapes are darker): anti-aliased edges are left out
         red = (frame[..., 0] >= 240) & (frame[..., 1] <= 30) & (frame[..., 2] <= 30)
@@ -163,6 +222,8 @@ def test_exercises_draw_readable_ids_where_their_targets_say():
         cells += int(labelled.sum())
     assert widths == {1, 2, 3} and cells > 20 * 4  # IDs of every width, several per frame
     assert inked >= 0.9 * cells  # labelled cells show the ink's core
+    # the IDs at objects' centres name their object, the ones at free places none; several colours seen
+    assert objects_with_ids > 20 and stray_ids > 20 and len(colours) >= 2
     again, _ = IdExercises(SPEC, FRAME, seed=3, pool=2).frame(np.random.default_rng(0))
     first, _ = exercises.frame(np.random.default_rng(0))
     assert np.array_equal(again, first)  # seeded

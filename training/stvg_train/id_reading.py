@@ -11,6 +11,12 @@ renderer as the frames (`core.render.render_ids` on an empty canvas), so targets
 `train_reading` (the recipe's `read` stage) runs this loss alone before SFT, on `IdExercises`: frames of
 freshly generated synthetic scenes at the model's frame size with random IDs of one to three digits
 drawn by the renderer at the objects' centres and at free places, an endless supply of IDs to read.
+
+Reading alone erases what the answers also need: after a reading-only stage a linear probe no longer
+finds an object's colour in the tokens (it does at random init). So the exercises also name, for every
+cell, the colour, shape and size of the object it shows, and for the cells of an object's drawn ID that
+object's (`attribute_targets`): the token that says "156" then also says "red circle", which is the
+one lookup a question like "the red circle moving left" asks of the language model.
 """
 
 from __future__ import annotations
@@ -42,6 +48,16 @@ PATCH_PX = 14
 MIN_CHARACTER_INK_PX = 4
 #: Columns of `cell_targets`: the ID's digit places, then the character under each of the cell's patches.
 TARGET_COLUMNS = ID_DIGITS + PATCHES_PER_CELL
+#: Object attributes named per cell by `attribute_targets` (after `TARGET_COLUMNS` in an exercise's targets).
+ATTRIBUTES = ("colour", "shape", "size")
+
+
+def attribute_classes() -> tuple[tuple[str, ...], ...]:
+    """The class names of each of `ATTRIBUTES` (the synthetic scenes' colours, shapes, sizes); class
+    `len(names)` of each is "no object"."""
+    from stvg_ros.synthetic.scenes import COLOURS, SHAPES, SIZES
+
+    return tuple(COLOURS), tuple(SHAPES), tuple(SIZES)
 
 
 def digit_classes(track_id: int) -> list[int]:
@@ -53,7 +69,7 @@ def digit_classes(track_id: int) -> list[int]:
 
 
 def cell_targets(track_ids: list[int], boxes_src: list[list[float]], src_size: tuple[int, int],
-                 frame_size: tuple[int, int]) -> np.ndarray:
+                 frame_size: tuple[int, int], *, with_owner: bool = False):
     """(cells, TARGET_COLUMNS) int64 targets of one frame, cells in raster order of the merged token grid.
 
     Columns 0..ID_DIGITS-1: the digits of the ID that covers the cell most (right-aligned; NO_DIGIT where
@@ -61,7 +77,8 @@ def cell_targets(track_ids: list[int], boxes_src: list[list[float]], src_size: t
     the digit character inked most there, a local task that the whole-ID columns build on.
     `boxes_src` are the tracks' boxes in source pixels (`src_size` = width, height); the frame the model
     sees is `frame_size` (width, height, multiples of CELL_PX), where the IDs are drawn at the scaled
-    box centres, as `grounding.sampling.sample_clip` draws them.
+    box centres, as `grounding.sampling.sample_clip` draws them. With `with_owner`, also (cells,) the index
+    in `track_ids` of the ID each cell reads (-1: none).
     """
     from stvg_ros.core.render import id_character_masks
     from stvg_ros.core.types import Tracks
@@ -71,7 +88,7 @@ def cell_targets(track_ids: list[int], boxes_src: list[list[float]], src_size: t
     grid_w, grid_h = width // CELL_PX, height // CELL_PX
     targets = np.full((grid_h * grid_w, TARGET_COLUMNS), NO_DIGIT, np.int64)
     if not track_ids:
-        return targets
+        return (targets, np.full(grid_h * grid_w, -1)) if with_owner else targets
     ink = np.zeros((len(track_ids), grid_h, grid_w), np.int64)
     character_ink = np.zeros((10, 2 * grid_h, 2 * grid_w), np.int64)
     for k, (track_id, box) in enumerate(zip(track_ids, boxes_src, strict=True)):
@@ -88,12 +105,42 @@ def cell_targets(track_ids: list[int], boxes_src: list[list[float]], src_size: t
     characters = np.where(character_ink.max(axis=0) >= MIN_CHARACTER_INK_PX, character_ink.argmax(axis=0), NO_DIGIT)
     # patches (2*grid_h, 2*grid_w) -> per cell, its 2x2 patches row by row (the processor's order)
     targets[:, ID_DIGITS:] = characters.reshape(grid_h, 2, grid_w, 2).transpose(0, 2, 1, 3).reshape(-1, 4)
+    if with_owner:
+        return targets, np.where(amount >= MIN_INK_PX, owner, -1)
+    return targets
+
+
+def attribute_targets(bodies: list[tuple[list[float], tuple[int, int, int]]], id_owner: np.ndarray,
+                      frame_size: tuple[int, int]) -> np.ndarray:
+    """(cells, len(ATTRIBUTES)) int64: the attribute classes of the object each merged cell shows.
+
+    `bodies`: (box xyxy in frame pixels, (colour, shape, size) classes) of the visible objects, back to
+    front; a cell shows an object when the box covers a quarter of the cell (or half of a smaller box),
+    a nearer object wins. `id_owner` (cells,): the body whose drawn ID the cell reads, -1 for none, -2 for
+    an ID drawn on no object. ID cells take their object's attributes, and an ID of no object none, so that
+    a token never pairs digits with another object's colour. Elsewhere the class is "no object".
+    """
+    width, height = frame_size
+    grid_w, grid_h = width // CELL_PX, height // CELL_PX
+    none = np.asarray([len(names) for names in attribute_classes()], np.int64)
+    targets = np.tile(none, (grid_h * grid_w, 1))
+    x0 = np.arange(grid_w) * CELL_PX
+    y0 = np.arange(grid_h) * CELL_PX
+    for (x1, y1, x2, y2), classes in bodies:
+        overlap_x = np.clip(np.minimum(x0 + CELL_PX, x2) - np.maximum(x0, x1), 0, None)
+        overlap_y = np.clip(np.minimum(y0 + CELL_PX, y2) - np.maximum(y0, y1), 0, None)
+        area = np.outer(overlap_y, overlap_x).ravel()
+        needed = min(CELL_PX * CELL_PX / 4, max(1.0, (x2 - x1) * (y2 - y1)) / 2)
+        targets[area >= needed] = classes
+    for cell in np.flatnonzero(id_owner != -1):
+        targets[cell] = bodies[id_owner[cell]][1] if id_owner[cell] >= 0 else none
     return targets
 
 
 class IdReadingHead:
-    """Two linear heads, used only in training: on each merged visual token, the drawn ID's `ID_DIGITS`
-    places × 11 classes; on each vision patch before the merge, the digit character under it."""
+    """Linear heads, used only in training: on each merged visual token, the drawn ID's `ID_DIGITS`
+    places × 11 classes and the shown object's `ATTRIBUTES`; on each vision patch before the merge, the
+    digit character under it."""
 
     def __init__(self, hidden_size: int, vision_hidden_size: int, seed: int = 0) -> None:
         import torch
@@ -101,17 +148,26 @@ class IdReadingHead:
         generator = torch.Generator().manual_seed(seed)
         self.linear = torch.nn.Linear(hidden_size, ID_DIGITS * (NO_DIGIT + 1))
         self.characters = torch.nn.Linear(vision_hidden_size, NO_DIGIT + 1)
+        self.attribute_sizes = [len(names) + 1 for names in attribute_classes()]
+        self.attributes = torch.nn.Linear(hidden_size, sum(self.attribute_sizes))
         with torch.no_grad():
-            for layer in (self.linear, self.characters):
+            for layer in (self.linear, self.characters, self.attributes):
                 layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.02)
                 layer.bias.zero_()
 
     def parameters(self):
-        return [*self.linear.parameters(), *self.characters.parameters()]
+        return [*self.linear.parameters(), *self.characters.parameters(), *self.attributes.parameters()]
 
-    def loss(self, model, pixel_values, image_grid_thw, targets, *, empty_weight: float = 0.1):
+    def attribute_logits(self, tokens) -> list:
+        """Per attribute, (tokens, classes) logits."""
+        return list(self.attributes(tokens.float()).split(self.attribute_sizes, dim=-1))
+
+    def loss(self, model, pixel_values, image_grid_thw, targets, *, empty_weight: float = 0.1,
+             attribute_weight: float = 1.0):
         """Cross-entropy of the ID's digit classes on every token plus that of the characters on every
-        patch; cells (patches) without an ID (a character) weigh `empty_weight`. Returns (loss, ID logits)."""
+        patch and, where `targets` has `ATTRIBUTES` columns (exercises), `attribute_weight` × that of the
+        shown object's attributes on every token; cells (patches) without an ID (a character, an object)
+        weigh `empty_weight`. Returns (loss, ID logits)."""
         from torch.nn.functional import cross_entropy
 
         tokens, patches = visual_tokens(model, pixel_values, image_grid_thw, with_patches=True)
@@ -121,18 +177,29 @@ class IdReadingHead:
         has_id = (ids != NO_DIGIT).any(dim=1).float()
         weight = has_id + empty_weight * (1.0 - has_id)
         loss = (per_place.view(-1, ID_DIGITS).mean(dim=1) * weight).sum() / weight.sum()
-        characters = targets[:, ID_DIGITS:].reshape(-1)
+        characters = targets[:, ID_DIGITS:TARGET_COLUMNS].reshape(-1)
         per_patch = cross_entropy(self.characters(patches.float()), characters, reduction="none")
         has_character = (characters != NO_DIGIT).float()
         weight = has_character + empty_weight * (1.0 - has_character)
-        return loss + (per_patch * weight).sum() / weight.sum(), logits
+        loss = loss + (per_patch * weight).sum() / weight.sum()
+        if targets.shape[1] > TARGET_COLUMNS and attribute_weight > 0:
+            shown = targets[:, TARGET_COLUMNS:]
+            for k, logits_k in enumerate(self.attribute_logits(tokens)):
+                has_object = (shown[:, k] != self.attribute_sizes[k] - 1).float()
+                weight = has_object + empty_weight * (1.0 - has_object)
+                per_cell = cross_entropy(logits_k, shown[:, k], reduction="none")
+                loss = loss + attribute_weight / len(ATTRIBUTES) * (per_cell * weight).sum() / weight.sum()
+        return loss, logits
 
     def state_dict(self) -> dict:
-        return {"ids": self.linear.state_dict(), "characters": self.characters.state_dict()}
+        return {"ids": self.linear.state_dict(), "characters": self.characters.state_dict(),
+                "attributes": self.attributes.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.linear.load_state_dict(state["ids"])
         self.characters.load_state_dict(state["characters"])
+        if "attributes" in state:  # heads saved before the attribute targets keep a fresh attribute head
+            self.attributes.load_state_dict(state["attributes"])
 
 
 def visual_tokens(model, pixel_values, image_grid_thw, *, with_patches: bool = False):
@@ -197,8 +264,18 @@ def reading_scores(head: IdReadingHead, model, batch) -> dict[str, float]:
     has_id = (ids != NO_DIGIT).any(dim=1)
     right = logits.argmax(dim=-1)[has_id] == ids[has_id]
     n = int(has_id.sum())
-    return {"loss": float(loss), "cells": n, "exact": float(right.all(dim=1).float().mean()) if n else 0.0,
-            "place": float(right.float().mean()) if n else 0.0}
+    scores = {"loss": float(loss), "cells": n, "exact": float(right.all(dim=1).float().mean()) if n else 0.0,
+              "place": float(right.float().mean()) if n else 0.0}
+    if targets.shape[1] > TARGET_COLUMNS:  # exercises: does the token also say what the object looks like?
+        with torch.no_grad():
+            tokens = visual_tokens(model, pixel_values, grid)
+        shown = targets[:, TARGET_COLUMNS:]
+        predicted = torch.stack([x.argmax(dim=-1) for x in head.attribute_logits(tokens)], dim=1)
+        has_object = shown[:, 0] != head.attribute_sizes[0] - 1
+        for name, cells in (("object_attributes", has_object), ("id_cell_attributes", has_object & has_id)):
+            right = (predicted[cells] == shown[cells]).all(dim=1)
+            scores[name] = float(right.float().mean()) if int(cells.sum()) else 0.0
+    return scores
 
 
 #: The head's weights, saved next to a model trained by `train_reading` (SFT carries them on).
@@ -224,7 +301,7 @@ class IdExercises:
         self.scenes = [generate_scene(scene_seed(seed, i), spec) for i in range(pool)]
 
     def frame(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One exercise: (RGB frame at `frame_size`, its `cell_targets`)."""
+        """One exercise: (RGB frame at `frame_size`, its `cell_targets` followed by its `attribute_targets`)."""
         import cv2
 
         from stvg_ros.core.render import render_ids
@@ -236,19 +313,28 @@ class IdExercises:
         src_w, src_h = scene.size
         image = cv2.resize(scene.render_frame(index), (width, height), interpolation=cv2.INTER_AREA)
         sx, sy = width / src_w, height / src_h
-        visible = scene.gt.visible[index] > 0.3
-        centres = [((b[0] + b[2]) / 2 * sx, (b[1] + b[3]) / 2 * sy) for b in scene.gt.boxes[index][visible]]
-        for _ in range(self.extra_ids):
-            centres.append((float(rng.uniform(0, width - 26)), float(rng.uniform(12, height))))
-        kept: list[tuple[float, float]] = []
-        for x, y in centres:  # IDs that would overlap an earlier one are left out (unreadable for anyone)
-            if all(abs(x - kx) >= 30 or abs(y - ky) >= 16 for kx, ky in kept):
-                kept.append((x, y))
+        colours, shapes, sizes = attribute_classes()
+        visible = [k for k in np.argsort([o.z for o in scene.objects]) if scene.gt.visible[index][k] > 0.3]
+        bodies = []  # back to front
+        for k in visible:
+            obj, box = scene.objects[k], scene.gt.boxes[index][k]
+            classes = (colours.index(obj.colour), shapes.index(obj.shape), sizes.index(obj.size))
+            bodies.append(([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], classes))
+        centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, body) for body, (b, _) in enumerate(bodies)]
+        for _ in range(self.extra_ids):  # on no object (-2), wherever they land
+            centres.append((float(rng.uniform(0, width - 26)), float(rng.uniform(12, height)), -2))
+        kept: list[tuple[float, float, int]] = []
+        for x, y, body in centres:  # IDs that would overlap an earlier one are left out (unreadable for anyone)
+            if all(abs(x - kx) >= 30 or abs(y - ky) >= 16 for kx, ky, _ in kept):
+                kept.append((x, y, body))
         digits = rng.integers(1, ID_DIGITS + 1, size=len(kept))
         ids = [int(rng.integers(1 if d == 1 else 10 ** (d - 1), 10 ** d)) for d in digits]
-        boxes = [[x - 1.0, y - 1.0, x + 1.0, y + 1.0] for x, y in kept]
+        boxes = [[x - 1.0, y - 1.0, x + 1.0, y + 1.0] for x, y, _ in kept]
         tracks = Tracks(xyxy=np.asarray(boxes, np.float32).reshape(-1, 4), track_id=np.asarray(ids, np.int64))
-        return render_ids(image, tracks), cell_targets(ids, boxes, (width, height), (width, height))
+        targets, owner = cell_targets(ids, boxes, (width, height), (width, height), with_owner=True)
+        owner_body = np.where(owner >= 0, np.asarray([body for *_, body in kept] + [-1])[owner], -1)
+        shown = attribute_targets(bodies, owner_body, (width, height))
+        return render_ids(image, tracks), np.concatenate([targets, shown], axis=1)
 
     def batch(self, processor, n: int, rng: np.random.Generator):
         """Pixel values, grids and cell targets of `n` exercises (as `frame_batch`)."""
@@ -275,6 +361,8 @@ class ReadingOptions:
     steps: int = 3000
     frames: int = 32  # exercises per step
     extra_ids: int = 4
+    #: weight of the shown objects' colour, shape and size in the loss (`attribute_targets`; 0: digits only)
+    attribute_weight: float = 1.0
     pool: int = 64  # scenes the exercises are drawn from (held-out ones come from other seeds)
     lr: float = 1e-3
     warmup_steps: int = 30
@@ -374,7 +462,8 @@ def train_reading(opts: ReadingOptions) -> dict[str, Any]:
         while step < opts.steps:
             for group in optimizer.param_groups:
                 group["lr"] = warmup_cosine_lr(opts.lr, opts.warmup_steps, opts.steps, step)
-            loss, _ = head.loss(model, *exercises.batch(processor, opts.frames, rng))
+            loss, _ = head.loss(model, *exercises.batch(processor, opts.frames, rng),
+                                attribute_weight=opts.attribute_weight)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, opts.max_grad_norm))
             optimizer.step()

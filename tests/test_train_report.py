@@ -138,7 +138,8 @@ def test_reading_stage_curves_come_first_in_the_report(tmp_path):
     records = [{"step": s, "id_reading_loss": 3.0 / s, "grad_norm": 1.0, "lr": 1e-3} for s in range(10, 101, 10)]
     for r in records[4::5]:  # held-out reading every 50 steps
         r.update(heldout_exercises_exact=r["step"] / 200, heldout_exercises_place=r["step"] / 150,
-                 heldout_exercises_cells=120, heldout_id_reading_exact=r["step"] / 250)
+                 heldout_exercises_cells=120, heldout_id_reading_exact=r["step"] / 250,
+                 heldout_exercises_object_attributes=r["step"] / 120)
     reading_log = _write_jsonl(tmp_path / "read.jsonl", records)
     [path] = plot_reading(reading_log, tmp_path / "a")
     assert path.name == "read_id.png"
@@ -148,7 +149,7 @@ def test_reading_stage_curves_come_first_in_the_report(tmp_path):
     assert report["read"]["plots"] == ["read_id.png"]
     curves = report["read"]["curves"]
     assert set(curves) == {"id_reading_loss", "heldout_exercises_exact", "heldout_exercises_place",
-                           "heldout_id_reading_exact"}
+                           "heldout_id_reading_exact", "heldout_exercises_object_attributes"}
     assert curves["heldout_exercises_exact"]["best"] == {"step": 100, "value": 0.5}
     markdown = (tmp_path / "b" / "training_report.md").read_text()
     assert markdown.index("## ID reading (before SFT)") < markdown.index("## SFT")

@@ -129,7 +129,9 @@ _READING_CURVES: tuple[CurveSpec, ...] = (
     ("id_reading_loss", "ID-reading loss", "min"),
     ("heldout_exercises_exact", "unseen exercises: IDs read exactly", "max"),
     ("heldout_id_reading_exact", "robot's held-out frames: IDs read exactly", "max"),
-    ("heldout_exercises_place", "unseen exercises: digits right", "max"))
+    ("heldout_exercises_place", "unseen exercises: digits right", "max"),
+    ("heldout_exercises_object_attributes", "unseen exercises: objects' colour+shape+size right", "max"),
+    ("heldout_exercises_id_cell_attributes", "unseen exercises: ID cells naming their object right", "max"))
 
 
 def _logged_curves(records: list[dict[str, Any]], log_path: Path, what: str,
@@ -168,7 +170,7 @@ def _plot_reading(curves: dict[str, Curve], out_dir: Path) -> list[Path]:
     panels = [("loss vs step", "cross-entropy per ID cell", [curves["id_reading_loss"]])]
     scores = [c for k, c in curves.items() if k != "id_reading_loss"]
     if scores:
-        panels.append(("held-out reading", "share of ID cells", scores))
+        panels.append(("held-out reading and object attributes", "share of cells", scores))
     return [_save_figure(out_dir / "read_id.png", "Reading the drawn IDs (vision tower, before SFT)", panels)]
 
 

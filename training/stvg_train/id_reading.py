@@ -168,9 +168,13 @@ class IdReadingHead:
         patch and, where `targets` has `ATTRIBUTES` columns (exercises), `attribute_weight` × that of the
         shown object's attributes on every token; cells (patches) without an ID (a character, an object)
         weigh `empty_weight`. Returns (loss, ID logits)."""
+        tokens, patches = visual_tokens(model, pixel_values, image_grid_thw, with_patches=True)
+        return self.loss_of(tokens, patches, targets, empty_weight=empty_weight, attribute_weight=attribute_weight)
+
+    def loss_of(self, tokens, patches, targets, *, empty_weight: float = 0.1, attribute_weight: float = 1.0):
+        """`loss` on visual tokens and patches already computed (`visual_tokens(..., with_patches=True)`)."""
         from torch.nn.functional import cross_entropy
 
-        tokens, patches = visual_tokens(model, pixel_values, image_grid_thw, with_patches=True)
         ids = targets[:, :ID_DIGITS]
         logits = self.linear(tokens.float()).view(-1, ID_DIGITS, NO_DIGIT + 1)
         per_place = cross_entropy(logits.reshape(-1, NO_DIGIT + 1), ids.reshape(-1), reduction="none")
@@ -259,7 +263,8 @@ def reading_scores(head: IdReadingHead, model, batch) -> dict[str, float]:
 
     pixel_values, grid, targets = batch
     with torch.no_grad():
-        loss, logits = head.loss(model, pixel_values, grid, targets)
+        tokens, patches = visual_tokens(model, pixel_values, grid, with_patches=True)
+        loss, logits = head.loss_of(tokens, patches, targets)
     ids = targets[:, :ID_DIGITS]
     has_id = (ids != NO_DIGIT).any(dim=1)
     right = logits.argmax(dim=-1)[has_id] == ids[has_id]
@@ -267,10 +272,9 @@ def reading_scores(head: IdReadingHead, model, batch) -> dict[str, float]:
     scores = {"loss": float(loss), "cells": n, "exact": float(right.all(dim=1).float().mean()) if n else 0.0,
               "place": float(right.float().mean()) if n else 0.0}
     if targets.shape[1] > TARGET_COLUMNS:  # exercises: does the token also say what the object looks like?
-        with torch.no_grad():
-            tokens = visual_tokens(model, pixel_values, grid)
         shown = targets[:, TARGET_COLUMNS:]
-        predicted = torch.stack([x.argmax(dim=-1) for x in head.attribute_logits(tokens)], dim=1)
+        with torch.no_grad():
+            predicted = torch.stack([x.argmax(dim=-1) for x in head.attribute_logits(tokens)], dim=1)
         has_object = shown[:, 0] != head.attribute_sizes[0] - 1
         for name, cells in (("object_attributes", has_object), ("id_cell_attributes", has_object & has_id)):
             right = (predicted[cells] == shown[cells]).all(dim=1)

@@ -60,6 +60,11 @@ def attribute_classes() -> tuple[tuple[str, ...], ...]:
     return tuple(COLOURS), tuple(SHAPES), tuple(SIZES)
 
 
+def no_object_classes() -> np.ndarray:
+    """(len(ATTRIBUTES),) the "no object" class of each attribute: one past its names."""
+    return np.asarray([len(names) for names in attribute_classes()], np.int64)
+
+
 def digit_classes(track_id: int) -> list[int]:
     """`ID_DIGITS` classes of one ID, right-aligned: 7 -> [10, 10, 7], 152 -> [1, 5, 2]."""
     text = str(int(track_id))
@@ -122,7 +127,7 @@ def attribute_targets(bodies: list[tuple[list[float], tuple[int, int, int]]], id
     """
     width, height = frame_size
     grid_w, grid_h = width // CELL_PX, height // CELL_PX
-    none = np.asarray([len(names) for names in attribute_classes()], np.int64)
+    none = no_object_classes()
     targets = np.tile(none, (grid_h * grid_w, 1))
     x0 = np.arange(grid_w) * CELL_PX
     y0 = np.arange(grid_h) * CELL_PX
@@ -148,7 +153,8 @@ class IdReadingHead:
         generator = torch.Generator().manual_seed(seed)
         self.linear = torch.nn.Linear(hidden_size, ID_DIGITS * (NO_DIGIT + 1))
         self.characters = torch.nn.Linear(vision_hidden_size, NO_DIGIT + 1)
-        self.attribute_sizes = [len(names) + 1 for names in attribute_classes()]
+        self.no_object = no_object_classes()
+        self.attribute_sizes = [int(n) + 1 for n in self.no_object]
         self.attributes = torch.nn.Linear(hidden_size, sum(self.attribute_sizes))
         with torch.no_grad():
             for layer in (self.linear, self.characters, self.attributes):
@@ -189,7 +195,7 @@ class IdReadingHead:
         if targets.shape[1] > TARGET_COLUMNS and attribute_weight > 0:
             shown = targets[:, TARGET_COLUMNS:]
             for k, logits_k in enumerate(self.attribute_logits(tokens)):
-                has_object = (shown[:, k] != self.attribute_sizes[k] - 1).float()
+                has_object = (shown[:, k] != int(self.no_object[k])).float()
                 weight = has_object + empty_weight * (1.0 - has_object)
                 per_cell = cross_entropy(logits_k, shown[:, k], reduction="none")
                 loss = loss + attribute_weight / len(ATTRIBUTES) * (per_cell * weight).sum() / weight.sum()
@@ -275,7 +281,7 @@ def reading_scores(head: IdReadingHead, model, batch) -> dict[str, float]:
         shown = targets[:, TARGET_COLUMNS:]
         with torch.no_grad():
             predicted = torch.stack([x.argmax(dim=-1) for x in head.attribute_logits(tokens)], dim=1)
-        has_object = shown[:, 0] != head.attribute_sizes[0] - 1
+        has_object = shown[:, 0] != int(head.no_object[0])
         for name, cells in (("object_attributes", has_object), ("id_cell_attributes", has_object & has_id)):
             right = (predicted[cells] == shown[cells]).all(dim=1)
             scores[name] = float(right.float().mean()) if int(cells.sum()) else 0.0

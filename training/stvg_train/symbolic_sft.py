@@ -1,0 +1,240 @@
+"""Diagnostic: SFT of the language model on *symbolic* visual tokens, i.e. given perfect perception.
+
+Every merged visual token of a prepared sample is replaced by a sum of learned embeddings of what a
+perfect vision tower would put there: the drawn ID's digit per place (`id_reading.cell_targets`) and the
+colour, shape and size of the object the cell shows (`id_reading.attribute_targets`; each track is
+matched to its scene object by box IoU). The vision tower never runs. The held-out ID accuracy it
+reaches bounds what SFT of the same language model can reach with any vision tower.
+
+    python -m stvg_train.symbolic_sft --work-dir RUN --out OUT [--steps 400] [--which-object 32]
+
+RUN is a `stvg-train recipe synth-small` work folder with its `data` and `init` stages done. Not part
+of the recipe: it measures, it ships nothing. One JSON line per logged step goes to OUT/log.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+from stvg_train.id_reading import ID_DIGITS, NO_DIGIT, attribute_classes, attribute_targets, cell_targets
+from stvg_train.sft import (
+    VideoFrames,
+    collate,
+    encode_example,
+    encode_frame_question,
+    id_questions,
+    question_scores,
+    reference_completion,
+    usable_rows,
+    warmup_cosine_lr,
+)
+
+#: Merged tokens per frame of the recipe's 224x168 frames.
+CELLS_PER_FRAME = 48
+
+
+class SymbolicScenes:
+    """Per prepared row, the (frames × cells, ID_DIGITS + 3) classes a perfect vision tower would encode."""
+
+    def __init__(self, scenes_dir: str | Path, source_size: tuple[int, int], frame_size: tuple[int, int]) -> None:
+        self.scenes_dir, self.source_size, self.frame_size = Path(scenes_dir), source_size, frame_size
+        self.names = attribute_classes()
+        self.cache: dict[str, dict] = {}
+
+    def scene(self, video: str) -> dict:
+        if video not in self.cache:
+            self.cache[video] = json.loads((self.scenes_dir / "gt" / f"{video}.json").read_text())
+        return self.cache[video]
+
+    def classes(self, row) -> np.ndarray:
+        from stvg_ros.evaluation.metrics import box_iou
+
+        scene = self.scene(row["video"])
+        objects = {o["id"]: o for o in scene["objects"]}
+        sx, sy = self.frame_size[0] / self.source_size[0], self.frame_size[1] / self.source_size[1]
+        frames = []
+        for t, ids, boxes in zip(row["timestamps_s"], row["frame_track_ids"], row["frame_track_boxes"], strict=True):
+            shown = scene["frames"][min(round(t * scene["fps"]), len(scene["frames"]) - 1)]["objects"]
+            digits, owner = cell_targets(ids, boxes, self.source_size, self.frame_size, with_owner=True)
+            bodies = []
+            for box in boxes:
+                best = max(shown, key=lambda o, b=box: box_iou(np.asarray(b), np.asarray(o["xyxy"], float)))
+                obj = objects[best["id"]]
+                classes = tuple(names.index(obj[key]) for names, key in zip(self.names, ("colour", "shape", "size"),
+                                                                           strict=True))
+                bodies.append(([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], classes, obj["z"]))
+            back_to_front = sorted(range(len(bodies)), key=lambda k: bodies[k][2])
+            position = np.empty(len(bodies), np.int64)
+            position[back_to_front] = np.arange(len(bodies))
+            owner = np.where(owner >= 0, position[np.clip(owner, 0, None)] if len(bodies) else owner, owner)
+            attributes = attribute_targets([bodies[k][:2] for k in back_to_front], owner, self.frame_size)
+            frames.append(np.concatenate([digits[:, :ID_DIGITS], attributes], axis=1))
+        return np.concatenate(frames)
+
+
+def answer_id_weights(tokenizer, input_ids, labels, weight: float):
+    """Per-token loss weights: `weight` on the digits of the ID after "Object " and "Target ID: "."""
+    import torch
+
+    pieces = [tokenizer.decode([t]) for t in input_ids.tolist()]
+    weights = torch.ones(len(pieces))
+    inside = False
+    for i, piece in enumerate(pieces):
+        starts = i >= 3 and pieces[i - 1] == " " and (
+            pieces[i - 2].endswith("bject") or (pieces[i - 2] == ":" and pieces[i - 3] == " ID"))
+        inside = labels[i] != -100 and piece.isdigit() and (inside or starts)
+        if inside:
+            weights[i] = weight
+    return weights
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from stvg_ros.core.answer import parse_answer
+    from stvg_ros.evaluation.metrics import temporal_iou_seconds
+    from stvg_train.grpo import set_pixel_budget
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-dir", required=True, help="a synth-small recipe folder (data + init done)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--model", help="default: WORK/init")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--which-object", type=int, default=0, help="single-frame which-object questions per step")
+    parser.add_argument("--id-weight", type=float, default=1.0, help="loss weight of the answer's ID digits")
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--eval-samples", type=int, default=40)
+    parser.add_argument("--limit", type=int, default=0, help="use the first N training samples only")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    work, out = Path(args.work_dir), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    processor = AutoProcessor.from_pretrained(args.model or work / "init")
+    set_pixel_budget(processor, max_pixels=37632)
+    model = AutoModelForImageTextToText.from_pretrained(args.model or work / "init", dtype=torch.float32).train()
+    hidden = model.config.text_config.hidden_size
+    torch.manual_seed(0)
+    tables = torch.nn.ModuleList([torch.nn.Embedding(NO_DIGIT + 1, hidden) for _ in range(ID_DIGITS)]
+                                 + [torch.nn.Embedding(len(n) + 1, hidden) for n in attribute_classes()])
+    for table in tables:
+        torch.nn.init.normal_(table.weight, std=0.02)
+
+    def image_features(pixel_values, image_grid_thw=None, **_):
+        embedded = sum(table(pixel_values[:, k]) for k, table in enumerate(tables))
+        return types.SimpleNamespace(pooler_output=torch.split(embedded, (image_grid_thw.prod(-1) // 4).tolist()))
+
+    model.model.get_image_features = image_features  # the symbolic classes travel as "pixel_values"
+
+    def encode(rows, scenes: SymbolicScenes, index: int, with_answer: bool) -> dict:
+        row = rows[index]
+        completion = reference_completion(row["gt_target_id"], row["gt_start_s"], row["gt_end_s"])
+        enc = encode_example(processor, row, completion if with_answer else None)
+        enc["pixel_values"] = torch.from_numpy(scenes.classes(row))
+        if with_answer:
+            enc["weights"] = answer_id_weights(processor.tokenizer, enc["input_ids"], enc["labels"], args.id_weight)
+        return enc
+
+    def batch_of(examples: list[dict]) -> dict:
+        batch = collate(examples, processor.tokenizer.pad_token_id)
+        batch["pixel_values"] = torch.cat([e["pixel_values"] for e in examples])
+        return batch
+
+    started = time.monotonic()
+    train_scenes = SymbolicScenes(work / "synthetic-train", (320, 240), (224, 168))
+    val_scenes = SymbolicScenes(work / "synthetic-val", (320, 240), (224, 168))
+    train_rows, val_rows = usable_rows(str(work / "prepared-train")), usable_rows(str(work / "prepared-val"))
+    if args.limit:
+        train_rows = train_rows.select(range(min(args.limit, len(train_rows))))
+    train = [encode(train_rows, train_scenes, i, True) for i in range(len(train_rows))]
+    val = [(val_rows[i], encode(val_rows, val_scenes, i, False))
+           for i in range(min(args.eval_samples, len(val_rows)))]
+
+    def questions(rows, scenes: SymbolicScenes, picked) -> list[dict]:
+        frames, classes, encoded = VideoFrames(rows), {}, []
+        for q in picked:
+            if q.row not in classes:
+                classes[q.row] = torch.from_numpy(scenes.classes(rows[q.row]))
+            enc = encode_frame_question(processor, frames[q.row], q)
+            enc["pixel_values"] = classes[q.row][q.frame * CELLS_PER_FRAME:(q.frame + 1) * CELLS_PER_FRAME]
+            encoded.append(enc)
+        return encoded
+
+    which, which_val = [], []
+    if args.which_object:
+        which = questions(train_rows, train_scenes, id_questions(train_rows, work / "synthetic-train"))
+        asked = random.Random(0).sample(id_questions(val_rows, work / "synthetic-val"), 48)
+        held = questions(val_rows, val_scenes, asked)
+        which_val = [batch_of(held[i:i + 16]) for i in range(0, len(held), 16)]
+    print(json.dumps({"encoded": len(train), "which_object": len(which), "s": round(time.monotonic() - started)}),
+          flush=True)
+
+    def evaluate() -> dict:
+        model.eval()
+        correct, ious, example = 0, [], ""
+        for row, enc in val:
+            with torch.no_grad():
+                generated = model.generate(**enc, do_sample=False, max_new_tokens=64)
+            text = processor.batch_decode(generated[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+            answer, example = parse_answer(text), example or text
+            complete = None not in (answer.target_id, answer.start, answer.end)
+            correct += complete and answer.target_id == row["gt_target_id"]
+            ious.append(temporal_iou_seconds((answer.start, answer.end), (row["gt_start_s"], row["gt_end_s"]))
+                        if complete else 0.0)
+        scores = {"id_accuracy": correct / max(1, len(val)), "tiou": sum(ious) / max(1, len(ious)),
+                  "example": example}
+        if which_val:
+            scores.update({f"which_object_{k}": v for k, v in question_scores(model, which_val).items()})
+        model.train()
+        return scores
+
+    params = [*model.parameters(), *tables.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.lr)
+    rng, order, recent = random.Random(0), [], []
+    with (out / "log.jsonl").open("w") as log:
+        for step in range(1, args.steps + 1):
+            if len(order) < args.batch_size:
+                epoch = list(range(len(train)))
+                rng.shuffle(epoch)
+                order += epoch
+            picked, order = order[: args.batch_size], order[args.batch_size:]
+            for group in optimizer.param_groups:
+                group["lr"] = warmup_cosine_lr(args.lr, 50, args.steps, step - 1)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                batch = batch_of([train[i] for i in picked])
+                labels = batch.pop("labels")[:, 1:]
+                logits = model(**batch).logits[:, :-1].float()
+                per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                              reduction="none", ignore_index=-100).view(labels.shape)
+                weights = torch.nn.utils.rnn.pad_sequence([train[i]["weights"] for i in picked], batch_first=True)
+                loss = (per_token * weights[:, 1:] * (labels != -100)).sum() / (labels != -100).sum()
+                if which:
+                    loss = loss + model(**batch_of([rng.choice(which) for _ in range(args.which_object)])).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            recent.append(float(loss.detach()))
+            if step % 10 == 0 or step == args.steps:
+                entry = {"step": step, "loss": sum(recent) / len(recent), "elapsed_s": round(time.monotonic() - started)}
+                recent = []
+                if step % args.eval_every == 0 or step == args.steps:
+                    entry.update(evaluate())
+                print(json.dumps(entry), flush=True)
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+
+
+if __name__ == "__main__":
+    main()

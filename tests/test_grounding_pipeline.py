@@ -179,3 +179,51 @@ def test_unexpected_backend_errors_become_failed_outcomes(snapshot):
 
     outcome = GroundingPipeline(Broken(), GroundingConfig(num_frames=2)).ground(snapshot, GroundingRequest("x"))
     assert not outcome.success and "internal error: RuntimeError: CUDA error" in outcome.message
+
+
+class ScriptedAnswer:
+    """A backend that records what it was given and answers `text` (the pipeline's wiring, no model)."""
+
+    name = model_name = "scripted"
+
+    def __init__(self, text: str) -> None:
+        self.text, self.calls = text, []
+
+    def generate(self, frames, timestamps_s, question, **kwargs):
+        from stvg_ros.grounding.backends.base import GenerationResult
+
+        self.calls.append(kwargs)
+        return GenerationResult(self.text)
+
+
+def test_clip_numbering_answers_with_the_track_id_of_the_number_drawn():
+    snapshot = synthetic_snapshot(seconds=8.0, fps=10.0, track_ids=(152, 9, 1041))
+    backend = ScriptedAnswer("<think>Object 2 moves right.</think>\n<answer>Target ID: 2, Time range: 1.00 to 5.00"
+                             "</answer>")
+    outcome = GroundingPipeline(backend, GroundingConfig(num_frames=4, id_numbering="clip")).ground(
+        snapshot, GroundingRequest("the green box"))
+    assert outcome.success, outcome.message
+    assert backend.calls[0]["track_ids"] == [1, 2, 3]  # the grammar allows the numbers drawn
+    assert (outcome.drawn_id, outcome.target_id) == (2, 152) and outcome.track_ids == [9, 152, 1041]
+    assert "target 152" in outcome.message and "drawn as 2" in outcome.message
+    assert outcome.to_json()["target_id"] == 152 and outcome.to_json()["drawn_id"] == 2
+    by_stamp = {f.stamp_ns: f for f in snapshot.track_frames}
+    assert outcome.tube and all(by_stamp[e.stamp_ns].tracks.box_of(152) is not None for e in outcome.tube)
+    # a track ID that is not a number drawn is not an answer
+    wrong = ScriptedAnswer("<think>x</think>\n<answer>Target ID: 152, Time range: 1.00 to 5.00</answer>")
+    refused = GroundingPipeline(wrong, GroundingConfig(num_frames=4, id_numbering="clip")).ground(
+        snapshot, GroundingRequest("the green box"))
+    assert not refused.success and refused.target_id is None and refused.drawn_id is None
+    # track numbering: the number drawn is the track ID
+    plain = GroundingPipeline(ScriptedAnswer(wrong.text), GroundingConfig(num_frames=4)).ground(
+        snapshot, GroundingRequest("the green box"))
+    assert plain.success and plain.target_id == plain.drawn_id == 152
+
+
+def test_id_numbering_is_checked_and_a_model_record_sets_it():
+    from stvg_ros.grounding.pipeline import with_recorded_input_format
+
+    assert any("id_numbering" in p for p in GroundingConfig(id_numbering="random").problems())
+    config, notes = with_recorded_input_format(GroundingConfig(), {"id_numbering": "clip"})
+    assert config.id_numbering == "clip" and notes == ["id_numbering track -> clip (the model's recorded input format)"]
+    assert with_recorded_input_format(GroundingConfig(), {"id_numbering": "other"})[0].id_numbering == "track"

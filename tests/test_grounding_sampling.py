@@ -131,3 +131,35 @@ def test_tube_edges():
     assert [e.stamp_ns for e in build_tube(Snap, 5, 5 * NS, 3 * NS)] == [3 * NS, 4 * NS, 5 * NS]  # reversed
     assert build_tube(Snap, 5, 4 * NS, 4 * NS)[0].to_json(clip_start_ns=0) == {
         "stamp": 4.0, "stamp_ns": 4 * NS, "box": [0.0, 0.0, 10.0, 10.0], "interpolated": False, "t": 4.0}
+
+
+def test_clip_numbering_draws_one_to_k_in_order_of_first_appearance_and_maps_back():
+    # the robot's tracker has counted far: objects 1, 2, 3 carry IDs 152, 9, 1041
+    snapshot = synthetic_snapshot(seconds=8.0, fps=10.0, track_ids=(152, 9, 1041))
+    by_track = sample_clip(snapshot, num_frames=4)
+    clip = sample_clip(snapshot, num_frames=4, id_numbering="clip")
+    assert by_track.track_ids == clip.track_ids == [9, 152, 1041]  # what is tracked does not change
+    assert by_track.prompt_ids == [9, 152, 1041] and by_track.drawn_numbers == {}
+    assert clip.drawn_numbers == {9: 1, 152: 2, 1041: 3}  # all on frame 0: oldest (smallest) ID first
+    assert clip.prompt_ids == [1, 2, 3]
+    assert [clip.track_id_of(n) for n in (1, 2, 3, 4)] == [9, 152, 1041, None]
+    assert by_track.track_id_of(152) == 152 and by_track.track_id_of(2) is None
+    # the frames carry the numbers, drawn by the one renderer at the same places
+    width, height = clip.size
+    tracks = snapshot.tracks_at(clip.stamps_ns[1]).tracks
+    frame = next(f for f in snapshot.frames if f.stamp_ns == clip.stamps_ns[1])
+    resized = __import__("cv2").resize(frame.rgb_small, (width, height), interpolation=__import__("cv2").INTER_AREA)
+    numbered = Tracks(xyxy=tracks.xyxy * np.array([width / 640, height / 480] * 2, np.float32),
+                      track_id=np.array([clip.drawn_numbers[int(t)] for t in tracks.track_id]))
+    np.testing.assert_array_equal(clip.frames_rgb_with_ids[1], render_ids(resized, numbered))
+    assert not np.array_equal(clip.frames_rgb_with_ids[1], by_track.frames_rgb_with_ids[1])
+
+
+def test_clip_numbers_follow_first_appearance_over_frames():
+    assert sampling.clip_numbers([[], [300, 12], [12], [7, 300]]) == {12: 1, 300: 2, 7: 3}
+    assert sampling.clip_numbers([]) == {}
+
+
+def test_unknown_id_numbering_is_refused(snapshot):
+    with pytest.raises(ValueError, match="id_numbering"):
+        sample_clip(snapshot, num_frames=2, id_numbering="random")

@@ -146,7 +146,9 @@ def test_the_trained_input_format_reaches_the_manifest_fields(tmp_path):
     set_pixel_budget(processor, max_pixels=112 * 112, min_pixels=56 * 56)
     trained = training_input_format(processor, [4, 4, 8])
     assert trained == {"representation": "images", "frame_label": "Frame at {seconds:.2f} s:",
-                       "frames_per_clip": [4, 8], "max_pixels_per_frame": 112 * 112, "min_pixels_per_frame": 56 * 56}
+                       "frames_per_clip": [4, 8], "max_pixels_per_frame": 112 * 112, "min_pixels_per_frame": 56 * 56,
+                       "id_numbering": "track"}
+    assert training_input_format(processor, [4], "clip")["id_numbering"] == "clip"  # prep --id-numbering clip
     model_dir = tmp_path / "run"
     processor.save_pretrained(model_dir)
     unknown = trained_input_format(model_dir)  # no record: a released checkpoint, say

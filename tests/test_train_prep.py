@@ -208,3 +208,34 @@ def test_prep_resumes_and_reports_what_it_cannot_match(prepared, prep_synth, per
     assert "no video file" in result["videos_failed"][0]["error"]
     ds = load_prepared([tmp_path / "out"])
     assert ds[0]["gt_target_id"] == -1  # kept on disk, left out of training (see test_train_grpo)
+
+
+def test_clip_numbering_stores_the_numbers_drawn_and_matches_the_track_run(prepared, prep_synth, perception, tmp_path):
+    """With `id_numbering: clip` the samples hold 1..K per clip (what the model sees), a relabelling of
+    the same tracks, even where the tracker's IDs have counted far (first_track_id)."""
+    from stvg_train.data import prepared_id_numbering
+
+    out, _, _ = prepared
+    report = prepare(PrepOptions(out_dir=str(tmp_path / "clip"), synthetic=str(prep_synth), perception_config=perception,
+                                 num_frames=NUM_FRAMES, max_pixels=MAX_PIXELS, limit=3, first_track_id=(300, 900),
+                                 id_numbering="clip"))
+    assert report["id_numbering"] == "clip" and prepared_id_numbering([tmp_path / "clip"]) == "clip"
+    assert prepared_id_numbering([out]) == "track"
+    with pytest.raises(ValueError, match="mix"):
+        prepared_id_numbering([out, tmp_path / "clip"])
+    by_track = {row["sample_id"]: row for row in load_prepared([out])}
+    rows = list(load_prepared([tmp_path / "clip"]))
+    assert rows
+    for row in rows:
+        numbers = sorted({n for ids in row["frame_track_ids"] for n in ids})
+        assert numbers == list(range(1, len(numbers) + 1))  # 1..K, not the tracker's 300+
+        first_seen = [n for ids in row["frame_track_ids"] for n in ids]
+        assert sorted(set(first_seen), key=first_seen.index) == numbers  # in order of first appearance
+        twin = by_track[row["sample_id"]]
+        relabel = {}
+        for ids, twin_ids in zip(row["frame_track_ids"], twin["frame_track_ids"], strict=True):
+            assert len(ids) == len(twin_ids)
+            for n, t in zip(ids, twin_ids, strict=True):
+                assert relabel.setdefault(n, t) == t
+        assert len(set(relabel.values())) == len(relabel)  # one track per number
+        assert relabel.get(row["gt_target_id"]) == twin["gt_target_id"] or twin["gt_target_id"] < 0

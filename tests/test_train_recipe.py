@@ -127,6 +127,7 @@ def test_recipe_runs_every_stage(recipe_run):
     assert input_format["frames_per_clip"] == [recipe["num_frames"]]
     assert input_format["max_pixels_per_frame"] == recipe["max_pixels"]
     assert input_format["representation"] == "images"
+    assert input_format["id_numbering"] == recipe.get("id_numbering", "track")  # as prep numbered the data
 
     # GRPO: one step from the SFT checkpoint
     assert (work / "grpo" / "config.json").is_file()

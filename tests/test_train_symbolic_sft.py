@@ -1,10 +1,20 @@
-"""The perfect-perception diagnostic weighs exactly the answer's ID digits."""
+"""The perfect-perception diagnostic: its ID-digit weights, clip-local numbering and fresh-scene rows."""
 
 from __future__ import annotations
 
 import torch
 
-from stvg_train.symbolic_sft import answer_id_weights
+from stvg_train.id_reading import ID_DIGITS, NO_DIGIT, attribute_classes
+from stvg_train.symbolic_sft import (
+    FRAME_TIMES_S,
+    SymbolicScenes,
+    answer_id_weights,
+    clip_local_ids,
+    fresh_scene_rows,
+)
+
+SPEC = {"seconds": 10.0, "fps": 10.0, "width": 320, "height": 240, "n_objects": 4, "difficulty": "mixed",
+        "max_queries": 4}
 
 
 class PieceTokenizer:
@@ -27,3 +37,26 @@ def test_only_the_id_digits_after_object_and_target_id_are_weighted():
     weighted = [pieces[i] for i in range(len(pieces)) if weights[i] == 5.0]
     assert weighted == ["1", "5", "8", "1", "5", "8"]
     assert (weights[[i for i in range(len(pieces)) if weights[i] != 5.0]] == 1.0).all()
+
+
+def test_clip_local_ids_number_tracks_by_first_appearance():
+    row = {"frame_track_ids": [[], [158, 12], [12, 300]], "gt_target_id": 300}
+    assert clip_local_ids(row) == {"frame_track_ids": [[], [1, 2], [2, 3]], "gt_target_id": 3}
+    assert clip_local_ids({**row, "gt_target_id": 7})["gt_target_id"] == -1  # drawn nowhere
+
+
+def test_fresh_scene_rows_put_each_query_target_under_its_number_with_its_look():
+    scenes = SymbolicScenes(None, (320, 240), (224, 168))
+    rows = fresh_scene_rows(scenes, 5, 3, SPEC)
+    assert rows and all(r["timestamps_s"] == list(FRAME_TIMES_S) for r in rows)
+    colours, shapes, _ = attribute_classes()
+    for row in rows:
+        numbers = sorted({n for ids in row["frame_track_ids"] for n in ids})
+        assert numbers == list(range(1, len(numbers) + 1)) and row["gt_target_id"] in numbers
+        classes = scenes.classes(row)  # (frames x 48 cells, digits + colour, shape, size)
+        assert classes.shape == (len(FRAME_TIMES_S) * 48, ID_DIGITS + 3)
+        target_cells = classes[(classes[:, ID_DIGITS - 1] == row["gt_target_id"])
+                               & (classes[:, : ID_DIGITS - 1] == NO_DIGIT).all(axis=1)]
+        assert len(target_cells)  # its number is drawn, and its cells show the object the caption names
+        looks = {(colours[c], shapes[s]) for c, s in target_cells[:, ID_DIGITS:ID_DIGITS + 2] if c < len(colours)}
+        assert any(colour in row["caption"] and shape in row["caption"] for colour, shape in looks), row["caption"]

@@ -41,6 +41,8 @@ def _add_prep(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget per frame (the robot's)")
     p.add_argument("--min-iou", type=float, default=0.5,
                    help="a GT frame votes only for a track with at least this IoU (0: the official rule, any overlap)")
+    p.add_argument("--id-numbering", choices=("track", "clip"), default="track",
+                   help="numbers drawn: the track IDs, or 1..K per clip in order of first appearance")
     p.add_argument("--workers", type=int, default=1, help="parallel video workers")
     p.add_argument("--limit", type=int, default=None, help="prepare at most this many videos")
     p.add_argument("--no-resume", action="store_true", help="redo videos that already have a shard")
@@ -63,6 +65,7 @@ def _run_prep(args) -> int:
             sample_fps=args.sample_fps,
             max_pixels=args.max_pixels,
             min_iou=args.min_iou,
+            id_numbering=args.id_numbering,
             workers=args.workers,
             limit=args.limit,
             resume=not args.no_resume,

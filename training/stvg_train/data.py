@@ -10,6 +10,7 @@ at inference, and the one TRL 1.16 carries into the loss (it drops video tensors
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,19 @@ def load_prepared(paths: Sequence[str | Path]) -> datasets.Dataset:
             raise FileNotFoundError(f"{path} is not a prepared dataset (run `stvg-train prep` first)")
         parts.append(datasets.load_from_disk(str(path)))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def prepared_id_numbering(paths: Sequence[str | Path]) -> str:
+    """How the IDs of prepared datasets are numbered, from each prep folder's report.json: "track"
+    (the tracker's IDs) or "clip" (1..K per clip, `grounding.sampling.ID_NUMBERINGS`)."""
+    found = set()
+    for path in paths:
+        path = Path(path)
+        report = path / "report.json" if (path / "dataset").is_dir() else path.parent / "report.json"
+        found.add(json.loads(report.read_text()).get("id_numbering", "track") if report.is_file() else "track")
+    if len(found) > 1:
+        raise ValueError(f"prepared datasets mix ID numberings {sorted(found)}: prepare them alike")
+    return found.pop() if found else "track"
 
 
 def gt_id_drawn(gt_target_id: int, frame_track_ids: Sequence[Sequence[int]]) -> bool:

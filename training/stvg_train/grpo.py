@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 
 from stvg_ros.grounding.backends.models import INPUT_FORMAT_FILE  # the record's file name, defined once
 from stvg_train.config import ConfigError, TrainConfig
-from stvg_train.data import load_prepared, training_dataset
+from stvg_train.data import load_prepared, prepared_id_numbering, training_dataset
 from stvg_train.rewards import reward_functions
 
 log = logging.getLogger("stvg_train.grpo")
@@ -135,8 +135,9 @@ class BuiltTrainer:
 
 
 
-def training_input_format(processor, frames_per_clip: list[int]) -> dict[str, Any]:
-    """The clip representation of this run: images with `Frame at t s:` labels, frame counts, pixel budget."""
+def training_input_format(processor, frames_per_clip: list[int], id_numbering: str = "track") -> dict[str, Any]:
+    """The clip representation of this run: images with `Frame at t s:` labels, frame counts, pixel budget,
+    and how the drawn IDs are numbered (`grounding.sampling.ID_NUMBERINGS`)."""
     from stvg_ros.core.prompt import frame_label
 
     size = dict(processor.image_processor.size or {})
@@ -146,6 +147,7 @@ def training_input_format(processor, frames_per_clip: list[int]) -> dict[str, An
         "frames_per_clip": sorted(set(frames_per_clip)),
         "max_pixels_per_frame": size.get("longest_edge"),
         "min_pixels_per_frame": size.get("shortest_edge"),
+        "id_numbering": id_numbering,
     }
 
 
@@ -284,7 +286,8 @@ def build_trainer(
     prepared = load_prepared(data_paths or cfg.data.train)
     train_ds = training_dataset(prepared, min_vote_share=cfg.data.min_vote_share, max_samples=cfg.data.max_samples)
     model, processor = load_policy(cfg, model_path)
-    input_format = training_input_format(processor, [len(t) for t in prepared["timestamps_s"]])
+    input_format = training_input_format(processor, [len(t) for t in prepared["timestamps_s"]],
+                                         prepared_id_numbering(data_paths or cfg.data.train))
     probe = VisionGradProbe(model, deepspeed=bool(args.deepspeed))
     callbacks: list[TrainerCallback] = [probe]
     json_log = None

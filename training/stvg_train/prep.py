@@ -161,6 +161,9 @@ class PrepOptions:
     #: [low, high]: each video's track IDs start at a number drawn from this range (seeded by the video
     #: id), as on a robot or in `stvg-ros eval`, where IDs keep counting from clip to clip; None: from 1.
     first_track_id: tuple[int, int] | None = None
+    #: the numbers drawn (`grounding.sampling.ID_NUMBERINGS`): "track" IDs, or "clip" 1..K per clip, in
+    #: which case `frame_track_ids` and `gt_target_id` of the samples hold those numbers (what the model sees)
+    id_numbering: str = "track"
 
 
 @dataclass
@@ -319,10 +322,13 @@ def prepare_video(job: VideoJob) -> list[dict[str, Any]]:
                           first_id=first_track_id(job.video_id, opts.first_track_id))
     frame_tracks, duration_s = seen.frame_tracks, seen.duration_s
     # draws the IDs with core.render.render_ids, as the grounding node does
-    clip = sample_clip(seen.snapshot, 0.0, opts.num_frames, max_pixels=opts.max_pixels, min_pixels=opts.min_pixels)
+    clip = sample_clip(seen.snapshot, 0.0, opts.num_frames, max_pixels=opts.max_pixels, min_pixels=opts.min_pixels,
+                       id_numbering=opts.id_numbering)
     clip_offset_s = (clip.clip_start_ns - seen.start_ns) / 1e9  # where the clip starts in the video
     sampled = [seen.stamp_to_frame.get(int(s)) for s in clip.stamps_ns]
     truth = SceneTruth.load(job.scene_gt)
+    # "clip" numbering: tracks never drawn (too small, or not on the sampled frames) get numbers past the drawn ones
+    numbers = dict(clip.drawn_numbers)
     samples = []
     for query in job.queries:
         gt_boxes = {query.to_decoded(f): box for f, box in query.gt_boxes.items()}
@@ -339,6 +345,8 @@ def prepare_video(job: VideoJob) -> list[dict[str, Any]]:
             tracks = frame_tracks.get(frame) if frame is not None else None
             tracked = tracks[tracks.track_id >= 0] if tracks is not None else Tracks.empty()
             track_ids.append(tracked.track_id.tolist())
+            if opts.id_numbering == "clip":
+                track_ids[-1] = [numbers.setdefault(t, len(numbers) + 1) for t in track_ids[-1]]
             track_boxes.append(tracked.xyxy.tolist())  # source-image pixels, like the GT boxes
             box = gt_boxes.get(frame) if frame is not None else None
             frame_gt.append(list(box) if box is not None else [])
@@ -352,7 +360,8 @@ def prepare_video(job: VideoJob) -> list[dict[str, Any]]:
             clip_duration_s=duration_s,
             gt_start_s=gt_start - clip_offset_s,
             gt_end_s=gt_end - clip_offset_s,
-            gt_target_id=vote.target_id,
+            gt_target_id=numbers.setdefault(vote.target_id, len(numbers) + 1)
+            if opts.id_numbering == "clip" and vote.target_id >= 0 else vote.target_id,
             gt_vote_share=vote.vote_share,
             gt_mean_iou=vote.mean_iou,
             gt_voting_frames=vote.voting_frames,
@@ -383,6 +392,7 @@ def settings_key(opts: PrepOptions) -> str:
         "perception": asdict(_perception_config(opts)),
         **{k: getattr(opts, k) for k in ("num_frames", "sample_fps", "max_pixels", "min_pixels", "min_iou")},
         **({"first_track_id": list(opts.first_track_id)} if opts.first_track_id else {}),
+        **({"id_numbering": opts.id_numbering} if opts.id_numbering != "track" else {}),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -480,6 +490,7 @@ def _report(summaries: list[dict], failed: list[dict], skipped: int, opts: PrepO
         # does the voted track follow that object during the event? Unmatched queries count as wrong.
         **_id_check(rows),
         "min_iou": opts.min_iou,
+        "id_numbering": opts.id_numbering,
         "workers": opts.workers,
         "wall_s": round(wall_s, 2),
     }

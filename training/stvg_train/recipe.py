@@ -61,7 +61,8 @@ def _prep(recipe: dict[str, Any], synthetic: Path, out: Path, *, videos: int = 0
         synthetic_spec=_scene_spec(recipe), num_frames=int(recipe["num_frames"]),
         max_pixels=int(recipe["max_pixels"]), perception_config=dict(recipe["perception"]),
         workers=int(recipe.get("workers", 2)), threads=1,
-        first_track_id=tuple(recipe["first_track_id"]) if recipe.get("first_track_id") else None))
+        first_track_id=tuple(recipe["first_track_id"]) if recipe.get("first_track_id") else None,
+        id_numbering=str(recipe.get("id_numbering", "track"))))
 
 
 def stage_data(recipe: dict[str, Any], work: Path) -> dict[str, Any]:

@@ -323,6 +323,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from stvg_ros.grounding.backends.models import INPUT_FORMAT_FILE
+    from stvg_train.data import prepared_id_numbering
     from stvg_train.grpo import set_pixel_budget, training_input_format
 
     torch.set_num_threads(max(1, opts.threads))
@@ -473,6 +474,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     save(out / "final")
     (out / "final" / TRAINER_STATE).unlink(missing_ok=True)
     frames = sorted({len(t) for t in train_rows["timestamps_s"]})
-    (out / "final" / INPUT_FORMAT_FILE).write_text(json.dumps(training_input_format(processor, frames), indent=1))
+    recorded = training_input_format(processor, frames, prepared_id_numbering([opts.train]))
+    (out / "final" / INPUT_FORMAT_FILE).write_text(json.dumps(recorded, indent=1))
     return {"steps": step, "out": str(out / "final"), "log": str(out / "log.jsonl"),
             "wall_s": round(time.monotonic() - started, 1)}

@@ -43,8 +43,8 @@ CELLS_PER_FRAME = 48
 class SymbolicScenes:
     """Per prepared row, the (frames × cells, ID_DIGITS + 3) classes a perfect vision tower would encode."""
 
-    def __init__(self, scenes_dir: str | Path, source_size: tuple[int, int], frame_size: tuple[int, int]) -> None:
-        self.scenes_dir, self.source_size, self.frame_size = Path(scenes_dir), source_size, frame_size
+    def __init__(self, scenes_dir: str | Path | None, source_size: tuple[int, int], frame_size: tuple[int, int]) -> None:
+        self.scenes_dir, self.source_size, self.frame_size = Path(scenes_dir or "."), source_size, frame_size
         self.names = attribute_classes()
         self.cache: dict[str, dict] = {}
 
@@ -77,6 +77,68 @@ class SymbolicScenes:
             attributes = attribute_targets([bodies[k][:2] for k in back_to_front], owner, self.frame_size)
             frames.append(np.concatenate([digits[:, :ID_DIGITS], attributes], axis=1))
         return np.concatenate(frames)
+
+
+#: Where prep's clip buffer (2 fps, 10-s scenes) puts the 8 sampled frames.
+FRAME_TIMES_S = (0.0, 1.5, 2.5, 4.0, 5.5, 7.0, 8.0, 9.5)
+
+
+def fresh_scene_rows(scenes: SymbolicScenes, seed: int, count: int, spec: dict) -> list[dict]:
+    """Rows like prep's from `count` newly generated scenes with perfect perception: the scene's own
+    objects as tracks (at least half visible), numbered 1..K in order of first appearance; blank images
+    (the symbolic classes replace them). Unlimited training data without rendering or perception."""
+    from PIL import Image
+
+    from stvg_ros.core.prompt import build_question
+    from stvg_ros.synthetic.scenes import SceneSpec, generate_scene, scene_seed
+
+    blank = Image.new("RGB", scenes.frame_size)
+    rows = []
+    for index in range(count):
+        gt = generate_scene(scene_seed(seed, index), SceneSpec(**spec)).gt_json()
+        scenes.cache[gt["name"]] = gt
+        numbers: dict[int, int] = {}
+        ids, boxes = [], []
+        for t in FRAME_TIMES_S:
+            shown = [o for o in gt["frames"][min(round(t * gt["fps"]), len(gt["frames"]) - 1)]["objects"]
+                     if o.get("visible", 1) >= 0.5]
+            ids.append([numbers.setdefault(o["id"], len(numbers) + 1) for o in sorted(shown, key=lambda o: o["id"])])
+            boxes.append([[float(v) for v in o["xyxy"]] for o in sorted(shown, key=lambda o: o["id"])])
+        for query in gt["queries"]:
+            if query["target_id"] not in numbers:
+                continue
+            rows.append({"video": gt["name"], "caption": query["text"], "question": build_question(query["text"]),
+                         "images": [blank] * len(FRAME_TIMES_S), "timestamps_s": list(FRAME_TIMES_S),
+                         "frame_track_ids": ids, "frame_track_boxes": boxes, "gt_target_id": numbers[query["target_id"]],
+                         "gt_start_s": float(query["start_s"]), "gt_end_s": float(query["end_s"])})
+    return rows
+
+
+def clip_local_ids(row: dict) -> dict:
+    """The row with its drawn IDs renumbered 1..K in order of first appearance (gt_target_id too)."""
+    order: dict[int, int] = {}
+    for ids in row["frame_track_ids"]:
+        for track_id in ids:
+            order.setdefault(track_id, len(order) + 1)
+    return {"frame_track_ids": [[order[t] for t in ids] for ids in row["frame_track_ids"]],
+            "gt_target_id": order.get(row["gt_target_id"], -1)}
+
+
+def init_from_words(tables, word_embeddings, tokenizer) -> None:
+    """Each digit class at the embedding of its digit token, each attribute class at its word's (" red")."""
+    import torch
+
+    def embedding_of(text: str):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return word_embeddings[ids].mean(0)
+
+    with torch.no_grad():
+        for table in tables[:ID_DIGITS]:
+            for digit in range(10):
+                table.weight[digit] = embedding_of(str(digit)) / ID_DIGITS
+        for table, names in zip(tables[ID_DIGITS:], attribute_classes(), strict=True):
+            for k, name in enumerate(names):
+                table.weight[k] = embedding_of(" " + name)
 
 
 def answer_id_weights(tokenizer, input_ids, labels, weight: float):
@@ -116,6 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-samples", type=int, default=40)
     parser.add_argument("--limit", type=int, default=0, help="use the first N training samples only")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clip-local-ids", action="store_true",
+                        help="renumber each sample's drawn IDs 1..K in order of first appearance")
+    parser.add_argument("--fresh-scenes", type=int, default=0,
+                        help="train on this many newly generated scenes with perfect tracks instead of WORK's")
+    parser.add_argument("--word-init", action="store_true",
+                        help="start each symbolic embedding at the language model's embedding of its word or digit")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -130,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
                                  + [torch.nn.Embedding(len(n) + 1, hidden) for n in attribute_classes()])
     for table in tables:
         torch.nn.init.normal_(table.weight, std=0.02)
+    if args.word_init:
+        init_from_words(tables, model.get_input_embeddings().weight, processor.tokenizer)
 
     def image_features(pixel_values, image_grid_thw=None, **_):
         embedded = sum(table(pixel_values[:, k]) for k, table in enumerate(tables))
@@ -157,6 +227,14 @@ def main(argv: list[str] | None = None) -> None:
     train_rows, val_rows = usable_rows(str(work / "prepared-train")), usable_rows(str(work / "prepared-val"))
     if args.limit:
         train_rows = train_rows.select(range(min(args.limit, len(train_rows))))
+    if args.clip_local_ids:
+        train_rows, val_rows = train_rows.map(clip_local_ids), val_rows.map(clip_local_ids)
+    if args.fresh_scenes:
+        import yaml
+
+        spec = dict(yaml.safe_load((work / "recipe.yaml").read_text())["scenes"])
+        train_scenes = SymbolicScenes(None, (int(spec["width"]), int(spec["height"])), (224, 168))
+        train_rows = fresh_scene_rows(train_scenes, 31337, args.fresh_scenes, spec)
     train = [encode(train_rows, train_scenes, i, True) for i in range(len(train_rows))]
     val = [(val_rows[i], encode(val_rows, val_scenes, i, False))
            for i in range(min(args.eval_samples, len(val_rows)))]

@@ -21,6 +21,7 @@ from stvg_ros.grounding.sampling import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     DEFAULT_NUM_FRAMES,
+    ID_NUMBERINGS,
     AnchorProvider,
     SampledClip,
     SamplingError,
@@ -49,6 +50,7 @@ class GroundingConfig:
     hold_tube_ends: bool = False  # repeat the nearest box before/after the track's life (official behaviour)
     sam2: Sam2Config = field(default_factory=Sam2Config)  # IDs at SAM2 mask centres on the sampled frames (off)
     anchors: AnchorProvider | None = None  # a ready ID-placement provider; used instead of `sam2` when set
+    id_numbering: str = "track"  # the numbers drawn: track IDs, or 1..K per clip (sampling.ID_NUMBERINGS)
 
     def problems(self) -> list[str]:
         """What is wrong with these settings (empty when nothing is)."""
@@ -61,6 +63,8 @@ class GroundingConfig:
             problems.append(f"timeout_s must be > 0, got {self.timeout_s}")
         if not 0 < self.min_pixels <= self.max_pixels:
             problems.append(f"pixels per frame: need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if self.id_numbering not in ID_NUMBERINGS:
+            problems.append(f"id_numbering must be one of {', '.join(ID_NUMBERINGS)}, got {self.id_numbering!r}")
         return problems
 
 
@@ -77,7 +81,8 @@ class GroundingOutcome:
 
     success: bool
     message: str = ""
-    target_id: int | None = None
+    target_id: int | None = None  # the track ID (the tracker's, also with "clip" numbering)
+    drawn_id: int | None = None  # the number the model answered, as drawn on the frames
     start_ns: int | None = None
     end_ns: int | None = None
     start_s: float | None = None
@@ -103,6 +108,7 @@ class GroundingOutcome:
             "message": self.message,
             "query": self.query,
             "target_id": self.target_id,
+            "drawn_id": self.drawn_id,
             "start": self.start_s,
             "end": self.end_s,
             "start_stamp": self.start_ns / 1e9 if self.start_ns is not None else None,
@@ -139,9 +145,9 @@ class _CancelOrDeadline:
 
 
 def with_recorded_input_format(config: GroundingConfig, recorded: dict) -> tuple[GroundingConfig, list[str]]:
-    """`config` with the frame count and pixel budget a model was trained with (its manifest's
-    `input_format`, backends.models.recorded_input_format), and what changed, one line each. A model
-    sees clips the way it learnt them: the recorded values win over num_frames / max_pixels."""
+    """`config` with the frame count, pixel budget and ID numbering a model was trained with (its
+    manifest's `input_format`, backends.models.recorded_input_format), and what changed, one line each.
+    A model sees clips the way it learnt them: the recorded values win over the settings."""
     import dataclasses
 
     changes: dict = {}
@@ -152,6 +158,9 @@ def with_recorded_input_format(config: GroundingConfig, recorded: dict) -> tuple
         value = recorded.get(key)
         if isinstance(value, int) and value > 0 and getattr(config, field_name) != value:
             changes[field_name] = value
+    numbering = recorded.get("id_numbering")
+    if numbering in ID_NUMBERINGS and config.id_numbering != numbering:
+        changes["id_numbering"] = numbering
     if changes.get("min_pixels", config.min_pixels) > changes.get("max_pixels", config.max_pixels):
         changes.pop("min_pixels", None)  # a record with only a smaller max keeps a valid pair
         changes["min_pixels"] = min(config.min_pixels, changes.get("max_pixels", config.max_pixels))
@@ -215,7 +224,7 @@ class GroundingPipeline:
         outcome.success, outcome.message = False, message
         if finish:
             outcome.finish_reason = finish
-        outcome.target_id = outcome.start_ns = outcome.end_ns = None
+        outcome.target_id = outcome.drawn_id = outcome.start_ns = outcome.end_ns = None
         outcome.tube = []
         return outcome
 
@@ -275,7 +284,8 @@ class GroundingPipeline:
         try:
             clip: SampledClip = sample_clip(snapshot, window_s, config.num_frames, max_pixels=config.max_pixels,
                                             min_pixels=config.min_pixels,
-                                            anchors=placed_anchors if self.anchors is not None else None)
+                                            anchors=placed_anchors if self.anchors is not None else None,
+                                            id_numbering=config.id_numbering)
         except (SamplingError, ValueError) as exc:
             self._fail(outcome, str(exc), "error")
             return
@@ -311,7 +321,7 @@ class GroundingPipeline:
             result: GenerationResult = self.backend.generate(
                 clip.frames_rgb_with_ids, clip.timestamps_s, question, reasoning=reasoning,
                 max_new_tokens=config.max_new_tokens, cancel=stop, on_token=on_token,
-                track_ids=clip.track_ids, duration_s=clip.duration_s,
+                track_ids=clip.prompt_ids, duration_s=clip.duration_s,
             )
         except (GenerationError, ModelLoadError, ValueError) as exc:
             outcome.timings["prep_ms"] = prep_ms
@@ -333,7 +343,7 @@ class GroundingPipeline:
 
         # ---- parsing
         self._report(progress, "parsing", 0.0)
-        parsed = parse_answer(result.text, strict=config.strict, duration=clip.duration_s, track_ids=clip.track_ids)
+        parsed = parse_answer(result.text, strict=config.strict, duration=clip.duration_s, track_ids=clip.prompt_ids)
         outcome.reasoning = parsed.reasoning
         if not parsed.ok:
             why = parsed.reason
@@ -344,7 +354,8 @@ class GroundingPipeline:
             self._report(progress, "parsing", 1.0)
             return
         outcome.success = True
-        outcome.target_id = int(parsed.target_id)
+        outcome.drawn_id = int(parsed.target_id)
+        outcome.target_id = clip.track_id_of(outcome.drawn_id)
         outcome.start_s, outcome.end_s = float(parsed.start), float(parsed.end)
         outcome.start_ns, outcome.end_ns = clip.stamp_ns_at(parsed.start), clip.stamp_ns_at(parsed.end)
         outcome.tube = build_tube(snapshot, outcome.target_id, outcome.start_ns, outcome.end_ns,
@@ -353,6 +364,8 @@ class GroundingPipeline:
             notes.append(f"target {outcome.target_id} has no box between {outcome.start_s:.2f} s and "
                          f"{outcome.end_s:.2f} s (empty tube)")
         outcome.message = f"target {outcome.target_id} from {outcome.start_s:.2f} s to {outcome.end_s:.2f} s"
+        if clip.drawn_numbers:
+            outcome.message += f" (drawn as {outcome.drawn_id})"
         self._append_notes(outcome, notes)
         self._report(progress, "parsing", 1.0)
 

@@ -25,6 +25,11 @@ DEFAULT_MAX_PIXELS = 128 * PATCH_FACTOR * PATCH_FACTOR
 DEFAULT_MIN_PIXELS = 16 * PATCH_FACTOR * PATCH_FACTOR
 DEFAULT_NUM_FRAMES = 16
 NS = 1_000_000_000
+#: How the IDs drawn on a clip are numbered. "track": the tracker's persistent IDs, which keep counting
+#: on a robot (after an hour: 1042, with more ink over small objects). "clip": 1..K in order of first
+#: appearance on the sampled frames, as the official offline pipeline's per-video counter (METHOD.md
+#: §2); the model answers with the number drawn and `SampledClip.track_id_of` maps it back.
+ID_NUMBERINGS = ("track", "clip")
 
 #: (rgb frame, its tracked objects in that frame's pixels) -> {track_id: (x, y) text origin in those
 #: pixels}; e.g. `perception.sam2_refine.MaskAnchors` (SAM2 mask centres). IDs left out: box centre.
@@ -49,6 +54,19 @@ class SampledClip:
     window_s: float = 0.0  # the window actually used (after clamping to the buffer)
     requested_window_s: float = 0.0
     size: tuple[int, int] = (0, 0)  # (width, height) of the frames sent
+    #: track ID -> the number drawn for it ("clip" numbering); empty: the track IDs themselves are drawn
+    drawn_numbers: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        """The numbers drawn on the frames, i.e. the IDs the model can answer with (sorted)."""
+        return sorted(self.drawn_numbers.get(t, t) for t in self.track_ids)
+
+    def track_id_of(self, drawn: int) -> int | None:
+        """The track ID whose number `drawn` is on the frames (None: no track has that number)."""
+        if not self.drawn_numbers:
+            return int(drawn) if int(drawn) in self.track_ids else None
+        return next((t for t, n in self.drawn_numbers.items() if n == int(drawn)), None)
 
     @property
     def duration_s(self) -> float:
@@ -123,6 +141,15 @@ def _scaled_anchors(provider: AnchorProvider, small: np.ndarray, tracked: Tracks
     return {int(tid): (round(x * sx), round(y * sy)) for tid, (x, y) in found.items()}
 
 
+def clip_numbers(frame_track_ids: list[list[int]]) -> dict[int, int]:
+    """track ID -> 1..K in order of first appearance over the frames (within a frame: oldest ID first)."""
+    numbers: dict[int, int] = {}
+    for ids in frame_track_ids:
+        for track_id in sorted(int(t) for t in ids):
+            numbers.setdefault(track_id, len(numbers) + 1)
+    return numbers
+
+
 def window_bounds(snapshot, window_s: float) -> tuple[int, int, float]:
     """(start_ns, end_ns, used_window_s) of the last `window_s` seconds of the snapshot (0: all)."""
     stamps = [f.stamp_ns for f in snapshot.track_frames] + [f.stamp_ns for f in snapshot.frames]
@@ -142,6 +169,7 @@ def sample_clip(
     min_pixels: int = DEFAULT_MIN_PIXELS,
     style: IdStyle = IdStyle(),
     anchors: AnchorProvider | None = None,
+    id_numbering: str = "track",
 ) -> SampledClip:
     """Sample `num_frames` frames of the last `window_s` seconds of a ClipSnapshot (0: all of it).
 
@@ -151,11 +179,14 @@ def sample_clip(
     A window longer than the buffer is clamped (`SampledClip.clamped` says so).
     `anchors` (optional, e.g. SAM2 refinement) is called once per sampled frame with the buffered
     frame and its tracks in that frame's pixels; its text origins are scaled to the resized frame.
-    Without it (the default) IDs are drawn at their box centres.
+    Without it (the default) IDs are drawn at their box centres. `id_numbering` (`ID_NUMBERINGS`):
+    "clip" draws 1..K instead of the track IDs (`SampledClip.drawn_numbers` holds the mapping).
     Raises SamplingError when there is no frame to sample.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if id_numbering not in ID_NUMBERINGS:
+        raise ValueError(f"id_numbering must be one of {ID_NUMBERINGS}, got {id_numbering!r}")
     if window_s is None or not math.isfinite(float(window_s)) or window_s < 0:
         raise ValueError(f"window_s must be a finite number >= 0 (0: the whole buffer), got {window_s}")
     start_ns, end_ns, used_s = window_bounds(snapshot, window_s)
@@ -164,7 +195,7 @@ def sample_clip(
         raise SamplingError(f"no buffered model frames between the window start and the newest frame "
                             f"({used_s:.2f} s); wait for more camera frames")
     chosen = [candidates[i] for i in uniform_indices(len(candidates), num_frames)]
-    frames, stamps, per_frame_ids = [], [], []
+    frames, stamps, per_frame_ids, drawn_frames = [], [], [], []
     size = (0, 0)
     for sampled in chosen:
         small = sampled.rgb_small
@@ -180,16 +211,23 @@ def sample_clip(
             src_w, src_h = small.shape[1] / scale, small.shape[0] / scale
         tracked = tracks[tracks.track_id >= 0]
         drawn = scale_tracks(tracked, width / src_w, height / src_h)
-        if anchors is not None and len(tracked):
-            origins = _scaled_anchors(anchors, small, tracked, src_w, src_h, (width, height))
-            frames.append(render_ids(resized, drawn, style, anchors=origins))
-        else:
-            frames.append(render_ids(resized, drawn, style))
-        stamps.append(int(sampled.stamp_ns))
         sides = np.minimum(drawn.xyxy[:, 2] - drawn.xyxy[:, 0], drawn.xyxy[:, 3] - drawn.xyxy[:, 1])
         per_frame_ids.append(sorted(int(t) for t, s in zip(drawn.track_id, sides, strict=True)
                                     if s >= style.min_box_side_px))
+        drawn_frames.append((small, resized, tracked, drawn, src_w, src_h))
+        stamps.append(int(sampled.stamp_ns))
         size = (width, height)
+    numbers = clip_numbers(per_frame_ids) if id_numbering == "clip" else {}
+    for small, resized, tracked, drawn, src_w, src_h in drawn_frames:
+        origins = None
+        if anchors is not None and len(tracked):
+            origins = _scaled_anchors(anchors, small, tracked, src_w, src_h, (resized.shape[1], resized.shape[0]))
+        if numbers:
+            drawn = drawn[np.arange(len(drawn))]
+            drawn.track_id = np.asarray([numbers.get(int(t), -1) for t in drawn.track_id], drawn.track_id.dtype)
+            origins = {numbers[t]: xy for t, xy in origins.items() if t in numbers} if origins is not None else None
+        frames.append(render_ids(resized, drawn, style, anchors=origins) if origins is not None
+                      else render_ids(resized, drawn, style))
     return SampledClip(
         frames_rgb_with_ids=frames,
         timestamps_s=[(s - start_ns) / NS for s in stamps],
@@ -201,4 +239,5 @@ def sample_clip(
         window_s=used_s,
         requested_window_s=float(window_s) if window_s else used_s,
         size=size,
+        drawn_numbers=numbers,
     )

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from stvg_ros.grounding.backends.base import BackendSettings
 from stvg_ros.grounding.pipeline import GroundingConfig
+from stvg_ros.grounding.sampling import ID_NUMBERINGS
 from stvg_ros.perception.buffer import BufferConfig
 from stvg_ros.perception.pipeline import BACKENDS as DETECTOR_BACKENDS
 from stvg_ros.perception.pipeline import PRECISIONS, PerceptionConfig
@@ -414,6 +415,12 @@ class GroundingParams:
     max_new_tokens: int = param(
         _G.max_new_tokens, "longest model answer in tokens (reasoning included)", live=True, limits=(1, 65536)
     )
+    id_numbering: str = param(
+        _G.id_numbering,
+        "numbers drawn on the frames: the track IDs, or 1..K per query clip mapped back to track IDs "
+        "(a model's recorded input format wins)",
+        choices=ID_NUMBERINGS,
+    )
     buffer_seconds: float = param(
         _B.max_seconds, "camera history kept for queries, in seconds of source time", limits=(0.001, 86400.0)
     )
@@ -489,7 +496,7 @@ class GroundingParams:
             check_available(sam2)
         return GroundingConfig(
             num_frames=self.num_frames, max_new_tokens=self.max_new_tokens, reasoning=self.reasoning,
-            timeout_s=self.query_timeout_s, sam2=sam2,
+            timeout_s=self.query_timeout_s, sam2=sam2, id_numbering=self.id_numbering,
         )  # fmt: skip
 
     def backend_settings(self) -> BackendSettings:

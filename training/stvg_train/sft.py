@@ -252,8 +252,10 @@ def collate(examples: list[dict], pad_id: int) -> dict:
             "image_grid_thw": torch.cat([e["image_grid_thw"] for e in examples])}
 
 
-def greedy_scores(model, processor, rows, *, max_new_tokens: int = 64) -> dict[str, Any]:
-    """Greedy answers to `rows`: ID accuracy, mean temporal IoU, mean summed reward (iou + id + format)."""
+def greedy_scores(model, processor, rows, *, max_new_tokens: int = 64, encoded: list[dict] | None = None
+                  ) -> dict[str, Any]:
+    """Greedy answers to `rows`: ID accuracy, mean temporal IoU, mean summed reward (iou + id + format).
+    `encoded`: the rows' model inputs when they are not `encode_example`'s (e.g. symbolic tokens)."""
     import torch
 
     from stvg_ros.core.answer import parse_answer
@@ -263,8 +265,8 @@ def greedy_scores(model, processor, rows, *, max_new_tokens: int = 64) -> dict[s
     funcs = reward_functions(["iou", "format"])
     correct, ious, rewards, texts = 0, [], [], []
     model.eval()
-    for row in rows:
-        enc = encode_example(processor, row)
+    for k, row in enumerate(rows):
+        enc = encoded[k] if encoded is not None else encode_example(processor, row)
         with torch.no_grad():
             out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens)
         text = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)[0]

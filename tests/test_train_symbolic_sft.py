@@ -11,6 +11,7 @@ from stvg_train.symbolic_sft import (
     answer_id_weights,
     clip_local_ids,
     fresh_scene_rows,
+    fresh_which_object_questions,
 )
 
 SPEC = {"seconds": 10.0, "fps": 10.0, "width": 320, "height": 240, "n_objects": 4, "difficulty": "mixed",
@@ -60,3 +61,16 @@ def test_fresh_scene_rows_put_each_query_target_under_its_number_with_its_look()
         assert len(target_cells)  # its number is drawn, and its cells show the object the caption names
         looks = {(colours[c], shapes[s]) for c, s in target_cells[:, ID_DIGITS:ID_DIGITS + 2] if c < len(colours)}
         assert any(colour in row["caption"] and shape in row["caption"] for colour, shape in looks), row["caption"]
+
+
+def test_fresh_which_object_questions_name_the_object_under_the_number():
+    scenes = SymbolicScenes(None, (320, 240), (224, 168))
+    rows = fresh_scene_rows(scenes, 9, 3, SPEC)
+    questions = fresh_which_object_questions(rows, scenes)
+    assert questions and len({rows[q.row]["video"] for q in questions}) == len({r["video"] for r in rows})
+    for q in questions:
+        row = rows[q.row]
+        number = int(q.answer.removeprefix("Object ").rstrip("."))
+        assert number in row["frame_track_ids"][q.frame]  # drawn on the frame asked about
+        obj = next(o for o in scenes.cache[row["video"]]["objects"] if o["id"] == row["numbered_objects"][number - 1])
+        assert q.question.endswith(f"{obj['colour']} {obj['shape']}?")

@@ -7,6 +7,8 @@ matched to its scene object by box IoU). The vision tower never runs. The held-o
 reaches bounds what SFT of the same language model can reach with any vision tower.
 
     python -m stvg_train.symbolic_sft --work-dir RUN --out OUT [--steps 400] [--which-object 32]
+    # binding alone: single-frame which-object questions of freshly generated scenes
+    python -m stvg_train.symbolic_sft --work-dir RUN --out OUT --fresh-scenes 1200 --which-object 64 --questions-only
 
 RUN is a `stvg-train recipe synth-small` work folder with its `data` and `init` stages done. Not part
 of the recipe: it measures, it ships nothing. One JSON line per logged step goes to OUT/log.jsonl.
@@ -25,6 +27,7 @@ import numpy as np
 
 from stvg_train.id_reading import CELL_PX, ID_DIGITS, NO_DIGIT, attribute_classes, attribute_targets, cell_targets
 from stvg_train.sft import (
+    FrameQuestion,
     VideoFrames,
     collate,
     encode_example,
@@ -33,6 +36,7 @@ from stvg_train.sft import (
     id_questions,
     question_scores,
     reference_completion,
+    unique_description,
     usable_rows,
     warmup_cosine_lr,
 )
@@ -108,8 +112,27 @@ def fresh_scene_rows(scenes: SymbolicScenes, seed: int, count: int, spec: dict) 
             rows.append({"video": gt["name"], "caption": query["text"], "question": build_question(query["text"]),
                          "images": [blank] * len(FRAME_TIMES_S), "timestamps_s": list(FRAME_TIMES_S),
                          "frame_track_ids": ids, "frame_track_boxes": boxes, "gt_target_id": numbers[query["target_id"]],
-                         "gt_start_s": float(query["start_s"]), "gt_end_s": float(query["end_s"])})
+                         "gt_start_s": float(query["start_s"]), "gt_end_s": float(query["end_s"]),
+                         "numbered_objects": sorted(numbers, key=numbers.get)})  # number n: object [n - 1]
     return rows
+
+
+def fresh_which_object_questions(rows: list[dict], scenes: SymbolicScenes) -> list[FrameQuestion]:
+    """"Which object is the <description>?" -> "Object N." on every frame of `fresh_scene_rows`' scenes, for
+    every object drawn there that its colour and shape (and size) name alone (one video's rows share frames)."""
+    questions, seen = [], set()
+    for index, row in enumerate(rows):
+        if row["video"] in seen:
+            continue
+        seen.add(row["video"])
+        objects = scenes.cache[row["video"]]["objects"]
+        for frame, numbers in enumerate(row["frame_track_ids"]):
+            for number in numbers:
+                description = unique_description(objects, row["numbered_objects"][number - 1])
+                if description is not None:
+                    questions.append(FrameQuestion(index, frame, f"Which object is the {description}?",
+                                                   f"Object {number}."))
+    return questions
 
 
 def release_freed_memory() -> None:
@@ -193,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="renumber each sample's drawn IDs 1..K in order of first appearance")
     parser.add_argument("--fresh-scenes", type=int, default=0,
                         help="train on this many newly generated scenes with perfect tracks instead of WORK's")
+    parser.add_argument("--questions-only", action="store_true",
+                        help="train on the which-object questions alone (needs --which-object N)")
     parser.add_argument("--word-init", action="store_true",
                         help="start each symbolic embedding at the language model's embedding of its word or digit")
     args = parser.parse_args(argv)
@@ -248,16 +273,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.fresh_scenes:
         train_scenes = SymbolicScenes(None, source_size, (width, height))
         train_rows = fresh_scene_rows(train_scenes, 31337, args.fresh_scenes, spec)
+    if args.questions_only and not args.which_object:
+        parser.error("--questions-only needs --which-object N (questions per step)")
     train = []
-    for i in range(len(train_rows)):
+    for i in range(0 if args.questions_only else len(train_rows)):
         train.append(encode(train_rows, train_scenes, i, True))
         if i % 256 == 255:
             release_freed_memory()
     val = [(val_rows[i], encode(val_rows, val_scenes, i, False))
-           for i in range(min(args.eval_samples, len(val_rows)))]
+           for i in range(0 if args.questions_only else min(args.eval_samples, len(val_rows)))]
 
     def questions(rows, scenes: SymbolicScenes, picked) -> list[dict]:
-        frames, classes, encoded = VideoFrames(rows), {}, []
+        frames, classes, encoded = rows if isinstance(rows, list) else VideoFrames(rows), {}, []
         for q in picked:
             if q.row not in classes:
                 classes[q.row] = torch.from_numpy(scenes.classes(rows[q.row]))
@@ -267,7 +294,14 @@ def main(argv: list[str] | None = None) -> None:
         return encoded
 
     which, which_val = [], []
-    if args.which_object:
+    if args.which_object and args.fresh_scenes:  # held out: scenes of another seed, perfect tracks too
+        which = questions(train_rows, train_scenes, fresh_which_object_questions(train_rows, train_scenes))
+        held_scenes = SymbolicScenes(None, source_size, (width, height))
+        held_rows = fresh_scene_rows(held_scenes, 4242, 60, spec)
+        asked = random.Random(0).sample(fresh_which_object_questions(held_rows, held_scenes), 192)
+        held = questions(held_rows, held_scenes, asked)
+        which_val = [batch_of(held[i:i + 16]) for i in range(0, len(held), 16)]
+    elif args.which_object:
         which = questions(train_rows, train_scenes, id_questions(train_rows, work / "synthetic-train"))
         asked = random.Random(0).sample(id_questions(val_rows, work / "synthetic-val"), 48)
         held = questions(val_rows, val_scenes, asked)
@@ -276,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
           flush=True)
 
     def evaluate() -> dict:
-        scores = greedy_scores(model, processor, [row for row, _ in val], encoded=[enc for _, enc in val])
+        scores = greedy_scores(model, processor, [row for row, _ in val], encoded=[enc for _, enc in val]) if val else {}
         if which_val:
             scores.update({f"which_object_{k}": v for k, v in question_scores(model, which_val).items()})
         return scores
@@ -286,21 +320,24 @@ def main(argv: list[str] | None = None) -> None:
     rng, order, recent = random.Random(0), [], []
     with (out / "log.jsonl").open("w") as log:
         for step in range(1, args.steps + 1):
-            if len(order) < args.batch_size:
-                epoch = list(range(len(train)))
-                rng.shuffle(epoch)
-                order += epoch
-            picked, order = order[: args.batch_size], order[args.batch_size:]
             for group in optimizer.param_groups:
                 group["lr"] = warmup_cosine_lr(args.lr, 50, args.steps, step - 1)
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                batch = batch_of([train[i] for i in picked])
-                labels = batch.pop("labels")[:, 1:]
-                logits = model(**batch).logits[:, :-1].float()
-                per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                              reduction="none", ignore_index=-100).view(labels.shape)
-                weights = torch.nn.utils.rnn.pad_sequence([train[i]["weights"] for i in picked], batch_first=True)
-                loss = (per_token * weights[:, 1:] * (labels != -100)).sum() / (labels != -100).sum()
+                loss = torch.zeros(())
+                if train:
+                    if len(order) < args.batch_size:
+                        epoch = list(range(len(train)))
+                        rng.shuffle(epoch)
+                        order += epoch
+                    picked, order = order[: args.batch_size], order[args.batch_size:]
+                    batch = batch_of([train[i] for i in picked])
+                    labels = batch.pop("labels")[:, 1:]
+                    logits = model(**batch).logits[:, :-1].float()
+                    per_token = torch.nn.functional.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none",
+                        ignore_index=-100).view(labels.shape)
+                    weights = torch.nn.utils.rnn.pad_sequence([train[i]["weights"] for i in picked], batch_first=True)
+                    loss = (per_token * weights[:, 1:] * (labels != -100)).sum() / (labels != -100).sum()
                 if which:
                     loss = loss + model(**batch_of([rng.choice(which) for _ in range(args.which_object)])).loss
             loss.backward()

@@ -291,6 +291,9 @@ def main(argv: list[str] | None = None) -> None:
             enc = encode_frame_question(processor, frames[q.row], q)
             enc["pixel_values"] = classes[q.row][q.frame * cells_per_frame:(q.frame + 1) * cells_per_frame]
             encoded.append(enc)
+            if len(encoded) % 256 == 0:
+                release_freed_memory()
+        release_freed_memory()
         return encoded
 
     which, which_val = [], []

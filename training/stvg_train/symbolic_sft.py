@@ -92,6 +92,7 @@ def fresh_scene_rows(scenes: SymbolicScenes, seed: int, count: int, spec: dict) 
     from PIL import Image
 
     from stvg_ros.core.prompt import build_question
+    from stvg_ros.grounding.sampling import clip_numbers
     from stvg_ros.synthetic.scenes import SceneSpec, generate_scene, scene_seed
 
     blank = Image.new("RGB", scenes.frame_size)
@@ -99,13 +100,11 @@ def fresh_scene_rows(scenes: SymbolicScenes, seed: int, count: int, spec: dict) 
     for index in range(count):
         gt = generate_scene(scene_seed(seed, index), SceneSpec(**spec)).gt_json()
         scenes.cache[gt["name"]] = gt
-        numbers: dict[int, int] = {}
-        ids, boxes = [], []
-        for t in FRAME_TIMES_S:
-            shown = [o for o in gt["frames"][min(round(t * gt["fps"]), len(gt["frames"]) - 1)]["objects"]
-                     if o.get("visible", 1) >= 0.5]
-            ids.append([numbers.setdefault(o["id"], len(numbers) + 1) for o in sorted(shown, key=lambda o: o["id"])])
-            boxes.append([[float(v) for v in o["xyxy"]] for o in sorted(shown, key=lambda o: o["id"])])
+        shown = [sorted((o for o in gt["frames"][min(round(t * gt["fps"]), len(gt["frames"]) - 1)]["objects"]
+                         if o.get("visible", 1) >= 0.5), key=lambda o: o["id"]) for t in FRAME_TIMES_S]
+        numbers = clip_numbers([[o["id"] for o in objects] for objects in shown])  # as the robot numbers a clip
+        ids = [[numbers[o["id"]] for o in objects] for objects in shown]
+        boxes = [[[float(v) for v in o["xyxy"]] for o in objects] for objects in shown]
         for query in gt["queries"]:
             if query["target_id"] not in numbers:
                 continue
@@ -193,11 +192,11 @@ def answer_id_weights(tokenizer, input_ids, labels, weight: float):
 
 def main(argv: list[str] | None = None) -> None:
     import torch
-    import yaml
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from stvg_ros.grounding.sampling import smart_resize
     from stvg_train.grpo import set_pixel_budget
+    from stvg_train.recipe import load_recipe
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", required=True, help="a synth-small recipe folder (data + init done)")
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     work, out = Path(args.work_dir), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     processor = AutoProcessor.from_pretrained(args.model or work / "init")
-    recipe = yaml.safe_load((work / "recipe.yaml").read_text())
+    recipe = load_recipe(str(work / "recipe.yaml"))
     spec = dict(recipe["scenes"])
     source_size = (int(spec["width"]), int(spec["height"]))
     height, width = smart_resize(source_size[1], source_size[0], max_pixels=int(recipe["max_pixels"]))

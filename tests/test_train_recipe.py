@@ -108,6 +108,8 @@ def test_recipe_runs_every_stage(recipe_run):
     assert log[0]["loss"] is None and log[0]["aux_loss"] > 0
     assert all(e["loss"] > 0 and e["aux_loss"] > 0 for e in log[1:])
     assert not any("id_reading_loss" in e for e in log)  # the vision tower is frozen: no reading loss
+    # the target-match loss on the language model's visual tokens (binding.py): every full-sample step
+    assert recipe["sft"]["match_weight"] > 0 and all(e["match_loss"] > 0 for e in log[1:])
     heldout = [e for e in log if "heldout_id_accuracy" in e]
     assert [e["step"] for e in heldout] == [2, 4]
     assert all(1 <= e["heldout_n"] <= 2 and 0.0 <= e["heldout_tiou"] <= 1.0 for e in heldout)
@@ -122,6 +124,8 @@ def test_recipe_runs_every_stage(recipe_run):
     assert visual and all(torch.equal(read_weights[k], sft_weights[k]) for k in visual)
     assert any(not torch.equal(read_weights[k], sft_weights[k]) for k in read_weights if k not in visual)
     assert (work / "sft" / "checkpoint-last" / "trainer_state.pt").is_file()  # saved at step 2
+    state = torch.load(work / "sft" / "checkpoint-last" / "trainer_state.pt", weights_only=False)
+    assert state["match_head"]["weight"].shape == (1, 256)  # resumes with the head it trained
     assert not (final / "trainer_state.pt").exists()
     input_format = json.loads((final / "stvg_input_format.json").read_text())
     assert input_format["frames_per_clip"] == [recipe["num_frames"]]

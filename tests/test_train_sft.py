@@ -76,10 +76,10 @@ def test_id_questions_ask_on_frames_where_the_target_is_drawn(tmp_path):
     }
     questions = id_questions(rows, tmp_path)
     assert questions == [
-        FrameQuestion(0, 0, "Which object is the blue square?", "Object 14."),
-        FrameQuestion(0, 2, "Which object is the blue square?", "Object 14."),  # not frame 1: 14 not drawn
+        FrameQuestion(0, 0, "Which object is the blue square?", "Object 14.", 14),
+        FrameQuestion(0, 2, "Which object is the blue square?", "Object 14.", 14),  # not frame 1: 14 not drawn
         # row 1: two identical red circles, no unique description; row 3: no gt/ file
-        FrameQuestion(2, 0, "Which object is the red circle?", "Object 12."),
+        FrameQuestion(2, 0, "Which object is the red circle?", "Object 12.", 12),
     ]
 
 

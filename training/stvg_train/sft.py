@@ -11,7 +11,9 @@ single-frame questions, ~10x cheaper per sample: "which numbers are drawn, from 
 (the target's track on that frame, where the description is unique in the scene). The first
 `aux_only_steps` steps train on these questions alone. With `id_reading_frames`, every step also
 trains the vision tower on a dense per-token ID-reading loss (`id_reading`) over that many frames;
-its held-out per-token accuracy is logged with the other held-out scores.
+its held-out per-token accuracy is logged with the other held-out scores. With `match_weight`, a head on
+the language model's visual tokens learns which show the asked object (`binding`: the GT target on full
+samples, the asked track on which-object questions), a dense signal for finding the described object.
 
 The loop is plain PyTorch (AdamW, warm-up + cosine decay, gradient clipping), batches of samples
 padded on the right, checkpoints every `save_every` steps and resumes from the last one. Every
@@ -31,7 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from stvg_train.id_reading import HEAD_FILE, IdReadingHead, frame_batch, labelled_frames, reading_scores
+from stvg_train.binding import TargetMatchHead, target_cells, unsupervised
+from stvg_train.id_reading import CELL_PX, HEAD_FILE, IdReadingHead, frame_batch, labelled_frames, reading_scores
 
 log = logging.getLogger("stvg_train.sft")
 
@@ -85,8 +88,12 @@ class SftOptions:
     #: the vision tower's learning rate as a share of `lr` (below 1 keeps what the `read` stage taught
     #: it; 0 freezes it: no gradients through it, which makes a step much cheaper)
     vision_lr_scale: float = 1.0
-    #: (width, height) of the source videos, where `frame_track_boxes` live (needed by id_reading)
+    #: (width, height) of the source videos, where `frame_track_boxes` live (needed by id_reading and match)
     source_size: tuple[int, int] | None = None
+    #: weight of the target-match loss on the language model's visual tokens (`binding`; 0: none): does
+    #: this token show the object the sample asks about? On full samples and which-object questions.
+    match_weight: float = 0.0
+    match_layer: int = 2  # decoder layers below the match head
 
 
 def warmup_cosine_lr(lr: float, warmup_steps: int, steps: int, step: int) -> float:
@@ -155,6 +162,8 @@ class FrameQuestion:
     frame: int
     question: str
     answer: str
+    #: the track (drawn number) the question asks about, where it asks about one (`binding` targets)
+    target_id: int | None = None
 
 
 def unique_description(objects: list[dict], object_id: int) -> str | None:
@@ -182,7 +191,8 @@ def id_questions(rows, scenes: str | Path) -> list[FrameQuestion]:
         description = unique_description(objects[video], object_id)
         if description is None:
             continue
-        questions += [FrameQuestion(index, k, f"Which object is the {description}?", f"Object {track_id}.")
+        questions += [FrameQuestion(index, k, f"Which object is the {description}?", f"Object {track_id}.",
+                                   track_id)
                       for k, ids in enumerate(frame_ids) if track_id in ids]
     return questions
 
@@ -307,7 +317,7 @@ def question_scores(model, batches: list[dict]) -> dict[str, float]:
     exact, right, tokens, asked = 0, 0, 0, 0
     model.eval()
     for batch in batches:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "match")}
         labels = batch["labels"][:, 1:]
         with torch.no_grad():
             predicted = model(**inputs).logits[:, :-1].argmax(-1)
@@ -348,6 +358,12 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
         reading = IdReadingHead(model.config.text_config.hidden_size, model.config.vision_config.hidden_size,
                                 seed=opts.seed)
         groups.append({"params": reading.parameters(), "weight_decay": 0.0, "lr_scale": opts.vision_lr_scale})
+    match = None
+    if opts.match_weight > 0:
+        if not opts.source_size:
+            raise ValueError("match_weight needs source_size (width, height of the source videos)")
+        match = TargetMatchHead(model.config.text_config.hidden_size, opts.match_layer, seed=opts.seed)
+        groups.append({"params": match.parameters(), "weight_decay": 0.0, "lr_scale": 1.0})
     optimizer = torch.optim.AdamW(groups, lr=opts.lr)
     trained = [p for group in groups for p in group["params"]]
     step = 0
@@ -362,6 +378,8 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
                              "SFT afresh (recipe: --redo sft)") from None
         if reading is not None and state.get("id_reading_head"):
             reading.load_state_dict(state["id_reading_head"])
+        if match is not None and state.get("match_head"):
+            match.load_state_dict(state["match_head"])
         step, order = state["step"], state["order"]
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -398,6 +416,24 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     recent: list[float] = []
     recent_aux: list[float] = []
     recent_read: list[float] = []
+    recent_match: list[float] = []
+    image_token = model.config.image_token_id
+
+    def match_targets(row, target_id: int | None, frame_indices) -> list:
+        """Per frame, the match targets of its visual tokens (unsupervised without a target)."""
+        targets = []
+        for k in frame_indices:
+            size = row["images"][k].size
+            cells = (size[0] // CELL_PX) * (size[1] // CELL_PX)
+            targets.append(unsupervised(cells) if target_id is None else torch.from_numpy(target_cells(
+                row["frame_track_ids"][k], row["frame_track_boxes"][k], target_id, opts.source_size, size)))
+        return targets
+
+    def with_match(batch: dict, targets: list):
+        """The model's loss on `batch` and the match loss of its visual tokens (None when none is supervised)."""
+        output = model(**batch, output_hidden_states=True)
+        match_loss, _ = match.loss(output.hidden_states, batch["input_ids"], image_token, torch.cat(targets))
+        return output.loss, match_loss
 
     def save(where: Path) -> None:
         tmp = where.with_name(where.name + ".tmp")
@@ -406,13 +442,14 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
         processor.save_pretrained(tmp)
         torch.save({"optimizer": optimizer.state_dict(), "step": step, "order": order, "rng": rng.getstate(),
                     "torch_rng": torch.get_rng_state(), "options": asdict(opts),
-                    "id_reading_head": reading.state_dict() if reading else None}, tmp / TRAINER_STATE)
+                    "id_reading_head": reading.state_dict() if reading else None,
+                    "match_head": match.state_dict() if match else None}, tmp / TRAINER_STATE)
         shutil.rmtree(where, ignore_errors=True)
         tmp.rename(where)
 
     while step < opts.steps:
         aux_only = step < opts.aux_only_steps and questions
-        examples = []
+        examples, targets = [], []
         if not aux_only:
             if len(order) < opts.batch_size:
                 epoch = list(range(len(train_rows)))
@@ -423,22 +460,37 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
                 row = train_rows[i]
                 completion = reference_completion(row["gt_target_id"], row["gt_start_s"], row["gt_end_s"])
                 examples.append(encode_example(processor, row, completion))
+                if match is not None:
+                    targets += match_targets(row, row["gt_target_id"], range(len(row["images"])))
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(opts, step) * group["lr_scale"]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.bf16):
-            loss = model(**collate(examples, pad_id)).loss if examples else None
+            match_losses = []
+            if not examples:
+                loss = None
+            elif match is None:
+                loss = model(**collate(examples, pad_id)).loss
+            else:
+                loss, match_loss = with_match(collate(examples, pad_id), targets)
+                match_losses.append(match_loss)
             aux_loss = None
             if questions:
                 size = opts.aux_batch_size * (AUX_ONLY_FACTOR if aux_only else 1)
                 picked = [rng.choice(rng.choice(pools)) for _ in range(size)]
                 aux = [encode_frame_question(processor, frames[q.row], q) for q in picked]
-                aux_loss = model(**collate(aux, pad_id)).loss
+                if match is None:
+                    aux_loss = model(**collate(aux, pad_id)).loss
+                else:
+                    aux_targets = [t for q in picked for t in match_targets(frames[q.row], q.target_id, [q.frame])]
+                    aux_loss, match_loss = with_match(collate(aux, pad_id), aux_targets)
+                    match_losses.append(match_loss)
             read_loss = None
             if reading is not None:
                 picks = [rng.choice(read_frames) for _ in range(opts.id_reading_frames)]
                 read_loss, _ = reading.loss(model, *frame_batch(processor, frames, picks, opts.source_size))
-        total = sum(x for x in (loss, aux_loss, None if read_loss is None else opts.id_reading_weight * read_loss)
-                    if x is not None)
+        match_losses = [m for m in match_losses if m is not None]
+        total = sum(x for x in (loss, aux_loss, None if read_loss is None else opts.id_reading_weight * read_loss,
+                                opts.match_weight * sum(match_losses) if match_losses else None) if x is not None)
         total.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, opts.max_grad_norm))
         optimizer.step()
@@ -450,6 +502,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
             recent_aux.append(float(aux_loss.detach()))
         if read_loss is not None:
             recent_read.append(float(read_loss.detach()))
+        recent_match += [float(m.detach()) for m in match_losses]
         if step % opts.log_every == 0 or step == opts.steps:
             entry = {"step": step, "loss": sum(recent) / len(recent) if recent else None, "grad_norm": grad_norm,
                      "lr": _learning_rate(opts, step - 1), "elapsed_s": round(time.monotonic() - started, 1)}
@@ -457,7 +510,9 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
                 entry["aux_loss"] = sum(recent_aux) / len(recent_aux)
             if recent_read:
                 entry["id_reading_loss"] = sum(recent_read) / len(recent_read)
-            recent, recent_aux, recent_read = [], [], []
+            if recent_match:
+                entry["match_loss"] = sum(recent_match) / len(recent_match)
+            recent, recent_aux, recent_read, recent_match = [], [], [], []
             if heldout_rows is not None and (step % opts.eval_every == 0 or step == opts.steps):
                 scores = greedy_scores(model, processor, heldout_rows, max_new_tokens=opts.max_new_tokens)
                 entry.update({f"heldout_{k}": v for k, v in scores.items()})

@@ -9,6 +9,9 @@ reaches bounds what SFT of the same language model can reach with any vision tow
     python -m stvg_train.symbolic_sft --work-dir RUN --out OUT [--steps 400] [--which-object 32]
     # binding alone: single-frame which-object questions of freshly generated scenes
     python -m stvg_train.symbolic_sft --work-dir RUN --out OUT --fresh-scenes 1200 --which-object 64 --questions-only
+    # the same with the target-match loss on the visual tokens (binding.py), which takes it off chance
+    python -m stvg_train.symbolic_sft --work-dir RUN --out OUT --fresh-scenes 800 --which-object 64 --questions-only \
+        --steps 800 --match-weight 1
 
 RUN is a `stvg-train recipe synth-small` work folder with its `data` and `init` stages done. Not part
 of the recipe: it measures, it ships nothing. One JSON line per logged step goes to OUT/log.jsonl.
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stvg_train.binding import DEFAULT_LAYER, TargetMatchHead, target_cells
 from stvg_train.id_reading import CELL_PX, ID_DIGITS, NO_DIGIT, attribute_classes, attribute_targets, cell_targets
 from stvg_train.sft import (
     FrameQuestion,
@@ -130,7 +134,7 @@ def fresh_which_object_questions(rows: list[dict], scenes: SymbolicScenes) -> li
                 description = unique_description(objects, row["numbered_objects"][number - 1])
                 if description is not None:
                     questions.append(FrameQuestion(index, frame, f"Which object is the {description}?",
-                                                   f"Object {number}."))
+                                                   f"Object {number}.", number))
     return questions
 
 
@@ -217,6 +221,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="train on this many newly generated scenes with perfect tracks instead of WORK's")
     parser.add_argument("--questions-only", action="store_true",
                         help="train on the which-object questions alone (needs --which-object N)")
+    parser.add_argument("--match-weight", type=float, default=0.0,
+                        help="weight of the target-match loss on the visual tokens (binding.py; 0: none)")
+    parser.add_argument("--match-layer", type=int, default=0, help="decoder layers below the match head (0: default)")
     parser.add_argument("--word-init", action="store_true",
                         help="start each symbolic embedding at the language model's embedding of its word or digit")
     args = parser.parse_args(argv)
@@ -241,6 +248,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.word_init:
         init_from_words(tables, model.get_input_embeddings().weight, processor.tokenizer)
 
+    match = None
+    if args.match_weight > 0:
+        match = TargetMatchHead(hidden, args.match_layer or DEFAULT_LAYER)
+    image_token = model.config.image_token_id
+
     def image_features(pixel_values, image_grid_thw=None, **_):
         embedded = sum(table(pixel_values[:, k]) for k, table in enumerate(tables))
         return types.SimpleNamespace(pooler_output=torch.split(embedded, (image_grid_thw.prod(-1) // 4).tolist()))
@@ -253,13 +265,21 @@ def main(argv: list[str] | None = None) -> None:
         enc = encode_example(processor, row, completion if with_answer else None)
         enc["pixel_values"] = torch.from_numpy(scenes.classes(row))
         if with_answer:
+            enc["match"] = torch.from_numpy(np.concatenate([
+                target_cells(ids, boxes, row["gt_target_id"], source_size, (width, height))
+                for ids, boxes in zip(row["frame_track_ids"], row["frame_track_boxes"], strict=True)]))
             enc["weights"] = answer_id_weights(processor.tokenizer, enc["input_ids"], enc["labels"], args.id_weight)
         return enc
 
     def batch_of(examples: list[dict]) -> dict:
         batch = collate(examples, processor.tokenizer.pad_token_id)
         batch["pixel_values"] = torch.cat([e["pixel_values"] for e in examples])
+        batch["match"] = torch.cat([e["match"] for e in examples])
         return batch
+
+    def match_loss(batch: dict, output):
+        loss, _ = match.loss(output.hidden_states, batch["input_ids"], image_token, batch["match"])
+        return args.match_weight * loss if loss is not None else 0.0
 
     started = time.monotonic()
     train_scenes = SymbolicScenes(work / "synthetic-train", source_size, (width, height))
@@ -289,6 +309,10 @@ def main(argv: list[str] | None = None) -> None:
                 classes[q.row] = torch.from_numpy(scenes.classes(rows[q.row]))
             enc = encode_frame_question(processor, frames[q.row], q)
             enc["pixel_values"] = classes[q.row][q.frame * cells_per_frame:(q.frame + 1) * cells_per_frame]
+            row = rows[q.row]
+            enc["match"] = torch.from_numpy(target_cells(
+                row["frame_track_ids"][q.frame], row["frame_track_boxes"][q.frame], q.target_id, source_size,
+                (width, height)))
             encoded.append(enc)
             if len(encoded) % 256 == 0:
                 release_freed_memory()
@@ -317,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
             scores.update({f"which_object_{k}": v for k, v in question_scores(model, which_val).items()})
         return scores
 
-    params = [*model.parameters(), *tables.parameters()]
+    params = [*model.parameters(), *tables.parameters(), *(match.parameters() if match else [])]
     optimizer = torch.optim.AdamW(params, lr=args.lr)
     rng, order, recent = random.Random(0), [], []
     with (out / "log.jsonl").open("w") as log:
@@ -334,14 +358,23 @@ def main(argv: list[str] | None = None) -> None:
                     picked, order = order[: args.batch_size], order[args.batch_size:]
                     batch = batch_of([train[i] for i in picked])
                     labels = batch.pop("labels")[:, 1:]
-                    logits = model(**batch).logits[:, :-1].float()
+                    targets = batch.pop("match")
+                    output = model(**batch, output_hidden_states=match is not None)
+                    logits = output.logits[:, :-1].float()
                     per_token = torch.nn.functional.cross_entropy(
                         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none",
                         ignore_index=-100).view(labels.shape)
                     weights = torch.nn.utils.rnn.pad_sequence([train[i]["weights"] for i in picked], batch_first=True)
                     loss = (per_token * weights[:, 1:] * (labels != -100)).sum() / (labels != -100).sum()
+                    if match is not None:
+                        loss = loss + match_loss({**batch, "match": targets}, output)
                 if which:
-                    loss = loss + model(**batch_of([rng.choice(which) for _ in range(args.which_object)])).loss
+                    batch = batch_of([rng.choice(which) for _ in range(args.which_object)])
+                    targets = batch.pop("match")
+                    output = model(**batch, output_hidden_states=match is not None)
+                    loss = loss + output.loss
+                    if match is not None:
+                        loss = loss + match_loss({**batch, "match": targets}, output)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()

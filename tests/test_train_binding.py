@@ -1,0 +1,82 @@
+"""Target-match supervision (training/stvg_train/binding.py): which visual tokens show the asked object, and
+the head's loss on the language model's hidden states."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stvg_train.binding import TargetMatchHead, target_cells, unsupervised
+
+SOURCE, FRAME = (320, 240), (224, 168)  # the frame is 8 x 6 merged cells of 28 px
+# a large track 5 over the top-left quarter, a small track 7 in front of it; each ID is drawn at its centre
+TRACKS, BOXES = [5, 7], [[0, 0, 160, 120], [20, 20, 60, 60]]
+
+
+def test_target_cells_cover_the_body_and_own_id_but_not_another_tracks_id():
+    big = target_cells(TRACKS, BOXES, 5, SOURCE, FRAME).reshape(6, 8)
+    assert big.dtype == np.float32
+    expected = np.zeros((6, 8), np.float32)
+    expected[:3, :4] = 1.0  # the box covers 4 x 3 cells
+    expected[0, 1] = 0.0  # where track 7's ID is drawn: that token says "7"
+    np.testing.assert_array_equal(big, expected)
+
+    small = target_cells(TRACKS, BOXES, 7, SOURCE, FRAME).reshape(6, 8)
+    assert small[0, 1] == 1.0  # its own ID, inside the big box
+    assert small[1, 2] == 0.0  # track 5's ID, inside the small box's reach
+    assert small.sum() == 4.0 and small[2:].sum() == 0.0 and small[:, 2:].sum() == 0.0
+
+
+def test_a_frame_without_the_target_has_no_match():
+    assert target_cells(TRACKS, BOXES, 9, SOURCE, FRAME).tolist() == [0.0] * 48
+    assert target_cells([], [], 5, SOURCE, FRAME).tolist() == [0.0] * 48
+
+
+def _hidden(batch: int, length: int, width: int, layers: int = 3, seed: int = 0) -> tuple:
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(batch, length, width, generator=generator) for _ in range(layers + 1))
+
+
+def test_match_loss_is_taken_at_the_visual_tokens_of_its_layer_and_ignores_unsupervised_ones():
+    image_token = 12
+    input_ids = torch.tensor([[1, 12, 12, 12, 4], [1, 2, 12, 12, 0]])  # 5 visual tokens in the batch
+    hidden = _hidden(2, 5, 16)
+    head = TargetMatchHead(16, layer=2)
+    targets = torch.tensor([1.0, 0.0, float("nan"), 1.0, 0.0])
+    loss, logits = head.loss(hidden, input_ids, image_token, targets)
+    assert logits.shape == (5,)
+    visual = hidden[2][input_ids == image_token]
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        head.linear(visual).squeeze(-1)[[0, 1, 3, 4]], targets[[0, 1, 3, 4]])
+    assert float(loss) == pytest.approx(float(expected))
+    loss.backward()
+    assert head.linear.weight.grad is not None and head.linear.weight.grad.abs().sum() > 0
+
+    none, _ = head.loss(hidden, input_ids, image_token, unsupervised(5))  # e.g. "which numbers are drawn?"
+    assert none is None
+    with pytest.raises(ValueError, match="5 visual tokens but 4 match targets"):
+        head.loss(hidden, input_ids, image_token, torch.zeros(4))
+
+
+def test_the_head_learns_a_feature_the_hidden_states_carry_and_its_state_round_trips():
+    image_token, generator = 3, torch.Generator().manual_seed(1)
+    input_ids = torch.full((4, 12), image_token)
+    hidden = list(_hidden(4, 12, 8, seed=1))
+    targets = (torch.rand(48, generator=generator) < 0.3).float()
+    hidden[2] = hidden[2].clone()
+    hidden[2][..., 0] = (targets.view(4, 12) * 2 - 1) * 3  # feature 0 says "match"
+    head = TargetMatchHead(8, layer=2)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.5)
+    first = None
+    for _ in range(60):
+        loss, _ = head.loss(tuple(hidden), input_ids, image_token, targets)
+        first = first if first is not None else float(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert float(loss) < 0.2 < first
+    copy = TargetMatchHead(8, layer=2, seed=5)
+    copy.load_state_dict(head.state_dict())
+    _, logits = copy.loss(tuple(hidden), input_ids, image_token, targets)
+    assert ((logits > 0).float() == targets).all()

@@ -1,0 +1,98 @@
+"""Target-match supervision: a per-token loss that teaches the language model where the asked object is.
+
+Answering "which object is the red circle?" needs the language model to bind: find, among a frame's
+visual tokens, the one whose object the question describes and copy the number drawn there. Trained
+from scratch on the answer alone, the 4-layer model stays at chance for hundreds of steps (the answer's
+one digit is the only signal, and it helps only once a whole attention circuit exists). This loss gives
+every visual token its own signal: after `layer` decoder layers, a linear head says whether the token
+shows the object the sample asks about (its body or its drawn ID). The question comes before the frames
+(METHOD §5), so a token can compare what it shows with the question; the answer then only has to find
+the tokens that say "match", a lookup by one fixed feature. The head exists only during training (it is
+not exported), like `id_reading`'s.
+
+Targets come from the tracks drawn on the frame: the cells the asked track's box covers (the same
+coverage rule as `id_reading.attribute_targets`) except those carrying another track's drawn ID, plus
+the cells of the asked track's own ID.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stvg_train.id_reading import CELL_PX, cell_targets
+
+#: Decoder layers below the head: in a 4-layer model, two layers to compare, two to answer.
+DEFAULT_LAYER = 2
+
+
+def target_cells(track_ids: list[int], boxes_src: list[list[float]], target_id: int, src_size: tuple[int, int],
+                 frame_size: tuple[int, int]) -> np.ndarray:
+    """(cells,) float32 in raster order of the merged token grid: 1 where the cell shows `target_id`.
+
+    `boxes_src` are the tracks' boxes in source pixels (`src_size` = width, height); `frame_size` is the
+    frame the model sees (width, height, multiples of CELL_PX). A frame without the target is all 0.
+    """
+    width, height = frame_size
+    grid_w, grid_h = width // CELL_PX, height // CELL_PX
+    match = np.zeros(grid_h * grid_w, np.float32)
+    if target_id not in track_ids:
+        return match
+    _, owner = cell_targets(track_ids, boxes_src, src_size, frame_size, with_owner=True)
+    k = track_ids.index(target_id)
+    sx, sy = width / src_size[0], height / src_size[1]
+    x1, y1, x2, y2 = (boxes_src[k][0] * sx, boxes_src[k][1] * sy, boxes_src[k][2] * sx, boxes_src[k][3] * sy)
+    x0, y0 = np.arange(grid_w) * CELL_PX, np.arange(grid_h) * CELL_PX
+    overlap_x = np.clip(np.minimum(x0 + CELL_PX, x2) - np.maximum(x0, x1), 0, None)
+    overlap_y = np.clip(np.minimum(y0 + CELL_PX, y2) - np.maximum(y0, y1), 0, None)
+    needed = min(CELL_PX * CELL_PX / 4, max(1.0, (x2 - x1) * (y2 - y1)) / 2)
+    covered = np.outer(overlap_y, overlap_x).ravel() >= needed
+    match[covered & (owner == -1)] = 1.0
+    match[owner == k] = 1.0
+    return match
+
+
+class TargetMatchHead:
+    """A linear head on the language model's hidden states after `layer` decoder layers, at the visual
+    tokens: does this token show the asked object? Trained with binary cross-entropy."""
+
+    def __init__(self, hidden_size: int, layer: int = DEFAULT_LAYER, seed: int = 0) -> None:
+        import torch
+
+        self.layer = layer
+        generator = torch.Generator().manual_seed(seed)
+        self.linear = torch.nn.Linear(hidden_size, 1)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(self.linear.weight.shape, generator=generator) * 0.02)
+            self.linear.bias.zero_()
+
+    def parameters(self):
+        return self.linear.parameters()
+
+    def state_dict(self) -> dict:
+        return self.linear.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.linear.load_state_dict(state)
+
+    def loss(self, hidden_states, input_ids, image_token_id: int, targets):
+        """BCE over the visual tokens of a batch. `hidden_states`: the model output's tuple (embeddings,
+        then one per layer); `targets`: (visual tokens of the batch,) in order, NaN where not supervised.
+        Returns (loss, logits) — loss None when no token is supervised."""
+        import torch
+
+        tokens = hidden_states[self.layer][input_ids == image_token_id].float()
+        if tokens.shape[0] != targets.shape[0]:
+            raise ValueError(f"{tokens.shape[0]} visual tokens but {targets.shape[0]} match targets")
+        logits = self.linear(tokens).squeeze(-1)
+        known = ~torch.isnan(targets)
+        if not bool(known.any()):
+            return None, logits
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], targets[known])
+        return loss, logits
+
+
+def unsupervised(cells: int):
+    """Targets of `cells` visual tokens the loss ignores (e.g. a "which numbers are drawn?" question)."""
+    import torch
+
+    return torch.full((cells,), float("nan"))

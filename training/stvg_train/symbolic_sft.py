@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         completion = reference_completion(row["gt_target_id"], row["gt_start_s"], row["gt_end_s"])
         enc = encode_example(processor, row, completion if with_answer else None)
         enc["pixel_values"] = torch.from_numpy(scenes.classes(row))
-        if with_answer:
+        if with_answer and match is not None:
             enc["match"] = torch.from_numpy(np.concatenate([
                 target_cells(ids, boxes, row["gt_target_id"], source_size, (width, height))
                 for ids, boxes in zip(row["frame_track_ids"], row["frame_track_boxes"], strict=True)]))
@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     def batch_of(examples: list[dict]) -> dict:
         batch = collate(examples, processor.tokenizer.pad_token_id)
         batch["pixel_values"] = torch.cat([e["pixel_values"] for e in examples])
-        batch["match"] = torch.cat([e["match"] for e in examples])
+        if match is not None:
+            batch["match"] = torch.cat([e["match"] for e in examples])
         return batch
 
     def match_loss(batch: dict, output):
@@ -309,10 +310,11 @@ def main(argv: list[str] | None = None) -> None:
                 classes[q.row] = torch.from_numpy(scenes.classes(rows[q.row]))
             enc = encode_frame_question(processor, frames[q.row], q)
             enc["pixel_values"] = classes[q.row][q.frame * cells_per_frame:(q.frame + 1) * cells_per_frame]
-            row = rows[q.row]
-            enc["match"] = torch.from_numpy(target_cells(
-                row["frame_track_ids"][q.frame], row["frame_track_boxes"][q.frame], q.target_id, source_size,
-                (width, height)))
+            if match is not None:
+                row = rows[q.row]
+                enc["match"] = torch.from_numpy(target_cells(
+                    row["frame_track_ids"][q.frame], row["frame_track_boxes"][q.frame], q.target_id, source_size,
+                    (width, height)))
             encoded.append(enc)
             if len(encoded) % 256 == 0:
                 release_freed_memory()
@@ -358,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
                     picked, order = order[: args.batch_size], order[args.batch_size:]
                     batch = batch_of([train[i] for i in picked])
                     labels = batch.pop("labels")[:, 1:]
-                    targets = batch.pop("match")
+                    targets = batch.pop("match", None)
                     output = model(**batch, output_hidden_states=match is not None)
                     logits = output.logits[:, :-1].float()
                     per_token = torch.nn.functional.cross_entropy(
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
                         loss = loss + match_loss({**batch, "match": targets}, output)
                 if which:
                     batch = batch_of([rng.choice(which) for _ in range(args.which_object)])
-                    targets = batch.pop("match")
+                    targets = batch.pop("match", None)
                     output = model(**batch, output_hidden_states=match is not None)
                     loss = loss + output.loss
                     if match is not None:

@@ -223,3 +223,24 @@ def test_unknown_recipe_is_a_clear_error(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "stvg-train recipe: error: recipe 'no-such-recipe' not found" in err
     assert not work.exists()  # nothing written for a recipe that is not there
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("match", [False, True])
+def test_symbolic_diagnostic_trains_on_a_recipe_folder(recipe_run, tmp_path, match):
+    """`python -m stvg_train.symbolic_sft` end to end on the recipe's work folder: full samples on symbolic
+    tokens, then single-frame questions of fresh scenes, with and without the target-match loss."""
+    from stvg_train import symbolic_sft
+
+    _, work, _, _ = recipe_run
+    extra = ["--match-weight", "1"] if match else []
+    common = ["--work-dir", str(work), "--steps", "2", "--eval-every", "2", "--threads", "1", *extra]
+    symbolic_sft.main([*common, "--out", str(tmp_path / "full"), "--limit", "2", "--batch-size", "2",
+                       "--eval-samples", "1"])
+    symbolic_sft.main([*common, "--out", str(tmp_path / "questions"), "--fresh-scenes", "2", "--which-object", "2",
+                       "--questions-only"])
+    full, questions = ([json.loads(line) for line in (tmp_path / kind / "log.jsonl").read_text().splitlines()]
+                       for kind in ("full", "questions"))
+    assert full[-1]["step"] == 2 and full[-1]["loss"] > 0 and full[-1]["n"] == 1 and 0 <= full[-1]["id_accuracy"] <= 1
+    assert questions[-1]["step"] == 2 and questions[-1]["loss"] > 0
+    assert 0.0 <= questions[-1]["which_object_exact"] <= 1.0 and 0.0 <= questions[-1]["which_object_tokens"] <= 1.0

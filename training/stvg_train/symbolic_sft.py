@@ -264,11 +264,12 @@ def main(argv: list[str] | None = None) -> None:
         completion = reference_completion(row["gt_target_id"], row["gt_start_s"], row["gt_end_s"])
         enc = encode_example(processor, row, completion if with_answer else None)
         enc["pixel_values"] = torch.from_numpy(scenes.classes(row))
+        if with_answer:
+            enc["weights"] = answer_id_weights(processor.tokenizer, enc["input_ids"], enc["labels"], args.id_weight)
         if with_answer and match is not None:
             enc["match"] = torch.from_numpy(np.concatenate([
                 target_cells(ids, boxes, row["gt_target_id"], source_size, (width, height))
                 for ids, boxes in zip(row["frame_track_ids"], row["frame_track_boxes"], strict=True)]))
-            enc["weights"] = answer_id_weights(processor.tokenizer, enc["input_ids"], enc["labels"], args.id_weight)
         return enc
 
     def batch_of(examples: list[dict]) -> dict:

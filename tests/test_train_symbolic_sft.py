@@ -42,7 +42,8 @@ def test_only_the_id_digits_after_object_and_target_id_are_weighted():
 
 def test_clip_local_ids_number_tracks_by_first_appearance():
     row = {"frame_track_ids": [[], [158, 12], [12, 300]], "gt_target_id": 300}
-    assert clip_local_ids(row) == {"frame_track_ids": [[], [1, 2], [2, 3]], "gt_target_id": 3}
+    # as the robot numbers a clip: first appearance, within a frame the oldest (smallest) track ID first
+    assert clip_local_ids(row) == {"frame_track_ids": [[], [2, 1], [1, 3]], "gt_target_id": 3}
     assert clip_local_ids({**row, "gt_target_id": 7})["gt_target_id"] == -1  # drawn nowhere
 
 

@@ -152,13 +152,13 @@ def release_freed_memory() -> None:
 
 
 def clip_local_ids(row: dict) -> dict:
-    """The row with its drawn IDs renumbered 1..K in order of first appearance (gt_target_id too)."""
-    order: dict[int, int] = {}
-    for ids in row["frame_track_ids"]:
-        for track_id in ids:
-            order.setdefault(track_id, len(order) + 1)
-    return {"frame_track_ids": [[order[t] for t in ids] for ids in row["frame_track_ids"]],
-            "gt_target_id": order.get(row["gt_target_id"], -1)}
+    """The row with its drawn IDs renumbered 1..K as the robot numbers a clip (`grounding.sampling.clip_numbers`:
+    first appearance, within a frame the oldest ID first), gt_target_id too (-1 where never drawn)."""
+    from stvg_ros.grounding.sampling import clip_numbers
+
+    numbers = clip_numbers(row["frame_track_ids"])
+    return {"frame_track_ids": [[numbers[int(t)] for t in ids] for ids in row["frame_track_ids"]],
+            "gt_target_id": numbers.get(int(row["gt_target_id"]), -1)}
 
 
 def init_from_words(tables, word_embeddings, tokenizer) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from stvg_train.binding import TargetMatchHead, target_cells, unsupervised
+from stvg_train.binding import TargetMatchHead, match_scores, target_cells, unsupervised
 
 SOURCE, FRAME = (320, 240), (224, 168)  # the frame is 8 x 6 merged cells of 28 px
 # a large track 5 over the top-left quarter, a small track 7 in front of it; each ID is drawn at its centre
@@ -80,3 +80,32 @@ def test_the_head_learns_a_feature_the_hidden_states_carry_and_its_state_round_t
     copy.load_state_dict(head.state_dict())
     _, logits = copy.loss(tuple(hidden), input_ids, image_token, targets)
     assert ((logits > 0).float() == targets).all()
+
+
+class _FeatureModel(torch.nn.Module):
+    """Hidden states whose feature 0 at a visual token is +1 on `marked` token positions, -1 elsewhere."""
+
+    def __init__(self, marked: torch.Tensor) -> None:
+        super().__init__()
+        self.marked = marked
+
+    def forward(self, input_ids, output_hidden_states=False, **_):
+        assert output_hidden_states
+        hidden = torch.zeros(*input_ids.shape, 4)
+        hidden[..., 0] = self.marked.float() * 2 - 1
+        return type("Out", (), {"hidden_states": (hidden, hidden, hidden)})()
+
+
+def test_match_scores_count_samples_whose_most_confident_token_shows_the_target():
+    image_token = 7
+    input_ids = torch.tensor([[1, 7, 7, 7, 2], [1, 7, 7, 7, 2], [1, 7, 7, 7, 2]])
+    marked = torch.tensor([[0, 1, 0, 0, 0], [0, 0, 0, 1, 0], [0, 1, 0, 0, 0]]).bool()
+    # sample 0: the marked token is a target; sample 1: it is not; sample 2: unsupervised (not counted)
+    targets = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, float("nan"), float("nan"), float("nan")])
+    head = TargetMatchHead(4, layer=2)
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.weight[0, 0] = 1.0
+    batches = [{"input_ids": input_ids, "labels": input_ids, "match": targets}]
+    scores = match_scores(head, _FeatureModel(marked), batches, image_token)
+    assert scores == {"top1": 0.5, "target_share": pytest.approx(2 / 9)}

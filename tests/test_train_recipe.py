@@ -115,6 +115,8 @@ def test_recipe_runs_every_stage(recipe_run):
     assert all(1 <= e["heldout_n"] <= 2 and 0.0 <= e["heldout_tiou"] <= 1.0 for e in heldout)
     # held-out single-frame questions (validation frames): "which numbers are drawn?" always exist
     assert all(0.0 <= e["heldout_read_exact"] <= 1.0 and 0.0 <= e["heldout_read_tokens"] <= 1.0 for e in heldout)
+    # where the validation frames give which-object questions, the match head is scored on them too
+    assert all(0.0 <= e["heldout_match_top1"] <= 1.0 for e in heldout if "heldout_which_object_exact" in e)
     final = work / "sft" / "final"
     # SFT trains the language model on what the read stage taught the vision tower, which it leaves as it was
     from safetensors.torch import load_file

@@ -96,3 +96,26 @@ def unsupervised(cells: int):
     import torch
 
     return torch.full((cells,), float("nan"))
+
+
+def match_scores(head: TargetMatchHead, model, batches: list[dict], image_token_id: int) -> dict[str, float]:
+    """Held-out check of the head on collated batches that carry "match" targets (one entry per visual token):
+    `top1`, the share of samples whose most confident visual token shows the asked object, and
+    `target_share`, the share of visual tokens that do (what a random token scores)."""
+    import torch
+
+    hits, asked, shown, cells = 0, 0, 0.0, 0
+    model.eval()
+    for batch in batches:
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "match")}
+        with torch.no_grad():
+            output = model(**inputs, output_hidden_states=True)
+            _, logits = head.loss(output.hidden_states, batch["input_ids"], image_token_id, batch["match"])
+        counts = (batch["input_ids"] == image_token_id).sum(dim=1).tolist()
+        for scores, targets in zip(logits.split(counts), batch["match"].split(counts), strict=True):
+            if bool((targets > 0).any()):  # NaN (unsupervised) compares False
+                hits += int(targets[scores.argmax()] > 0)
+                asked += 1
+        shown, cells = shown + float(batch["match"].nansum()), cells + len(batch["match"])
+    model.train()
+    return {"top1": hits / max(1, asked), "target_share": shown / max(1, cells)}

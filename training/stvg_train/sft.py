@@ -33,13 +33,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from stvg_train.binding import TargetMatchHead, target_cells, unsupervised
+from stvg_train.binding import TargetMatchHead, match_scores, target_cells, unsupervised
 from stvg_train.id_reading import CELL_PX, HEAD_FILE, IdReadingHead, frame_batch, labelled_frames, reading_scores
 
 log = logging.getLogger("stvg_train.sft")
 
 #: An auxiliary-only step takes this many times aux_batch_size questions (about a full step's cost).
 AUX_ONLY_FACTOR = 3
+#: Held-out single-frame questions per collated batch.
+QUESTION_BATCH = 16
 #: Files of a resumable checkpoint besides the model and processor.
 TRAINER_STATE = "trainer_state.pt"
 
@@ -397,8 +399,17 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
         heldout_rows = held.select(range(min(opts.eval_samples, len(held))))
         if opts.aux_batch_size > 0:  # encoded once: the same questions are scored at every evaluation
             held_frames = VideoFrames(held)
-            held_questions = {kind: question_batches(processor, held_frames, asked) for kind, asked in
-                              heldout_questions(held, opts.heldout_scenes, opts.eval_samples, opts.seed).items()}
+            asked_by_kind = heldout_questions(held, opts.heldout_scenes, opts.eval_samples, opts.seed)
+            held_questions = {kind: question_batches(processor, held_frames, asked, batch_size=QUESTION_BATCH)
+                              for kind, asked in asked_by_kind.items()}
+            if match is not None and "which_object" in asked_by_kind:  # scored by the match head too
+                asked = asked_by_kind["which_object"]
+                for first, batch in zip(range(0, len(asked), QUESTION_BATCH), held_questions["which_object"],
+                                        strict=True):
+                    batch["match"] = torch.cat([torch.from_numpy(target_cells(
+                        held_frames[q.row]["frame_track_ids"][q.frame], held_frames[q.row]["frame_track_boxes"][q.frame],
+                        q.target_id, opts.source_size, held_frames[q.row]["images"][q.frame].size))
+                        for q in asked[first:first + QUESTION_BATCH]])
     pools: list[list[FrameQuestion]] = []  # reading and which-object questions, drawn half and half
     if opts.aux_batch_size > 0:
         pools = [p for p in (read_questions(train_rows), id_questions(train_rows, opts.scenes) if opts.scenes else [])
@@ -525,6 +536,9 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
                 entry.update({f"heldout_{k}": v for k, v in scores.items()})
                 for kind, batches in held_questions.items():
                     entry.update({f"heldout_{kind}_{k}": v for k, v in question_scores(model, batches).items()})
+                if match is not None and "which_object" in held_questions:
+                    entry.update({f"heldout_match_{k}": v for k, v in
+                                  match_scores(match, model, held_questions["which_object"], image_token).items()})
                 if heldout_reading is not None:
                     entry.update({f"heldout_id_reading_{k}": v
                                   for k, v in reading_scores(reading, model, heldout_reading).items()})

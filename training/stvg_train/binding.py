@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stvg_train.id_reading import CELL_PX, cell_targets
+from stvg_train.id_reading import CELL_PX, cell_targets, covered_cells
 
 #: Decoder layers below the head: in a 4-layer model, two layers to compare, two to answer.
 DEFAULT_LAYER = 2
@@ -40,12 +40,8 @@ def target_cells(track_ids: list[int], boxes_src: list[list[float]], target_id: 
     _, owner = cell_targets(track_ids, boxes_src, src_size, frame_size, with_owner=True)
     k = track_ids.index(target_id)
     sx, sy = width / src_size[0], height / src_size[1]
-    x1, y1, x2, y2 = (boxes_src[k][0] * sx, boxes_src[k][1] * sy, boxes_src[k][2] * sx, boxes_src[k][3] * sy)
-    x0, y0 = np.arange(grid_w) * CELL_PX, np.arange(grid_h) * CELL_PX
-    overlap_x = np.clip(np.minimum(x0 + CELL_PX, x2) - np.maximum(x0, x1), 0, None)
-    overlap_y = np.clip(np.minimum(y0 + CELL_PX, y2) - np.maximum(y0, y1), 0, None)
-    needed = min(CELL_PX * CELL_PX / 4, max(1.0, (x2 - x1) * (y2 - y1)) / 2)
-    covered = np.outer(overlap_y, overlap_x).ravel() >= needed
+    box = boxes_src[k]
+    covered = covered_cells([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], frame_size)
     match[covered & (owner == -1)] = 1.0
     match[owner == k] = 1.0
     return match

@@ -115,6 +115,17 @@ def cell_targets(track_ids: list[int], boxes_src: list[list[float]], src_size: t
     return targets
 
 
+def covered_cells(box: list[float], frame_size: tuple[int, int]) -> np.ndarray:
+    """(cells,) bool in raster order: the merged cells a box (xyxy, frame pixels) shows its object on, i.e.
+    covers a quarter of the cell, or half of a box smaller than that."""
+    x1, y1, x2, y2 = box
+    x0, y0 = np.arange(frame_size[0] // CELL_PX) * CELL_PX, np.arange(frame_size[1] // CELL_PX) * CELL_PX
+    overlap_x = np.clip(np.minimum(x0 + CELL_PX, x2) - np.maximum(x0, x1), 0, None)
+    overlap_y = np.clip(np.minimum(y0 + CELL_PX, y2) - np.maximum(y0, y1), 0, None)
+    needed = min(CELL_PX * CELL_PX / 4, max(1.0, (x2 - x1) * (y2 - y1)) / 2)
+    return np.outer(overlap_y, overlap_x).ravel() >= needed
+
+
 def attribute_targets(bodies: list[tuple[list[float], tuple[int, int, int]]], id_owner: np.ndarray,
                       frame_size: tuple[int, int]) -> np.ndarray:
     """(cells, len(ATTRIBUTES)) int64: the attribute classes of the object each merged cell shows.
@@ -129,14 +140,8 @@ def attribute_targets(bodies: list[tuple[list[float], tuple[int, int, int]]], id
     grid_w, grid_h = width // CELL_PX, height // CELL_PX
     none = no_object_classes()
     targets = np.tile(none, (grid_h * grid_w, 1))
-    x0 = np.arange(grid_w) * CELL_PX
-    y0 = np.arange(grid_h) * CELL_PX
-    for (x1, y1, x2, y2), classes in bodies:
-        overlap_x = np.clip(np.minimum(x0 + CELL_PX, x2) - np.maximum(x0, x1), 0, None)
-        overlap_y = np.clip(np.minimum(y0 + CELL_PX, y2) - np.maximum(y0, y1), 0, None)
-        area = np.outer(overlap_y, overlap_x).ravel()
-        needed = min(CELL_PX * CELL_PX / 4, max(1.0, (x2 - x1) * (y2 - y1)) / 2)
-        targets[area >= needed] = classes
+    for box, classes in bodies:
+        targets[covered_cells(box, frame_size)] = classes
     for cell in np.flatnonzero(id_owner != -1):
         targets[cell] = bodies[id_owner[cell]][1] if id_owner[cell] >= 0 else none
     return targets

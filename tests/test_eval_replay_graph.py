@@ -8,6 +8,7 @@ tracker's work does not depend on timing. Replay must then see the same tracks o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import pytest
 
 from stvg_ros.core.types import EPOCH_NS
+from tests.ros_support import wait_until
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run scripts/setup.sh)")
@@ -130,3 +132,35 @@ def test_the_graph_ran_on_the_bag_clock(runs):
         assert EPOCH_NS <= record["answered_stamp_ns"] <= EPOCH_NS + 20 * 10**9, record["answered_stamp_ns"]
     for name in ("report.json", "report.md", "report.html", "predictions.json", "timeline.png", "graph.log"):
         assert (replay_dir / name).is_file(), name
+
+
+def test_a_killed_replay_takes_its_graph_with_it(tmp_path, synth_dataset, tiny_detector, tiny_vlm):
+    """SIGKILL (a CI timeout, the OOM killer) gives the replay no chance to stop the graph it started:
+    the graph still ends, instead of answering the next replay's frames on the same domain."""
+    import psutil
+
+    from stvg_ros.evaluation.benchsets import DEFAULT_TOPIC, sidecar_for
+
+    name, bag = synth_dataset.names[0], synth_dataset.bags[0]
+    sidecar = tmp_path / f"{name}.json"
+    sidecar.write_text(json.dumps(sidecar_for(name, bag, synth_dataset.annotations, [name], DEFAULT_TOPIC)))
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stvg_ros.cli.main", "eval", "replay", "--sidecar", str(sidecar), "--out", str(out),
+         "--start-graph", "--graph-timeout", "180", "--no-progress", *graph_params(tiny_detector, tiny_vlm)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    graphs = []
+    try:
+        graph_log = out / "graph.log"
+        up = wait_until(lambda: graph_log.exists() and "graph up" in graph_log.read_text(), 180)
+        graphs = psutil.Process(process.pid).children()
+        assert up and len(graphs) == 1, graph_log.read_text() if graph_log.exists() else "no graph.log"
+        process.kill()
+        process.wait(timeout=10)
+        _, alive = psutil.wait_procs(graphs, timeout=30)
+        assert not alive, f"the graph outlived the killed replay: {graph_log.read_text()[-2000:]}"
+    finally:
+        for leftover in [process, *graphs]:  # nothing of this test stays on the domain
+            with contextlib.suppress(OSError, psutil.Error):
+                leftover.kill()

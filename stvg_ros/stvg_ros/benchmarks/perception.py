@@ -405,24 +405,6 @@ def deployment_commands(
     return {s.name: [sys.executable, "-m", s.module, *ros_args] for s in specs}, nodes
 
 
-def spawn_logged(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """Start `command` in its own process group, output to `log_path`; it gets SIGTERM when the
-    benchmark dies (PR_SET_PDEATHSIG), so no node outlives it."""
-    import ctypes
-    import signal
-
-    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl  # loaded here: the child only calls it
-    with open(log_path, "wb") as out:
-        return subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            preexec_fn=lambda: prctl(1, signal.SIGTERM),
-        )
-
-
 def _stop(process: subprocess.Popen) -> None:
     import signal
 
@@ -553,6 +535,8 @@ def run_deployment(scene, args: argparse.Namespace, name: str, dds_env: dict[str
     queries back to back in the query deployments) and return the figures of that run."""
     import rclpy
 
+    from stvg_ros.nodes.lifecycle import spawn_logged
+
     deployment = DEPLOYMENTS[name]
     namespace = f"stvg_bench_{os.getpid()}_{name}"
     camera_topic = f"/{namespace}/camera/image_raw"
@@ -564,7 +548,7 @@ def run_deployment(scene, args: argparse.Namespace, name: str, dds_env: dict[str
     queries: _Queries | None = None
     try:
         for process_name, command in commands.items():
-            processes[process_name] = spawn_logged(command, env, log_dir / f"{process_name}.log")
+            processes[process_name] = spawn_logged(command, log_dir / f"{process_name}.log", env)
         rclpy.init(context=context)
         probe = CameraProbe(context, namespace, camera_topic, args.query_reasoning == "on")
         grounding = "grounding_node" in nodes

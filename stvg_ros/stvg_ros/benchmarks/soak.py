@@ -57,9 +57,9 @@ from stvg_ros.benchmarks.perception import (
     node_overrides,
     prepare_vlm,
     rss_mb,
-    spawn_logged,
     warm_up,
 )
+from stvg_ros.nodes.lifecycle import spawn_logged
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +415,7 @@ class Soak:
         commands, nodes = deployment_commands(deployment, self.namespace, camera_topic, self._overrides(), self.out / "logs")
         env = {**os.environ, **dds_env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         for name, command in commands.items():
-            self.processes[name] = spawn_logged(command, env, self.out / "logs" / f"{name}.log")
+            self.processes[name] = spawn_logged(command, self.out / "logs" / f"{name}.log", env)
         context = rclpy.Context()
         rclpy.init(context=context)
         clients: list = []

@@ -63,7 +63,7 @@ from stvg_ros.evaluation.run_store import RunStore
 from stvg_ros.evaluation.scoring import score
 from stvg_ros.evaluation.tracks import TrackLog, TrackWriter
 from stvg_ros.nodes.ground_client import GroundClient, GroundError
-from stvg_ros.nodes.lifecycle import spin_until_shutdown
+from stvg_ros.nodes.lifecycle import spawn_logged, spin_until_shutdown
 from stvg_ros.nodes.messages import ns_to_stamp, stamp_to_ns
 
 log = logging.getLogger("stvg_ros.eval.replay")
@@ -398,8 +398,7 @@ def _start_graph(config: ReplayConfig, log_path: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "stvg_ros.cli.main", "up", "--use-sim-time", "--no-overlay",
                "--camera-topic", config.camera_topic, *lockstep, *config.graph_args]  # fmt: skip
     log.info("starting the graph: %s", " ".join(command))
-    handle = log_path.open("w")
-    return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    return spawn_logged(command, log_path)  # ends with this process, however it ends
 
 
 def _stop_graph(process: subprocess.Popen | None) -> None:

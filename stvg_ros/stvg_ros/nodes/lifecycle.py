@@ -1,12 +1,16 @@
-"""Starting a lifecycle node: autostart, its executor, and a node module's `main()`."""
+"""Starting a lifecycle node: autostart, its executor, a node module's `main()`, and a node process
+started by another (spawn_logged)."""
 
 from __future__ import annotations
 
 import contextlib
 import faulthandler
 import logging
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -108,3 +112,21 @@ def run_lifecycle_node(make_node: Callable[[], Any], args: list[str] | None = No
         if rclpy.ok():
             rclpy.try_shutdown()
     return code
+
+
+def spawn_logged(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `command` (a node or a graph) in its own process group, output to `log_path`. It gets
+    SIGTERM when the process that started it dies (PR_SET_PDEATHSIG, Linux), even by SIGKILL, so no
+    node outlives its starter and keeps publishing on the domain."""
+    import ctypes
+
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl  # loaded here: the child only calls it
+    with open(log_path, "wb") as out:
+        return subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=lambda: prctl(1, signal.SIGTERM),  # 1 = PR_SET_PDEATHSIG
+        )

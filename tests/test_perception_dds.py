@@ -24,7 +24,7 @@ FRAMES, RATE_HZ = 20, 10.0
 # Both ends in their own processes, each applying the package's DDS settings before rclpy.init,
 # as the nodes do. The subscription is the tracker's: depth 1, best effort.
 PUBLISHER = """
-import sys, time
+import os, sys, time
 import numpy as np, rclpy
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
@@ -35,9 +35,9 @@ rclpy.init()
 node = rclpy.create_node("dds_image_publisher")
 pub = node.create_publisher(Image, "dds_test_image", qos_profile_sensor_data)
 deadline = time.monotonic() + 60
-while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+ready = os.environ["SUBSCRIBER_READY_FILE"]  # the reader matched this writer too (discovery is per side)
+while not (pub.get_subscription_count() and os.path.exists(ready)) and time.monotonic() < deadline:
     time.sleep(0.05)
-time.sleep(0.5)
 rgb = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
 for i in range(int(sys.argv[1])):
     msg = Image(**encode_image(rgb))
@@ -60,9 +60,12 @@ frames = set()
 def on_image(msg):
     assert len(msg.data) == msg.height * msg.step == 640 * 480 * 3
     frames.add(int(msg.header.frame_id))
-node.create_subscription(Image, "dds_test_image", on_image, image_qos(1, "best_effort"))
+sub = node.create_subscription(Image, "dds_test_image", on_image, image_qos(1, "best_effort"))
+ready = os.environ["SUBSCRIBER_READY_FILE"]
 deadline, last = time.monotonic() + 90, None
 while time.monotonic() < deadline and not (last and time.monotonic() - last > 3.0):
+    if sub.get_publisher_count() and not os.path.exists(ready):
+        open(ready, "w").close()
     before = len(frames)
     rclpy.spin_once(node, timeout_sec=0.1)
     last = time.monotonic() if len(frames) > before else last
@@ -132,9 +135,8 @@ def test_nodes_leave_the_process_transports_alone(monkeypatch):
 @pytest.mark.ros
 def test_vga_frames_reach_a_best_effort_depth_1_subscriber_in_another_process(tmp_path):
     pytest.importorskip("rclpy", reason="rclpy is not installed (run scripts/setup.sh)")
-    report = run_publisher_and_subscriber(
-        SUBSCRIBER, PUBLISHER, [str(FRAMES), str(RATE_HZ)], _clean_environment(), tmp_path
-    )
+    env = {**_clean_environment(), "SUBSCRIBER_READY_FILE": str(tmp_path / "subscriber.ready")}
+    report = run_publisher_and_subscriber(SUBSCRIBER, PUBLISHER, [str(FRAMES), str(RATE_HZ)], env, tmp_path)
     assert report["settings"] == {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
     assert report["range"] == os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")  # the tests' discovery range
     # 10 frames/s to a subscriber that does nothing else: every frame should arrive; before the

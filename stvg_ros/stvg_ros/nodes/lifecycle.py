@@ -116,8 +116,9 @@ def run_lifecycle_node(make_node: Callable[[], Any], args: list[str] | None = No
 
 def spawn_logged(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start `command` (a node or a graph) in its own process group, output to `log_path`. It gets
-    SIGTERM when the process that started it dies (PR_SET_PDEATHSIG, Linux), even by SIGKILL, so no
-    node outlives its starter and keeps publishing on the domain."""
+    SIGTERM when the thread that started it ends (PR_SET_PDEATHSIG, Linux; call it from the main
+    thread: when the process dies, even by SIGKILL), so no node outlives its starter and keeps
+    publishing on the domain."""
     import ctypes
 
     prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl  # loaded here: the child only calls it

@@ -97,7 +97,7 @@ def unsupervised(cells: int):
 def match_scores(head: TargetMatchHead, model, batches: list[dict], image_token_id: int) -> dict[str, float]:
     """Held-out check of the head on collated batches that carry "match" targets (one entry per visual token):
     `top1`, the share of samples whose most confident visual token shows the asked object, and
-    `target_share`, the share of visual tokens that do (what a random token scores)."""
+    `target_share`, the share of supervised visual tokens that do (what a random token scores)."""
     import torch
 
     hits, asked, shown, cells = 0, 0, 0.0, 0
@@ -112,6 +112,7 @@ def match_scores(head: TargetMatchHead, model, batches: list[dict], image_token_
             if bool((targets > 0).any()):  # NaN (unsupervised) compares False
                 hits += int(targets[scores.argmax()] > 0)
                 asked += 1
-        shown, cells = shown + float(batch["match"].nansum()), cells + len(batch["match"])
+        supervised = ~torch.isnan(batch["match"])
+        shown, cells = shown + float(batch["match"][supervised].sum()), cells + int(supervised.sum())
     model.train()
     return {"top1": hits / max(1, asked), "target_share": shown / max(1, cells)}

@@ -18,23 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from stvg_ros.nodes.lifecycle import die_with_parent_hook
+
 REPO = Path(__file__).resolve().parents[1]
 DISCOVERY_SETTLE_S = 0.5
 
 
 # --------------------------------------------------------------------------------------------
 # Processes
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the test process dies (even by a C-level abort), so no node
-    is left running."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class NodeProcess:
@@ -61,7 +52,7 @@ class NodeProcess:
             env=child_env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent_hook(),  # no node outlives the test process
         )
 
     @classmethod

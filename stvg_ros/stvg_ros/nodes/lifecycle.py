@@ -119,15 +119,17 @@ def spawn_logged(command: list[str], log_path: Path, env: dict[str, str] | None 
     SIGTERM when the thread that started it ends (PR_SET_PDEATHSIG, Linux; call it from the main
     thread: when the process dies, even by SIGKILL), so no node outlives its starter and keeps
     publishing on the domain."""
-    import ctypes
-
-    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl  # loaded here: the child only calls it
     with open(log_path, "wb") as out:
         return subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            preexec_fn=lambda: prctl(1, signal.SIGTERM),  # 1 = PR_SET_PDEATHSIG
-        )
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=die_with_parent_hook(),
+        )  # fmt: skip
+
+
+def die_with_parent_hook() -> Callable[[], None]:
+    """A `preexec_fn` after which the child gets SIGTERM when the thread that started it ends
+    (PR_SET_PDEATHSIG, Linux). libc is loaded here, in the parent: the child only calls it."""
+    import ctypes
+
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG

@@ -7,7 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from stvg_train.binding import TargetMatchHead, match_scores, target_cells, unsupervised
+from stvg_train.binding import (
+    ATTRIBUTE_LAYER,
+    TargetMatchHead,
+    description_positions,
+    example_guides,
+    guide_loss,
+    id_cells,
+    match_scores,
+    target_cells,
+    unsupervised,
+)
+from tests.train_support import PieceTokenizer
 
 SOURCE, FRAME = (320, 240), (224, 168)  # the frame is 8 x 6 merged cells of 28 px
 # a large track 5 over the top-left quarter, a small track 7 in front of it; each ID is drawn at its centre
@@ -109,3 +120,51 @@ def test_match_scores_count_samples_whose_most_confident_token_shows_the_target(
     batches = [{"input_ids": input_ids, "labels": input_ids, "match": targets}]
     scores = match_scores(head, _FeatureModel(marked), batches, image_token)
     assert scores == {"top1": 0.5, "target_share": pytest.approx(2 / 6)}  # of the supervised tokens
+
+
+def test_description_positions_find_the_asked_objects_words_not_a_later_ones():
+    pieces = ["W", "hich", " the", " small", " red", " circle", " that", " passes", " the", " blue", " square", "?"]
+    tokenizer = PieceTokenizer(pieces)
+    assert description_positions(tokenizer, list(range(len(pieces))), len(pieces)) == [[4], [5], [3]]
+    # no size word: an empty guide; words past the prompt are not searched
+    pieces = ["the", " red", " circle", " big", " blue", " square"]
+    assert description_positions(PieceTokenizer(pieces), list(range(6)), 6) == [[1], [2], []]
+    assert description_positions(PieceTokenizer(pieces), list(range(6)), 2) == [[], [], []]
+
+
+def test_example_guides_send_visual_tokens_to_the_words_and_the_answer_digits_to_the_asked_id():
+    image = 99
+    pieces = {0: "W", 1: " the", 2: " red", 3: " circle", 4: "?", 5: "O", 6: "bject", 7: " ", 8: "4", 9: "2", 10: "."}
+    tokenizer = PieceTokenizer([pieces.get(i, "<img>") for i in range(100)])
+    input_ids = [0, 1, 2, 3, 4, 99, 99, 99, 5, 6, 7, 8, 9, 10]
+    labels = [-100] * 8 + input_ids[8:]
+    guides = example_guides(tokenizer, input_ids, labels, image, np.array([False, True, False]), answer_layer=3)
+    assert guides == [(ATTRIBUTE_LAYER, 0, [5, 6, 7], [2]), (ATTRIBUTE_LAYER, 1, [5, 6, 7], [3]),
+                      (3, 0, [10, 11], [6])]  # the positions before "4" and "2" look at the ID's cell
+    # the asked ID drawn nowhere: no answer guide
+    assert [g[:2] for g in example_guides(tokenizer, input_ids, labels, image, np.zeros(3, bool), 3)] == [(0, 0), (0, 1)]
+
+
+def test_id_cells_are_the_cells_reading_the_asked_number():
+    cells = id_cells(TRACKS, BOXES, 7, SOURCE, FRAME).reshape(6, 8)
+    assert cells.dtype == bool and cells[0, 1] and not cells[1, 2]
+    assert not id_cells(TRACKS, BOXES, 9, SOURCE, FRAME).any()
+
+
+def test_guide_loss_is_minus_log_the_attention_mass_on_the_keys_and_trains_it():
+    scores = torch.zeros(2, 1, 4, 5, 5, requires_grad=True)  # (layers, batch, heads, queries, keys)
+
+    def attentions():
+        return [layer.softmax(-1) for layer in scores.unbind(0)]
+
+    guides = [[(1, 2, [3, 4], [0, 1])], []]  # row 0: layer 1, head 2; row 1: none
+    loss = guide_loss(attentions(), guides)
+    assert float(loss) == pytest.approx(-np.log(2 / 5))  # uniform attention: 2 of 5 keys
+    assert guide_loss(attentions(), [[], []]) is None
+    optimizer = torch.optim.SGD([scores], lr=1.0)
+    for _ in range(50):
+        optimizer.zero_grad()
+        guide_loss(attentions(), guides).backward()
+        optimizer.step()
+    assert float(attentions()[1][0, 2, 3, :2].sum()) > 0.9
+    assert float(scores.grad[0].abs().sum()) == 0.0  # other layers untouched

@@ -110,6 +110,8 @@ def test_recipe_runs_every_stage(recipe_run):
     assert not any("id_reading_loss" in e for e in log)  # the vision tower is frozen: no reading loss
     # the target-match loss on the language model's visual tokens (binding.py): every full-sample step
     assert recipe["sft"]["match_weight"] > 0 and all(e["match_loss"] > 0 for e in log[1:])
+    # the attention guides (binding.guide_loss): every full sample has a description and a drawn target ID
+    assert recipe["sft"]["guide_weight"] > 0 and all(e["guide_loss"] > 0 for e in log[1:])
     heldout = [e for e in log if "heldout_id_accuracy" in e]
     assert [e["step"] for e in heldout] == [2, 4]
     assert all(1 <= e["heldout_n"] <= 2 and 0.0 <= e["heldout_tiou"] <= 1.0 for e in heldout)

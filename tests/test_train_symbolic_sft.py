@@ -13,19 +13,10 @@ from stvg_train.symbolic_sft import (
     fresh_scene_rows,
     fresh_which_object_questions,
 )
+from tests.train_support import PieceTokenizer
 
 SPEC = {"seconds": 10.0, "fps": 10.0, "width": 320, "height": 240, "n_objects": 4, "difficulty": "mixed",
         "max_queries": 4}
-
-
-class PieceTokenizer:
-    """Token i decodes to pieces[i]."""
-
-    def __init__(self, pieces: list[str]) -> None:
-        self.pieces = pieces
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(self.pieces[i] for i in ids)
 
 
 def test_only_the_id_digits_after_object_and_target_id_are_weighted():

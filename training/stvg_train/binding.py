@@ -103,7 +103,7 @@ def match_scores(head: TargetMatchHead, model, batches: list[dict], image_token_
     hits, asked, shown, cells = 0, 0, 0.0, 0
     model.eval()
     for batch in batches:
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "match")}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "match", "guides")}
         with torch.no_grad():
             output = model(**inputs, output_hidden_states=True)
             _, logits = head.loss(output.hidden_states, batch["input_ids"], image_token_id, batch["match"])
@@ -116,3 +116,100 @@ def match_scores(head: TargetMatchHead, model, batches: list[dict], image_token_
         shown, cells = shown + float(batch["match"][supervised].sum()), cells + int(supervised.sum())
     model.train()
     return {"top1": hits / max(1, asked), "target_share": shown / max(1, cells)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention guides: the two lookups of the binding circuit, supervised where they happen.
+#
+# Even with the match loss, the first ≈ 400 steps stay at chance: a visual token can only compare what
+# it shows with the question once some head brings the question's words to it, and that head gets a
+# gradient only once the comparison exists. The guides break that circle with a direct signal on the
+# attention weights (like the match head, training only, nothing exported):
+#   - in layer `ATTRIBUTE_LAYER`, head k of every visual token attends to the question's word of
+#     attribute k (colour, shape, size: the description that opens every synthetic caption);
+#   - in the last layer, head 0 of each position that predicts a digit of the answered ID attends to the
+#     visual tokens carrying the asked track's drawn ID.
+# The loss of one guide is the mean over its query positions of -log(attention mass on its keys).
+
+#: The layer whose heads 0, 1, 2 gather the colour, shape and size words into every visual token.
+ATTRIBUTE_LAYER = 0
+
+
+def description_positions(tokenizer, input_ids, prompt_length: int) -> list[list[int]]:
+    """Per attribute (colour, shape, size), the prompt positions of the asked object's description words:
+    the first shape word, the colour word right before it and a size word right before that (a caption
+    or question opens with "the [size] colour shape"). Empty lists where a word is missing."""
+    from stvg_train.id_reading import attribute_classes
+
+    colours, shapes, sizes = (set(names) for names in attribute_classes())
+    words = [tokenizer.decode([int(t)]).strip().lower() for t in input_ids[:prompt_length]]
+    shape = next((i for i, w in enumerate(words) if w in shapes), None)
+    if shape is None:
+        return [[], [], []]
+    colour = shape - 1 if shape >= 1 and words[shape - 1] in colours else None
+    size = colour - 1 if colour is not None and colour >= 1 and words[colour - 1] in sizes else None
+    return [[colour] if colour is not None else [], [shape], [size] if size is not None else []]
+
+
+def answer_id_digits(tokenizer, input_ids, labels) -> list[int]:
+    """Positions of the answered ID's digits ("Object N", "Target ID: N") among the labelled tokens."""
+    pieces = [tokenizer.decode([int(t)]) for t in input_ids]
+    digits, inside = [], False
+    for i, piece in enumerate(pieces):
+        starts = i >= 3 and pieces[i - 1] == " " and (
+            pieces[i - 2].endswith("bject") or (pieces[i - 2] == ":" and pieces[i - 3] == " ID"))
+        inside = int(labels[i]) != -100 and piece.isdigit() and (inside or starts)
+        if inside:
+            digits.append(i)
+    return digits
+
+
+def id_cells(track_ids: list[int], boxes_src: list[list[float]], target_id: int, src_size: tuple[int, int],
+             frame_size: tuple[int, int]) -> np.ndarray:
+    """(cells,) bool in raster order: the cells that read `target_id`'s drawn number."""
+    _, owner = cell_targets(track_ids, boxes_src, src_size, frame_size, with_owner=True)
+    if target_id not in track_ids:
+        return np.zeros(owner.shape[0], bool)
+    return owner == track_ids.index(target_id)
+
+
+def example_guides(tokenizer, input_ids, labels, image_token_id: int, target_id_cells: np.ndarray,
+                   answer_layer: int) -> list[tuple[int, int, list[int], list[int]]]:
+    """The guides of one encoded example as (layer, head, query positions, key positions);
+    `target_id_cells`: (visual tokens,) bool, which of the example's visual tokens carry the asked ID."""
+    visual = [int(i) for i in np.flatnonzero(np.asarray(input_ids) == image_token_id)]
+    prompt_length = int(np.flatnonzero(np.asarray(labels) != -100)[0]) if (np.asarray(labels) != -100).any() \
+        else len(input_ids)
+    guides = []
+    for head, keys in enumerate(description_positions(tokenizer, input_ids, prompt_length)):
+        if keys and visual:
+            guides.append((ATTRIBUTE_LAYER, head, visual, keys))
+    keys = [visual[i] for i in np.flatnonzero(target_id_cells)]
+    queries = [i - 1 for i in answer_id_digits(tokenizer, input_ids, labels)]  # they predict the digits
+    if keys and queries:
+        guides.append((answer_layer, 0, queries, keys))
+    return guides
+
+
+def sample_guides(tokenizer, enc: dict, image_token_id: int, frame_track_ids, frame_track_boxes, target_id: int,
+                  src_size: tuple[int, int], frame_size: tuple[int, int], answer_layer: int) -> list:
+    """`example_guides` of an encoded training example (`input_ids`, `labels`) whose visual tokens are the
+    frames of `frame_track_ids` / `frame_track_boxes` in order, each `frame_size` (width, height) pixels."""
+    cells = np.concatenate([id_cells(list(ids), list(boxes), target_id, src_size, frame_size)
+                            for ids, boxes in zip(frame_track_ids, frame_track_boxes, strict=True)])
+    return example_guides(tokenizer, enc["input_ids"], enc["labels"], image_token_id, cells, answer_layer)
+
+
+def guide_loss(attentions, guides: list[list[tuple[int, int, list[int], list[int]]]]):
+    """Mean over the batch's guides of -log(attention mass on the keys), averaged over query positions.
+    `attentions`: the model output's per-layer (batch, heads, queries, keys) weights (eager attention);
+    `guides`: per batch row, `example_guides`. None when the batch has none."""
+    import torch
+
+    losses = []
+    for row, row_guides in enumerate(guides):
+        for layer, head, queries, keys in row_guides:
+            weights = attentions[layer][row, head]
+            mass = weights[torch.as_tensor(queries)][:, torch.as_tensor(keys)].float().sum(-1)
+            losses.append(-mass.clamp_min(1e-6).log().mean())
+    return torch.stack(losses).mean() if losses else None

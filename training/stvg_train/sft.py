@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from stvg_train.binding import TargetMatchHead, match_scores, target_cells, unsupervised
+from stvg_train.binding import TargetMatchHead, guide_loss, match_scores, sample_guides, target_cells, unsupervised
 from stvg_train.id_reading import CELL_PX, HEAD_FILE, IdReadingHead, frame_batch, labelled_frames, reading_scores
 
 log = logging.getLogger("stvg_train.sft")
@@ -96,6 +96,9 @@ class SftOptions:
     #: this token show the object the sample asks about? On full samples and which-object questions.
     match_weight: float = 0.0
     match_layer: int = 2  # decoder layers below the match head
+    #: weight of the attention guides (`binding.guide_loss`; 0: none): visual tokens attend to the asked
+    #: object's description words, the answer's ID digits to the cells of its drawn number. Needs eager attention.
+    guide_weight: float = 0.0
 
 
 def warmup_cosine_lr(lr: float, warmup_steps: int, steps: int, step: int) -> float:
@@ -319,7 +322,7 @@ def question_scores(model, batches: list[dict]) -> dict[str, float]:
     exact, right, tokens, asked = 0, 0, 0, 0
     model.eval()
     for batch in batches:
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "match")}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "match", "guides")}
         labels = batch["labels"][:, 1:]
         with torch.no_grad():
             predicted = model(**inputs).logits[:, :-1].argmax(-1)
@@ -348,7 +351,11 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     source = checkpoint if resume else Path(opts.model_dir)
     processor = AutoProcessor.from_pretrained(source)
     set_pixel_budget(processor, max_pixels=opts.max_pixels)
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
+    guided = opts.guide_weight > 0
+    if guided and not opts.source_size:
+        raise ValueError("guide_weight needs source_size (width, height of the source videos)")
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32,
+                                                        attn_implementation="eager" if guided else None)
     model.train()
     groups = _parameter_groups(model, opts)
     reading = None
@@ -428,7 +435,9 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     recent_aux: list[float] = []
     recent_read: list[float] = []
     recent_match: list[float] = []
+    recent_guide: list[float] = []
     image_token = model.config.image_token_id
+    answer_layer = model.config.text_config.num_hidden_layers - 1
 
     match_cache: dict[tuple[str, int, int], Any] = {}  # (video, frame, target): ≈ 5 ms each to compute
 
@@ -447,11 +456,24 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
             targets.append(match_cache[video, k, target_id])
         return targets
 
-    def with_match(batch: dict, targets: list):
-        """The model's loss on `batch` and the match loss of its visual tokens (None when none is supervised)."""
-        output = model(**batch, output_hidden_states=True)
-        match_loss, _ = match.loss(output.hidden_states, batch["input_ids"], image_token, torch.cat(targets))
-        return output.loss, match_loss
+    def guides(enc: dict, index: int, target_id: int | None, frame_indices) -> list:
+        """The attention guides of encoded example `enc` about training row `index`'s frames `frame_indices`."""
+        if not guided or target_id is None:
+            return []
+        row = frames[index]
+        return sample_guides(processor.tokenizer, enc, image_token, [row["frame_track_ids"][k] for k in frame_indices],
+                             [row["frame_track_boxes"][k] for k in frame_indices], target_id, opts.source_size,
+                             row["images"][frame_indices[0]].size, answer_layer)
+
+    def forward(examples: list[dict], targets: list, example_guides: list):
+        """The model's loss on `examples`, the match loss of their visual tokens and the guides' loss (each
+        None when not trained or nothing is supervised)."""
+        batch = collate(examples, pad_id)
+        output = model(**batch, output_hidden_states=match is not None, output_attentions=guided)
+        match_loss = None
+        if match is not None:
+            match_loss, _ = match.loss(output.hidden_states, batch["input_ids"], image_token, torch.cat(targets))
+        return output.loss, match_loss, guide_loss(output.attentions, example_guides) if guided else None
 
     def save(where: Path) -> None:
         tmp = where.with_name(where.name + ".tmp")
@@ -467,7 +489,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
 
     while step < opts.steps:
         aux_only = step < opts.aux_only_steps and questions
-        examples, targets = [], []
+        examples, targets, example_guides = [], [], []
         if not aux_only:
             if len(order) < opts.batch_size:
                 epoch = list(range(len(train_rows)))
@@ -478,37 +500,37 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
                 row = train_rows[i]
                 completion = reference_completion(row["gt_target_id"], row["gt_start_s"], row["gt_end_s"])
                 examples.append(encode_example(processor, row, completion))
+                example_guides.append(guides(examples[-1], i, row["gt_target_id"], range(len(row["images"]))))
                 if match is not None:
                     targets += match_targets(i, row["gt_target_id"], range(len(row["images"])))
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(opts, step) * group["lr_scale"]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.bf16):
-            match_losses = []
-            if not examples:
-                loss = None
-            elif match is None:
-                loss = model(**collate(examples, pad_id)).loss
-            else:
-                loss, match_loss = with_match(collate(examples, pad_id), targets)
+            loss, match_losses, guide_losses = None, [], []
+            if examples:
+                loss, match_loss, guided_loss = forward(examples, targets, example_guides)
                 match_losses.append(match_loss)
+                guide_losses.append(guided_loss)
             aux_loss = None
             if questions:
                 size = opts.aux_batch_size * (AUX_ONLY_FACTOR if aux_only else 1)
                 picked = [rng.choice(rng.choice(pools)) for _ in range(size)]
                 aux = [encode_frame_question(processor, frames[q.row], q) for q in picked]
-                if match is None:
-                    aux_loss = model(**collate(aux, pad_id)).loss
-                else:
-                    aux_targets = [t for q in picked for t in match_targets(q.row, q.target_id, [q.frame])]
-                    aux_loss, match_loss = with_match(collate(aux, pad_id), aux_targets)
-                    match_losses.append(match_loss)
+                aux_targets = [t for q in picked for t in match_targets(q.row, q.target_id, [q.frame])] \
+                    if match is not None else []
+                aux_guides = [guides(enc, q.row, q.target_id, [q.frame]) for enc, q in zip(aux, picked, strict=True)]
+                aux_loss, match_loss, guided_loss = forward(aux, aux_targets, aux_guides)
+                match_losses.append(match_loss)
+                guide_losses.append(guided_loss)
             read_loss = None
             if reading is not None:
                 picks = [rng.choice(read_frames) for _ in range(opts.id_reading_frames)]
                 read_loss, _ = reading.loss(model, *frame_batch(processor, frames, picks, opts.source_size))
         match_losses = [m for m in match_losses if m is not None]
+        guide_losses = [g for g in guide_losses if g is not None]
         total = sum(x for x in (loss, aux_loss, None if read_loss is None else opts.id_reading_weight * read_loss,
-                                opts.match_weight * sum(match_losses) if match_losses else None) if x is not None)
+                                opts.match_weight * sum(match_losses) if match_losses else None,
+                                opts.guide_weight * sum(guide_losses) if guide_losses else None) if x is not None)
         total.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, opts.max_grad_norm))
         optimizer.step()
@@ -521,6 +543,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
         if read_loss is not None:
             recent_read.append(float(read_loss.detach()))
         recent_match += [float(m.detach()) for m in match_losses]
+        recent_guide += [float(g.detach()) for g in guide_losses]
         if step % opts.log_every == 0 or step == opts.steps:
             entry = {"step": step, "loss": sum(recent) / len(recent) if recent else None, "grad_norm": grad_norm,
                      "lr": _learning_rate(opts, step - 1), "elapsed_s": round(time.monotonic() - started, 1)}
@@ -530,7 +553,9 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
                 entry["id_reading_loss"] = sum(recent_read) / len(recent_read)
             if recent_match:
                 entry["match_loss"] = sum(recent_match) / len(recent_match)
-            recent, recent_aux, recent_read, recent_match = [], [], [], []
+            if recent_guide:
+                entry["guide_loss"] = sum(recent_guide) / len(recent_guide)
+            recent, recent_aux, recent_read, recent_match, recent_guide = [], [], [], [], []
             if heldout_rows is not None and (step % opts.eval_every == 0 or step == opts.steps):
                 scores = greedy_scores(model, processor, heldout_rows, max_new_tokens=opts.max_new_tokens)
                 entry.update({f"heldout_{k}": v for k, v in scores.items()})

@@ -28,7 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from stvg_train.binding import DEFAULT_LAYER, TargetMatchHead, target_cells
+from stvg_train.binding import (
+    DEFAULT_LAYER,
+    TargetMatchHead,
+    answer_id_digits,
+    guide_loss,
+    sample_guides,
+    target_cells,
+)
 from stvg_train.id_reading import CELL_PX, ID_DIGITS, NO_DIGIT, attribute_classes, attribute_targets, cell_targets
 from stvg_train.sft import (
     FrameQuestion,
@@ -182,15 +189,8 @@ def answer_id_weights(tokenizer, input_ids, labels, weight: float):
     """Per-token loss weights: `weight` on the digits of the ID after "Object " and "Target ID: "."""
     import torch
 
-    pieces = [tokenizer.decode([t]) for t in input_ids.tolist()]
-    weights = torch.ones(len(pieces))
-    inside = False
-    for i, piece in enumerate(pieces):
-        starts = i >= 3 and pieces[i - 1] == " " and (
-            pieces[i - 2].endswith("bject") or (pieces[i - 2] == ":" and pieces[i - 3] == " ID"))
-        inside = labels[i] != -100 and piece.isdigit() and (inside or starts)
-        if inside:
-            weights[i] = weight
+    weights = torch.ones(len(input_ids))
+    weights[answer_id_digits(tokenizer, input_ids, labels)] = weight
     return weights
 
 
@@ -226,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--match-layer", type=int, default=0, help="decoder layers below the match head (0: default)")
     parser.add_argument("--word-init", action="store_true",
                         help="start each symbolic embedding at the language model's embedding of its word or digit")
+    parser.add_argument("--init-state", help="start from another run's OUT/final.pt (model, embeddings, match head)")
+    parser.add_argument("--guide-weight", type=float, default=0.0,
+                        help="weight of the attention guides (binding.guide_loss; 0: none)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -238,7 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     height, width = smart_resize(source_size[1], source_size[0], max_pixels=int(recipe["max_pixels"]))
     cells_per_frame = (height // CELL_PX) * (width // CELL_PX)
     set_pixel_budget(processor, max_pixels=int(recipe["max_pixels"]))
-    model = AutoModelForImageTextToText.from_pretrained(args.model or work / "init", dtype=torch.float32).train()
+    model = AutoModelForImageTextToText.from_pretrained(
+        args.model or work / "init", dtype=torch.float32,
+        attn_implementation="eager" if args.guide_weight > 0 else None).train()
     hidden = model.config.text_config.hidden_size
     torch.manual_seed(0)
     tables = torch.nn.ModuleList([torch.nn.Embedding(NO_DIGIT + 1, hidden) for _ in range(ID_DIGITS)]
@@ -251,7 +256,19 @@ def main(argv: list[str] | None = None) -> None:
     match = None
     if args.match_weight > 0:
         match = TargetMatchHead(hidden, args.match_layer or DEFAULT_LAYER)
+    if args.init_state:
+        state = torch.load(args.init_state)
+        model.load_state_dict(state["model"])
+        tables.load_state_dict(state["tables"])
+        if match is not None and state.get("match"):
+            match.load_state_dict(state["match"])
     image_token = model.config.image_token_id
+    answer_layer = model.config.text_config.num_hidden_layers - 1
+    guided = args.guide_weight > 0
+
+    def guides_of(enc: dict, frames_ids, frames_boxes, target_id: int) -> list:
+        return sample_guides(processor.tokenizer, enc, image_token, frames_ids, frames_boxes, target_id, source_size,
+                             (width, height), answer_layer)
 
     def image_features(pixel_values, image_grid_thw=None, **_):
         embedded = sum(table(pixel_values[:, k]) for k, table in enumerate(tables))
@@ -266,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         enc["pixel_values"] = torch.from_numpy(scenes.classes(row))
         if with_answer:
             enc["weights"] = answer_id_weights(processor.tokenizer, enc["input_ids"], enc["labels"], args.id_weight)
+        if with_answer and guided:
+            enc["guides"] = guides_of(enc, row["frame_track_ids"], row["frame_track_boxes"], row["gt_target_id"])
         if with_answer and match is not None:
             enc["match"] = torch.from_numpy(np.concatenate([
                 target_cells(ids, boxes, row["gt_target_id"], source_size, (width, height))
@@ -277,11 +296,24 @@ def main(argv: list[str] | None = None) -> None:
         batch["pixel_values"] = torch.cat([e["pixel_values"] for e in examples])
         if match is not None:
             batch["match"] = torch.cat([e["match"] for e in examples])
+        if guided:
+            batch["guides"] = [e.get("guides", []) for e in examples]
         return batch
 
     def match_loss(batch: dict, output):
         loss, _ = match.loss(output.hidden_states, batch["input_ids"], image_token, batch["match"])
         return args.match_weight * loss if loss is not None else 0.0
+
+    guide_losses: list[float] = []
+
+    def guidance(guides, output):
+        if not guided:
+            return 0.0
+        loss = guide_loss(output.attentions, guides)
+        if loss is None:
+            return 0.0
+        guide_losses.append(float(loss.detach()))
+        return args.guide_weight * loss
 
     started = time.monotonic()
     train_scenes = SymbolicScenes(work / "synthetic-train", source_size, (width, height))
@@ -311,6 +343,10 @@ def main(argv: list[str] | None = None) -> None:
                 classes[q.row] = torch.from_numpy(scenes.classes(rows[q.row]))
             enc = encode_frame_question(processor, frames[q.row], q)
             enc["pixel_values"] = classes[q.row][q.frame * cells_per_frame:(q.frame + 1) * cells_per_frame]
+            if guided:
+                row = rows[q.row]
+                enc["guides"] = guides_of(enc, [row["frame_track_ids"][q.frame]], [row["frame_track_boxes"][q.frame]],
+                                          q.target_id)
             if match is not None:
                 row = rows[q.row]
                 enc["match"] = torch.from_numpy(target_cells(
@@ -362,7 +398,8 @@ def main(argv: list[str] | None = None) -> None:
                     batch = batch_of([train[i] for i in picked])
                     labels = batch.pop("labels")[:, 1:]
                     targets = batch.pop("match", None)
-                    output = model(**batch, output_hidden_states=match is not None)
+                    guides = batch.pop("guides", None)
+                    output = model(**batch, output_hidden_states=match is not None, output_attentions=guided)
                     logits = output.logits[:, :-1].float()
                     per_token = torch.nn.functional.cross_entropy(
                         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none",
@@ -371,13 +408,16 @@ def main(argv: list[str] | None = None) -> None:
                     loss = (per_token * weights[:, 1:] * (labels != -100)).sum() / (labels != -100).sum()
                     if match is not None:
                         loss = loss + match_loss({**batch, "match": targets}, output)
+                    loss = loss + guidance(guides, output)
                 if which:
                     batch = batch_of([rng.choice(which) for _ in range(args.which_object)])
                     targets = batch.pop("match", None)
-                    output = model(**batch, output_hidden_states=match is not None)
+                    guides = batch.pop("guides", None)
+                    output = model(**batch, output_hidden_states=match is not None, output_attentions=guided)
                     loss = loss + output.loss
                     if match is not None:
                         loss = loss + match_loss({**batch, "match": targets}, output)
+                    loss = loss + guidance(guides, output)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -386,11 +426,16 @@ def main(argv: list[str] | None = None) -> None:
             if step % 10 == 0 or step == args.steps:
                 entry = {"step": step, "loss": sum(recent) / len(recent), "elapsed_s": round(time.monotonic() - started)}
                 recent = []
+                if guide_losses:
+                    entry["guide_loss"] = round(sum(guide_losses) / len(guide_losses), 4)
+                    guide_losses.clear()
                 if step % args.eval_every == 0 or step == args.steps:
                     entry.update(evaluate())
                 print(json.dumps(entry), flush=True)
                 log.write(json.dumps(entry) + "\n")
                 log.flush()
+    torch.save({"model": model.state_dict(), "tables": tables.state_dict(),
+                "match": match.state_dict() if match else None}, out / "final.pt")
 
 
 if __name__ == "__main__":

@@ -206,6 +206,36 @@ def test_encode_example_labels_only_the_completion(small_model):
     assert question["image_grid_thw"].shape[0] == 1  # one frame only
 
 
+def test_a_guided_model_gives_the_language_models_attention_to_the_guides(small_model):
+    """`GUIDED_ATTENTION`: eager attention in the language model (the guides read its weights), SDPA in the
+    vision tower; the guides of a training example train the heads they name."""
+    from transformers import AutoModelForImageTextToText
+
+    from stvg_train.binding import ATTRIBUTE_LAYER, GUIDED_ATTENTION, guide_loss, sample_guides
+
+    out, processor = small_model
+    model = AutoModelForImageTextToText.from_pretrained(out, attn_implementation=GUIDED_ATTENTION)
+    assert model.config.text_config._attn_implementation == "eager"
+    assert model.config.vision_config._attn_implementation == "sdpa"
+    row = _row()
+    example = encode_example(processor, row, reference_completion(14, 0.5, 1.0))
+    guides = sample_guides(processor.tokenizer, example, model.config.image_token_id, row["frame_track_ids"],
+                           row["frame_track_boxes"], 14, (56, 56), (56, 56), answer_layer=3)
+    words = [processor.tokenizer.decode(example["input_ids"][g[3]]).strip() for g in guides if g[0] == ATTRIBUTE_LAYER]
+    assert words == ["blue", "square"]  # "the blue square moving left": colour and shape, no size word
+    batch = collate([example], processor.tokenizer.pad_token_id)
+    output = model(**batch, output_attentions=True)
+    layers = model.config.text_config.num_hidden_layers
+    assert len(output.attentions) == layers
+    assert output.attentions[0].shape[-1] == batch["input_ids"].shape[1]
+    torch.testing.assert_close(output.attentions[0].sum(-1), torch.ones(output.attentions[0].shape[:-1]))
+    loss = guide_loss(output.attentions, [guides])
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
+    loss.backward()
+    first = model.model.language_model.layers[ATTRIBUTE_LAYER].self_attn.q_proj.weight.grad
+    assert first is not None and float(first.abs().sum()) > 0
+
+
 def test_vision_tower_learns_at_its_share_of_the_rate_and_only_matrices_decay(small_model):
     from transformers import AutoModelForImageTextToText
 

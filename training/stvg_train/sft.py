@@ -33,7 +33,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from stvg_train.binding import TargetMatchHead, guide_loss, match_scores, sample_guides, target_cells, unsupervised
+from stvg_train.binding import (
+    GUIDED_ATTENTION,
+    TargetMatchHead,
+    guide_loss,
+    match_scores,
+    sample_guides,
+    target_cells,
+    unsupervised,
+)
 from stvg_train.id_reading import CELL_PX, HEAD_FILE, IdReadingHead, frame_batch, labelled_frames, reading_scores
 
 log = logging.getLogger("stvg_train.sft")
@@ -355,7 +363,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     if guided and not opts.source_size:
         raise ValueError("guide_weight needs source_size (width, height of the source videos)")
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32,
-                                                        attn_implementation="eager" if guided else None)
+                                                        attn_implementation=GUIDED_ATTENTION if guided else None)
     model.train()
     groups = _parameter_groups(model, opts)
     reading = None

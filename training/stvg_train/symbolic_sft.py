@@ -30,6 +30,7 @@ import numpy as np
 
 from stvg_train.binding import (
     DEFAULT_LAYER,
+    GUIDED_ATTENTION,
     TargetMatchHead,
     answer_id_digits,
     guide_loss,
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     set_pixel_budget(processor, max_pixels=int(recipe["max_pixels"]))
     model = AutoModelForImageTextToText.from_pretrained(
         args.model or work / "init", dtype=torch.float32,
-        attn_implementation="eager" if args.guide_weight > 0 else None).train()
+        attn_implementation=GUIDED_ATTENTION if args.guide_weight > 0 else None).train()
     hidden = model.config.text_config.hidden_size
     torch.manual_seed(0)
     tables = torch.nn.ModuleList([torch.nn.Embedding(NO_DIGIT + 1, hidden) for _ in range(ID_DIGITS)]

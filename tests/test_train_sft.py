@@ -265,6 +265,15 @@ def test_reading_loss_with_a_frozen_vision_tower_is_refused(small_model, tmp_pat
         train_sft(opts)
 
 
+def test_guides_without_the_source_size_are_refused(small_model, tmp_path):
+    from stvg_train.sft import SftOptions, train_sft
+
+    opts = SftOptions(model_dir=str(small_model[0]), train=str(tmp_path / "unused"), out_dir=str(tmp_path / "out"),
+                      guide_weight=1.0)
+    with pytest.raises(ValueError, match="guide_weight needs source_size"):
+        train_sft(opts)
+
+
 def test_a_checkpoint_saved_with_other_settings_is_refused_with_a_clear_error(small_model, tmp_path):
     """A checkpoint whose optimizer has other parameter groups (saved with the vision tower trained, resumed
     with it frozen) is refused before any data is read, naming the checkpoint and how to start afresh."""

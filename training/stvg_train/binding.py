@@ -183,8 +183,8 @@ def example_guides(tokenizer, input_ids, labels, image_token_id: int, target_id_
     """The guides of one encoded example as (layer, head, query positions, key positions);
     `target_id_cells`: (visual tokens,) bool, which of the example's visual tokens carry the asked ID."""
     visual = [int(i) for i in np.flatnonzero(np.asarray(input_ids) == image_token_id)]
-    prompt_length = int(np.flatnonzero(np.asarray(labels) != -100)[0]) if (np.asarray(labels) != -100).any() \
-        else len(input_ids)
+    answered = np.flatnonzero(np.asarray(labels) != -100)
+    prompt_length = int(answered[0]) if answered.size else len(input_ids)
     guides = []
     for head, keys in enumerate(description_positions(tokenizer, input_ids, prompt_length)):
         if keys and visual:

@@ -33,12 +33,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from stvg_train.binding import (
     GUIDED_ATTENTION,
     TargetMatchHead,
+    example_guides,
     guide_loss,
+    id_cells,
     match_scores,
-    sample_guides,
     target_cells,
     unsupervised,
 )
@@ -464,16 +467,22 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
             targets.append(match_cache[video, k, target_id])
         return targets
 
+    id_cell_cache: dict[tuple[str, int, int], Any] = {}  # like match_cache: each costs a cell_targets call
+
     def guides(enc: dict, index: int, target_id: int | None, frame_indices) -> list:
         """The attention guides of encoded example `enc` about training row `index`'s frames `frame_indices`."""
         if not guided or target_id is None:
             return []
-        row = frames[index]
-        return sample_guides(processor.tokenizer, enc, image_token, [row["frame_track_ids"][k] for k in frame_indices],
-                             [row["frame_track_boxes"][k] for k in frame_indices], target_id, opts.source_size,
-                             row["images"][frame_indices[0]].size, answer_layer)
+        row, video, cells = frames[index], frames.videos[index], []
+        for k in frame_indices:
+            if (video, k, target_id) not in id_cell_cache:
+                id_cell_cache[video, k, target_id] = id_cells(row["frame_track_ids"][k], row["frame_track_boxes"][k],
+                                                              target_id, opts.source_size, row["images"][k].size)
+            cells.append(id_cell_cache[video, k, target_id])
+        return example_guides(processor.tokenizer, enc["input_ids"], enc["labels"], image_token,
+                              np.concatenate(cells), answer_layer)
 
-    def forward(examples: list[dict], targets: list, example_guides: list):
+    def forward(examples: list[dict], targets: list, batch_guides: list):
         """The model's loss on `examples`, the match loss of their visual tokens and the guides' loss (each
         None when not trained or nothing is supervised)."""
         batch = collate(examples, pad_id)
@@ -481,7 +490,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
         match_loss = None
         if match is not None:
             match_loss, _ = match.loss(output.hidden_states, batch["input_ids"], image_token, torch.cat(targets))
-        return output.loss, match_loss, guide_loss(output.attentions, example_guides) if guided else None
+        return output.loss, match_loss, guide_loss(output.attentions, batch_guides) if guided else None
 
     def save(where: Path) -> None:
         tmp = where.with_name(where.name + ".tmp")
@@ -497,7 +506,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
 
     while step < opts.steps:
         aux_only = step < opts.aux_only_steps and questions
-        examples, targets, example_guides = [], [], []
+        examples, targets, batch_guides = [], [], []
         if not aux_only:
             if len(order) < opts.batch_size:
                 epoch = list(range(len(train_rows)))
@@ -508,7 +517,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
                 row = train_rows[i]
                 completion = reference_completion(row["gt_target_id"], row["gt_start_s"], row["gt_end_s"])
                 examples.append(encode_example(processor, row, completion))
-                example_guides.append(guides(examples[-1], i, row["gt_target_id"], range(len(row["images"]))))
+                batch_guides.append(guides(examples[-1], i, row["gt_target_id"], range(len(row["images"]))))
                 if match is not None:
                     targets += match_targets(i, row["gt_target_id"], range(len(row["images"])))
         for group in optimizer.param_groups:
@@ -516,7 +525,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.bf16):
             loss, match_losses, guide_losses = None, [], []
             if examples:
-                loss, match_loss, guided_loss = forward(examples, targets, example_guides)
+                loss, match_loss, guided_loss = forward(examples, targets, batch_guides)
                 match_losses.append(match_loss)
                 guide_losses.append(guided_loss)
             aux_loss = None

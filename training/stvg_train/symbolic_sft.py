@@ -344,12 +344,11 @@ def main(argv: list[str] | None = None) -> None:
                 classes[q.row] = torch.from_numpy(scenes.classes(rows[q.row]))
             enc = encode_frame_question(processor, frames[q.row], q)
             enc["pixel_values"] = classes[q.row][q.frame * cells_per_frame:(q.frame + 1) * cells_per_frame]
+            row = frames[q.row]  # the frame lists, read once per video
             if guided:
-                row = rows[q.row]
                 enc["guides"] = guides_of(enc, [row["frame_track_ids"][q.frame]], [row["frame_track_boxes"][q.frame]],
                                           q.target_id)
             if match is not None:
-                row = rows[q.row]
                 enc["match"] = torch.from_numpy(target_cells(
                     row["frame_track_ids"][q.frame], row["frame_track_boxes"][q.frame], q.target_id, source_size,
                     (width, height)))

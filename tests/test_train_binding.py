@@ -9,13 +9,22 @@ import torch
 
 from stvg_train.binding import (
     ATTRIBUTE_LAYER,
+    END_HEAD,
+    EVENT_GUIDE,
+    LABEL_GUIDE,
+    START_HEAD,
+    TRACK_GUIDE,
     TargetMatchHead,
+    answer_time_digits,
     description_positions,
     example_guides,
     guide_loss,
     id_cells,
     match_scores,
+    span_cells,
+    span_frames,
     target_cells,
+    time_guides,
     unsupervised,
 )
 from tests.train_support import PieceTokenizer
@@ -168,3 +177,61 @@ def test_guide_loss_is_minus_log_the_attention_mass_on_the_keys_and_trains_it():
         optimizer.step()
     assert float(attentions()[1][0, 2, 3, :2].sum()) > 0.9
     assert float(scores.grad[0].abs().sum()) == 0.0  # other layers untouched
+
+
+def _clip_example():
+    """A prompt with an event caption, three frames of two cells each, and a reasoning block + answer."""
+    prompt = ['"', " the", " red", " circle", " that", " stops", '"', "\n"]
+    for seconds in ("0.00", "1.50", "2.50"):
+        prompt += ["Frame", " at", " ", seconds[0], ".", seconds[2], seconds[3], " s", ":", " ", "<vs>", "<img>", "<img>",
+                   "<ve>"]
+    answer = ["f", "rom", " ", "1", ".", "5", "0", " to", " ", "2", ".", "5", "0", ".", "</think>",
+              "T", "ime", " range", ":", " ", "1", ".", "4", "0", " to", " ", "2", ".", "6", "0", "</answer>"]
+    pieces = prompt + answer
+    tokenizer = PieceTokenizer(pieces)
+    image = pieces.index("<img>")
+    input_ids = [image if p == "<img>" else i for i, p in enumerate(pieces)]
+    labels = [-100] * len(prompt) + input_ids[len(prompt):]
+    return tokenizer, pieces, input_ids, labels, image, len(prompt)
+
+
+def test_answer_time_digits_are_the_start_and_end_times_of_the_reasoning_block_and_answer():
+    _, pieces, _, labels, _, n = _clip_example()
+    start, end = answer_time_digits(pieces, labels)
+    assert "".join(pieces[i] for i in start) == "150140" and "".join(pieces[i] for i in end) == "250260"
+    assert min(start) > n  # the prompt's frame labels are not answered
+    assert answer_time_digits(pieces, [-100] * len(pieces)) == ([], [])
+
+
+def test_span_frames_and_cells_take_the_sampled_frames_inside_the_span():
+    times = [0.0, 1.5, 2.5, 4.0]
+    assert span_frames(times, 1.4, 2.6) == (1, 2)
+    assert span_frames(times, 1.6, 2.2) == (1, 1)  # none inside: the frame nearest the middle
+    tracks = [np.array([True, False]), np.array([True, True]), np.array([False, True]), np.array([True, False])]
+    nan = float("nan")
+    np.testing.assert_array_equal(span_cells(tracks, times, 1.4, 2.6), [0, nan, 1, 1, nan, 1, 0, nan])
+
+
+def test_time_guides_link_tracks_across_frames_words_labels_and_the_span():
+    tokenizer, pieces, input_ids, labels, image, _ = _clip_example()
+    # track 3 on cell 0 then cell 1 then cell 1; track 4 only in the first frame
+    tracks = [{3: np.array([True, False]), 4: np.array([False, True])}, {3: np.array([False, True])},
+              {3: np.array([False, True])}]
+    guides = time_guides(tokenizer, input_ids, labels, image, tracks, 3, [0.0, 1.5, 2.5], 1.4, 2.6, answer_layer=3)
+    visual = [i for i, t in enumerate(input_ids) if t == image]
+    by_kind = {}
+    for layer, head, queries, keys in guides:
+        by_kind.setdefault((layer, head), []).append((queries, keys))
+    # the track's cell in frame k looks at its cell in frame k - 1; track 4 has no earlier frame to look at
+    assert by_kind[TRACK_GUIDE] == [([visual[3]], [visual[0]]), ([visual[5]], [visual[3]])]
+    (queries, keys), = by_kind[EVENT_GUIDE]
+    assert queries == visual and [pieces[k] for k in keys] == [" that", " stops"]
+    assert ["".join(pieces[k] for k in keys) for _, keys in by_kind[LABEL_GUIDE]] == ["000", "150", "250"]
+    assert [q for q, _ in by_kind[LABEL_GUIDE]] == [visual[0:2], visual[2:4], visual[4:6]]
+    # the start digits (predicted one position earlier) look at track 3 in frame 1, the end digits in frame 2
+    (queries, keys), = by_kind[(3, START_HEAD)]
+    assert "".join(pieces[q + 1] for q in queries) == "150140" and keys == [visual[3]]
+    (queries, keys), = by_kind[(3, END_HEAD)]
+    assert "".join(pieces[q + 1] for q in queries) == "250260" and keys == [visual[5]]
+    with pytest.raises(ValueError, match="frames"):
+        time_guides(tokenizer, input_ids, labels, image, tracks[:2], 3, [0.0, 1.5], 1.4, 2.6, answer_layer=3)

@@ -228,6 +228,22 @@ def test_exercises_draw_readable_ids_where_their_targets_say():
     first, _ = exercises.frame(np.random.default_rng(0))
     assert np.array_equal(again, first)  # seeded
 
+def test_exercises_with_max_id_draw_distinct_small_numbers():
+    """`id_numbering: clip` draws 1..K per clip: the exercises' IDs are then distinct numbers in 1..max_id."""
+    exercises = IdExercises(SPEC, FRAME, seed=3, pool=2, extra_ids=4, max_id=5)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(20):
+        _, targets = exercises.frame(rng)
+        ids = targets[:, :ID_DIGITS]
+        labelled = ids[(ids != NO_DIGIT).any(axis=1)]
+        assert (labelled[:, :-1] == NO_DIGIT).all()  # one digit each
+        seen |= set(labelled[:, -1].tolist())
+    assert seen <= set(range(1, 6)) and len(seen) == 5
+    with pytest.raises(ValueError, match="max_id"):
+        IdExercises(SPEC, FRAME, seed=3, pool=1, max_id=0)
+
+
 
 @pytest.mark.slow
 def test_train_reading_resumes_from_its_checkpoint(tmp_path):

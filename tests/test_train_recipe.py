@@ -16,8 +16,7 @@ import pytest
 import torch
 import yaml
 
-from stvg_train.prep import first_track_id
-from stvg_train.recipe import RECIPES, STAGES, load_recipe, stage_ship
+from stvg_train.recipe import CLIP_MAX_ID, RECIPES, STAGES, load_recipe, stage_ship
 
 EVAL_ROWS = ["baseline: random track", "baseline: most-visible track", "SFT only", "SFT + GRPO (shipped)",
              "SFT + GRPO through the ROS graph (eval replay)"]
@@ -70,23 +69,21 @@ def test_recipe_runs_every_stage(recipe_run):
     assert data["val"]["samples"] >= 1 and data["heldout"]["samples"] >= 1
     heldout_queries = json.loads((work / "heldout" / "queries.json").read_text())
     assert len(heldout_queries) == 1  # heldout_videos x heldout_queries_per_video
-    # each training video's track IDs start at its seeded number in first_track_id's range
+    # the recipe draws 1..K per clip (`id_numbering: clip`): the tracker's IDs, which start at a seeded number in
+    # first_track_id's range, relabelled in order of first appearance
     from stvg_train.data import load_prepared
 
-    low, high = recipe["first_track_id"]
+    assert recipe["id_numbering"] == "clip"
     rows = load_prepared([work / "prepared-train"])
-    firsts = {}
-    for video, ids in zip(rows["video"], rows["frame_track_ids"], strict=True):
+    for ids in rows["frame_track_ids"]:
         drawn = [i for frame in ids for i in frame]
-        first = firsts.setdefault(video, first_track_id(video, (low, high)))
-        assert low <= first <= high
         if drawn:
-            assert min(drawn) >= first and min(drawn) < first + 20, (video, first, sorted(set(drawn)))
-    assert len(firsts) == 3 and any(f > 1 for f in firsts.values())
-    matched = [(v, t) for v, t in zip(rows["video"], rows["gt_target_id"], strict=True) if t >= 0]
-    assert matched and all(t >= firsts[v] for v, t in matched)
+            assert drawn[0] == 1 and max(drawn) <= CLIP_MAX_ID, drawn
+    assert len(set(rows["video"])) == 3
+    matched = [t for t, ids in zip(rows["gt_target_id"], rows["frame_track_ids"], strict=True) if t >= 0]
+    assert matched and all(1 <= t <= CLIP_MAX_ID for t in matched)
     report = json.loads((work / "prepared-train" / "report.json").read_text())
-    assert report["options"]["first_track_id"] == [low, high]
+    assert report["options"]["first_track_id"] == recipe["first_track_id"] and report["options"]["id_numbering"] == "clip"
 
     # init: the untrained small model
     assert 1_000_000 < result["init"]["parameters"] < 20_000_000 and result["init"]["seed"] == 0
@@ -230,14 +227,17 @@ def test_unknown_recipe_is_a_clear_error(tmp_path, capfd):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("match", [False, True])
-def test_symbolic_diagnostic_trains_on_a_recipe_folder(recipe_run, tmp_path, match):
+@pytest.mark.parametrize("mode", ["plain", "match", "time"])
+def test_symbolic_diagnostic_trains_on_a_recipe_folder(recipe_run, tmp_path, mode):
     """`python -m stvg_train.symbolic_sft` end to end on the recipe's work folder: full samples on symbolic
-    tokens, then single-frame questions of fresh scenes, with and without the target-match loss."""
+    tokens, then single-frame questions of fresh scenes; plain, with the target-match loss, and with the
+    time guides, the span head and the cells' positions."""
     from stvg_train import symbolic_sft
 
     _, work, _, _ = recipe_run
-    extra = ["--match-weight", "1"] if match else []
+    extra = {"plain": [], "match": ["--match-weight", "1"],
+             "time": ["--match-weight", "1", "--guide-weight", "1", "--time-guides", "--span-weight", "1",
+                      "--cell-positions"]}[mode]
     common = ["--work-dir", str(work), "--steps", "2", "--eval-every", "2", "--threads", "1", *extra]
     symbolic_sft.main([*common, "--out", str(tmp_path / "full"), "--limit", "2", "--batch-size", "2",
                        "--eval-samples", "1"])
@@ -246,5 +246,6 @@ def test_symbolic_diagnostic_trains_on_a_recipe_folder(recipe_run, tmp_path, mat
     full, questions = ([json.loads(line) for line in (tmp_path / kind / "log.jsonl").read_text().splitlines()]
                        for kind in ("full", "questions"))
     assert full[-1]["step"] == 2 and full[-1]["loss"] > 0 and full[-1]["n"] == 1 and 0 <= full[-1]["id_accuracy"] <= 1
+    assert (mode == "time") == ("span_loss" in full[-1] and "guide_loss" in full[-1])
     assert questions[-1]["step"] == 2 and questions[-1]["loss"] > 0
     assert 0.0 <= questions[-1]["which_object_exact"] <= 1.0 and 0.0 <= questions[-1]["which_object_tokens"] <= 1.0

@@ -208,13 +208,187 @@ def sample_guides(tokenizer, enc: dict, image_token_id: int, frame_track_ids, fr
 def guide_loss(attentions, guides: list[list[tuple[int, int, list[int], list[int]]]]):
     """Mean over the batch's guides of -log(attention mass on the keys), averaged over query positions.
     `attentions`: the model output's per-layer (batch, heads, queries, keys) weights (eager attention);
-    `guides`: per batch row, `example_guides`. None when the batch has none."""
+    `guides`: per batch row, `example_guides`. None when the batch has none.
+
+    One gather per layer (indexing per guide made the backward zero-fill a whole attention map per guide)."""
     import torch
 
-    losses = []
+    by_layer: dict[int, list] = {}
+    count = 0
     for row, row_guides in enumerate(guides):
         for layer, head, queries, keys in row_guides:
-            weights = attentions[layer][row, head]
-            mass = weights[torch.as_tensor(queries)][:, torch.as_tensor(keys)].float().sum(-1)
-            losses.append(-mass.clamp_min(1e-6).log().mean())
-    return torch.stack(losses).mean() if losses else None
+            by_layer.setdefault(layer, []).append((row, head, queries, keys))
+            count += 1
+    if not count:
+        return None
+    total = torch.zeros(())
+    for layer, entries in by_layer.items():
+        weights = attentions[layer]
+        rows, heads, queries, scale = [], [], [], []
+        mask = np.zeros((sum(len(q) for _, _, q, _ in entries), weights.shape[-1]), bool)
+        at = 0
+        for row, head, guide_queries, keys in entries:
+            n = len(guide_queries)
+            rows += [row] * n
+            heads += [head] * n
+            queries += list(guide_queries)
+            scale += [1.0 / n] * n
+            mask[at:at + n, keys] = True
+            at += n
+        picked = weights[torch.as_tensor(rows), torch.as_tensor(heads), torch.as_tensor(queries)]
+        mass = (picked.float() * torch.from_numpy(mask)).sum(-1)
+        total = total + (-mass.clamp_min(1e-6).log() * torch.as_tensor(scale)).sum()
+    return total / count
+
+
+# ---------------------------------------------------------------------------------------------------
+# Time guides: the lookups the answer's span needs (perfect-perception diagnostic first).
+#
+# The span is one segment of the asked object's motion (when it moves left, after it stops, ...), so a
+# visual token must know how its object moved since the previous frame, whether that is the asked event,
+# and the answer must copy the time of the first and last frame where it is. Four guides, one per lookup:
+#   - `TRACK_GUIDE`: every token showing a track attends to that track's cells one frame earlier (with
+#     the cell's position in the values, the layer's MLP can tell the motion);
+#   - `EVENT_GUIDE`: every visual token attends to the caption's event words (after the shape word);
+#   - `LABEL_GUIDE`: every visual token attends to the time digits of its frame's label;
+#   - `START_GUIDE` / `END_GUIDE` (last layer): each position predicting a digit of the answered start
+#     (end) time attends to the asked track's cells in the first (last) sampled frame inside the span.
+
+#: (layer, head) of each time guide; layer 0 heads 0-2 and the last layer's head 0 are binding's.
+TRACK_GUIDE = (0, 3)
+EVENT_GUIDE = (1, 0)
+LABEL_GUIDE = (1, 1)
+START_HEAD, END_HEAD = 1, 2
+
+
+def frame_tokens(input_ids, image_token_id: int) -> list[list[int]]:
+    """Per frame, the positions of its visual tokens (each frame one run of image tokens)."""
+    positions = np.flatnonzero(np.asarray(input_ids) == image_token_id)
+    if positions.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(positions) > 1) + 1
+    return [run.tolist() for run in np.split(positions, breaks)]
+
+
+def label_digits(pieces: list[str], frames: list[list[int]], window: int = 12) -> list[list[int]]:
+    """Per frame, the positions of the time digits in its label ("Frame at 5.50 s:") before its tokens."""
+    labels = []
+    for run in frames:
+        digits = []
+        for i in range(run[0] - 1, max(-1, run[0] - 1 - window), -1):
+            if pieces[i] == "Frame":
+                break
+            if pieces[i].isdigit():
+                digits.append(i)
+        labels.append(sorted(digits))
+    return labels
+
+
+def event_words(pieces: list[str], prompt_length: int) -> list[int]:
+    """Prompt positions of the caption's event words: after its first shape word up to the closing quote."""
+    from stvg_train.id_reading import attribute_classes
+
+    shapes = set(attribute_classes()[1])
+    shape = next((i for i, w in enumerate(pieces[:prompt_length]) if w.strip().lower() in shapes), None)
+    if shape is None:
+        return []
+    words = []
+    for i in range(shape + 1, prompt_length):
+        if '"' in pieces[i]:
+            break
+        words.append(i)
+    return words
+
+
+def answer_time_digits(pieces: list[str], labels) -> tuple[list[int], list[int]]:
+    """Positions of the answered start and end times' digits among the labelled tokens ("from a to b",
+    "Time range: a to b"; the reasoning block's and the answer's)."""
+    start, end, current = [], [], None
+    for i, piece in enumerate(pieces):
+        if int(labels[i]) == -100:
+            current = None
+            continue
+        if piece.strip() in ("from", "range") or (piece == "rom" and i and pieces[i - 1].strip() == "f"):
+            current = start
+        elif piece == " to" and current is start:
+            current = end
+        elif piece.isdigit() and current is not None:
+            current.append(i)
+        elif piece not in (" ", ".") and current is not None and not piece.isdigit():
+            current = None if current is end else current
+    return start, end
+
+
+def span_frames(timestamps_s, start_s: float, end_s: float) -> tuple[int, int]:
+    """The first and last sampled frame inside [start_s, end_s]; the frame nearest the span's middle
+    for both when none is inside."""
+    inside = [k for k, t in enumerate(timestamps_s) if start_s <= t <= end_s]
+    if inside:
+        return inside[0], inside[-1]
+    middle = (start_s + end_s) / 2
+    nearest = int(np.argmin([abs(t - middle) for t in timestamps_s]))
+    return nearest, nearest
+
+
+def span_cells(track_cells: list[np.ndarray], timestamps_s, start_s: float, end_s: float) -> np.ndarray:
+    """(frames × cells,) float32 targets of the span head on the asked track's cells (`track_cells`, per
+    frame): 1 in the sampled frames inside the span (`span_frames`), 0 in the others; NaN (unsupervised)
+    on every other cell, which the target-match head already tells apart (with them as 0s the head learned
+    to say "outside" everywhere: 0 of the inside frames found after 600 steps)."""
+    first, last = span_frames(timestamps_s, start_s, end_s)
+    return np.concatenate([np.where(cells, float(first <= k <= last), np.nan).astype(np.float32)
+                           for k, cells in enumerate(track_cells)])
+
+
+def time_guides(tokenizer, input_ids, labels, image_token_id: int, frame_tracks: list[dict[int, np.ndarray]],
+                target_id: int, timestamps_s, start_s: float, end_s: float,
+                answer_layer: int) -> list[tuple[int, int, list[int], list[int]]]:
+    """The time guides of one encoded example, as `example_guides`. `frame_tracks`: per frame, each drawn
+    track's cells (bool, the frame's visual tokens); `timestamps_s`, `start_s`, `end_s`: the frames' times
+    and the GT span."""
+    pieces = [tokenizer.decode([int(t)]) for t in input_ids]
+    frames = frame_tokens(input_ids, image_token_id)
+    if len(frames) != len(frame_tracks):
+        raise ValueError(f"{len(frames)} frames in the tokens but {len(frame_tracks)} in the tracks")
+    answered = np.flatnonzero(np.asarray(labels) != -100)
+    prompt_length = int(answered[0]) if answered.size else len(input_ids)
+    guides = []
+    for k in range(1, len(frames)):
+        for track, cells in frame_tracks[k].items():
+            before = frame_tracks[k - 1].get(track)
+            if before is not None and before.any() and cells.any():
+                guides.append((*TRACK_GUIDE, [frames[k][i] for i in np.flatnonzero(cells)],
+                               [frames[k - 1][i] for i in np.flatnonzero(before)]))
+    words = event_words(pieces, prompt_length)
+    if words:
+        guides.append((*EVENT_GUIDE, [p for run in frames for p in run], words))
+    for run, digits in zip(frames, label_digits(pieces, frames), strict=True):
+        if digits:
+            guides.append((*LABEL_GUIDE, run, digits))
+    first, last = span_frames(timestamps_s, start_s, end_s)
+    start, end = answer_time_digits(pieces, labels)
+    for head, queries, frame in ((START_HEAD, start, first), (END_HEAD, end, last)):
+        cells = frame_tracks[frame].get(target_id)
+        if queries and cells is not None and cells.any():
+            guides.append((answer_layer, head, [q - 1 for q in queries],
+                           [frames[frame][i] for i in np.flatnonzero(cells)]))
+    return guides
+
+
+def guide_kinds(answer_layer: int) -> dict[tuple[int, int], str]:
+    """The name of each guide's (layer, head), for the diagnostics."""
+    return {(ATTRIBUTE_LAYER, 0): "colour", (ATTRIBUTE_LAYER, 1): "shape", (ATTRIBUTE_LAYER, 2): "size",
+            (answer_layer, 0): "answer_id", TRACK_GUIDE: "track", EVENT_GUIDE: "event", LABEL_GUIDE: "label",
+            (answer_layer, START_HEAD): "start", (answer_layer, END_HEAD): "end"}
+
+
+def guide_masses(attentions, guides, answer_layer: int) -> dict[str, list[float]]:
+    """Per guide kind (`guide_kinds`), the attention mass each guide's queries put on its keys (mean over
+    its queries); for checking held-out examples."""
+    kinds = guide_kinds(answer_layer)
+    masses: dict[str, list[float]] = {}
+    for row, row_guides in enumerate(guides):
+        for layer, head, queries, keys in row_guides:
+            weights = attentions[layer][row, head][queries][:, keys]
+            masses.setdefault(kinds.get((layer, head), f"{layer}.{head}"), []).append(float(weights.sum(-1).mean()))
+    return masses

@@ -303,15 +303,19 @@ class IdExercises:
     Each frame is a random frame of one of `pool` scenes (seeded), resized to `frame_size` (width, height)
     as `grounding.sampling` resizes camera frames. IDs go to the visible objects' box centres, as the robot
     draws them, and to `extra_ids` free places more (more IDs per frame, and IDs on background). An ID has
-    one, two or three digits with equal chance (the robot's IDs grow with time).
+    one, two or three digits with equal chance (the robot's IDs grow with time); with `max_id`, the IDs of
+    a frame are distinct numbers in 1..max_id instead (`id_numbering: clip` draws 1..K per clip).
     """
 
     def __init__(self, scene_spec: dict, frame_size: tuple[int, int], *, seed: int, pool: int = 64,
-                 extra_ids: int = 4) -> None:
+                 extra_ids: int = 4, max_id: int | None = None) -> None:
         from stvg_ros.synthetic.scenes import SceneSpec, generate_scene, scene_seed
 
+        if max_id is not None and not 1 <= max_id < 10 ** ID_DIGITS:
+            raise ValueError(f"max_id must be in 1..{10 ** ID_DIGITS - 1}, got {max_id}")
         self.frame_size = frame_size
         self.extra_ids = extra_ids
+        self.max_id = max_id
         spec = SceneSpec(**scene_spec).validate()
         self.scenes = [generate_scene(scene_seed(seed, i), spec) for i in range(pool)]
 
@@ -342,8 +346,12 @@ class IdExercises:
         for x, y, body in centres:  # IDs that would overlap an earlier one are left out (unreadable for anyone)
             if all(abs(x - kx) >= 30 or abs(y - ky) >= 16 for kx, ky, _ in kept):
                 kept.append((x, y, body))
-        digits = rng.integers(1, ID_DIGITS + 1, size=len(kept))
-        ids = [int(rng.integers(1 if d == 1 else 10 ** (d - 1), 10 ** d)) for d in digits]
+        if self.max_id is not None:
+            kept = kept[: self.max_id]
+            ids = [int(i) for i in rng.permutation(np.arange(1, self.max_id + 1))[: len(kept)]]
+        else:
+            digits = rng.integers(1, ID_DIGITS + 1, size=len(kept))
+            ids = [int(rng.integers(1 if d == 1 else 10 ** (d - 1), 10 ** d)) for d in digits]
         boxes = [[x - 1.0, y - 1.0, x + 1.0, y + 1.0] for x, y, _ in kept]
         tracks = Tracks(xyxy=np.asarray(boxes, np.float32).reshape(-1, 4), track_id=np.asarray(ids, np.int64))
         targets, owner = cell_targets(ids, boxes, (width, height), (width, height), with_owner=True)
@@ -376,6 +384,8 @@ class ReadingOptions:
     steps: int = 3000
     frames: int = 32  # exercises per step
     extra_ids: int = 4
+    #: IDs of an exercise: distinct numbers in 1..max_id (`id_numbering: clip`); None: 1–3 digits (`track`)
+    max_id: int | None = None
     #: weight of the shown objects' colour, shape and size in the loss (`attribute_targets`; 0: digits only)
     attribute_weight: float = 1.0
     pool: int = 64  # scenes the exercises are drawn from (held-out ones come from other seeds)
@@ -430,9 +440,10 @@ def train_reading(opts: ReadingOptions) -> dict[str, Any]:
     spec = {**opts.scenes}
     height, width = smart_resize(int(spec.get("height", 240)), int(spec.get("width", 320)), max_pixels=opts.max_pixels)
     started = time.monotonic()
-    exercises = IdExercises(spec, (width, height), seed=opts.seed, pool=opts.pool, extra_ids=opts.extra_ids)
+    exercises = IdExercises(spec, (width, height), seed=opts.seed, pool=opts.pool, extra_ids=opts.extra_ids,
+                            max_id=opts.max_id)
     unseen = IdExercises(spec, (width, height), seed=opts.seed + 7919, pool=max(1, opts.pool // 4),
-                         extra_ids=opts.extra_ids)
+                         extra_ids=opts.extra_ids, max_id=opts.max_id)
     heldout_exercises = unseen.batch(processor, opts.eval_frames, np.random.default_rng(opts.seed + 7919))
     heldout_robot = None
     if opts.heldout:

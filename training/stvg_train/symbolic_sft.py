@@ -34,8 +34,12 @@ from stvg_train.binding import (
     TargetMatchHead,
     answer_id_digits,
     guide_loss,
+    guide_masses,
     sample_guides,
+    span_cells,
     target_cells,
+    time_guides,
+    unsupervised,
 )
 from stvg_train.id_reading import CELL_PX, ID_DIGITS, NO_DIGIT, attribute_classes, attribute_targets, cell_targets
 from stvg_train.sft import (
@@ -55,10 +59,13 @@ from stvg_train.sft import (
 
 
 class SymbolicScenes:
-    """Per prepared row, the (frames × cells, ID_DIGITS + 3) classes a perfect vision tower would encode."""
+    """Per prepared row, the (frames × cells, ID_DIGITS + 3) classes a perfect vision tower would encode;
+    with `positions`, two more columns: the cell's row and column (a tower that says where a cell is)."""
 
-    def __init__(self, scenes_dir: str | Path | None, source_size: tuple[int, int], frame_size: tuple[int, int]) -> None:
+    def __init__(self, scenes_dir: str | Path | None, source_size: tuple[int, int], frame_size: tuple[int, int],
+                 positions: bool = False) -> None:
         self.scenes_dir, self.source_size, self.frame_size = Path(scenes_dir or "."), source_size, frame_size
+        self.positions = positions
         self.names = attribute_classes()
         self.cache: dict[str, dict] = {}
 
@@ -89,7 +96,12 @@ class SymbolicScenes:
             position[back_to_front] = np.arange(len(bodies))
             owner = np.where(owner >= 0, position[np.clip(owner, 0, None)] if len(bodies) else owner, owner)
             attributes = attribute_targets([bodies[k][:2] for k in back_to_front], owner, self.frame_size)
-            frames.append(np.concatenate([digits[:, :ID_DIGITS], attributes], axis=1))
+            columns = [digits[:, :ID_DIGITS], attributes]
+            if self.positions:
+                cell = np.arange(len(digits))
+                grid_w = self.frame_size[0] // CELL_PX
+                columns.append(np.stack([cell // grid_w, cell % grid_w], axis=1))
+            frames.append(np.concatenate(columns, axis=1))
         return np.concatenate(frames)
 
 
@@ -230,7 +242,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init-state", help="start from another run's OUT/final.pt (model, embeddings, match head)")
     parser.add_argument("--guide-weight", type=float, default=0.0,
                         help="weight of the attention guides (binding.guide_loss; 0: none)")
+    parser.add_argument("--cell-positions", action="store_true",
+                        help="the symbolic tokens also say where their cell is (row, column embeddings)")
+    parser.add_argument("--time-guides", action="store_true",
+                        help="add binding.time_guides (weighted by --guide-weight): track, event words, labels, span")
+    parser.add_argument("--span-weight", type=float, default=0.0,
+                        help="weight of the span head's loss (the asked object's cells in the span's frames)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate --init-state's model and exit")
     args = parser.parse_args(argv)
+    if args.time_guides and args.guide_weight <= 0:
+        parser.error("--time-guides needs --guide-weight > 0")
 
     torch.set_num_threads(args.threads)
     work, out = Path(args.work_dir), Path(args.out)
@@ -248,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     hidden = model.config.text_config.hidden_size
     torch.manual_seed(0)
     tables = torch.nn.ModuleList([torch.nn.Embedding(NO_DIGIT + 1, hidden) for _ in range(ID_DIGITS)]
-                                 + [torch.nn.Embedding(len(n) + 1, hidden) for n in attribute_classes()])
+                                 + [torch.nn.Embedding(len(n) + 1, hidden) for n in attribute_classes()]
+                                 + [torch.nn.Embedding(n, hidden) for n in ((height // CELL_PX, width // CELL_PX)
+                                                                            if args.cell_positions else ())])
     for table in tables:
         torch.nn.init.normal_(table.weight, std=0.02)
     if args.word_init:
@@ -257,12 +280,15 @@ def main(argv: list[str] | None = None) -> None:
     match = None
     if args.match_weight > 0:
         match = TargetMatchHead(hidden, args.match_layer or DEFAULT_LAYER)
+    span = TargetMatchHead(hidden, args.match_layer or DEFAULT_LAYER, seed=1) if args.span_weight > 0 else None
     if args.init_state:
         state = torch.load(args.init_state)
         model.load_state_dict(state["model"])
         tables.load_state_dict(state["tables"])
         if match is not None and state.get("match"):
             match.load_state_dict(state["match"])
+        if span is not None and state.get("span"):
+            span.load_state_dict(state["span"])
     image_token = model.config.image_token_id
     answer_layer = model.config.text_config.num_hidden_layers - 1
     guided = args.guide_weight > 0
@@ -270,6 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     def guides_of(enc: dict, frames_ids, frames_boxes, target_id: int) -> list:
         return sample_guides(processor.tokenizer, enc, image_token, frames_ids, frames_boxes, target_id, source_size,
                              (width, height), answer_layer)
+
+    def track_cells(row) -> list[dict[int, np.ndarray]]:
+        return [{int(t): target_cells(list(ids), list(boxes), int(t), source_size, (width, height)) > 0 for t in ids}
+                for ids, boxes in zip(row["frame_track_ids"], row["frame_track_boxes"], strict=True)]
 
     def image_features(pixel_values, image_grid_thw=None, **_):
         embedded = sum(table(pixel_values[:, k]) for k, table in enumerate(tables))
@@ -286,6 +316,16 @@ def main(argv: list[str] | None = None) -> None:
             enc["weights"] = answer_id_weights(processor.tokenizer, enc["input_ids"], enc["labels"], args.id_weight)
         if with_answer and guided:
             enc["guides"] = guides_of(enc, row["frame_track_ids"], row["frame_track_boxes"], row["gt_target_id"])
+        if with_answer and (args.time_guides or span is not None):
+            tracks = track_cells(row)
+            if args.time_guides:
+                enc["guides"] += time_guides(processor.tokenizer, enc["input_ids"], enc["labels"], image_token, tracks,
+                                             row["gt_target_id"], row["timestamps_s"], row["gt_start_s"],
+                                             row["gt_end_s"], answer_layer)
+            if span is not None:
+                enc["span"] = torch.from_numpy(span_cells([t.get(row["gt_target_id"], np.zeros(cells_per_frame, bool))
+                                                           for t in tracks], row["timestamps_s"], row["gt_start_s"],
+                                                          row["gt_end_s"]))
         if with_answer and match is not None:
             enc["match"] = torch.from_numpy(np.concatenate([
                 target_cells(ids, boxes, row["gt_target_id"], source_size, (width, height))
@@ -297,6 +337,9 @@ def main(argv: list[str] | None = None) -> None:
         batch["pixel_values"] = torch.cat([e["pixel_values"] for e in examples])
         if match is not None:
             batch["match"] = torch.cat([e["match"] for e in examples])
+        if any("span" in e for e in examples):
+            batch["span"] = torch.cat([e["span"] if "span" in e else unsupervised(len(e["pixel_values"]))
+                                       for e in examples])
         if guided:
             batch["guides"] = [e.get("guides", []) for e in examples]
         return batch
@@ -304,6 +347,17 @@ def main(argv: list[str] | None = None) -> None:
     def match_loss(batch: dict, output):
         loss, _ = match.loss(output.hidden_states, batch["input_ids"], image_token, batch["match"])
         return args.match_weight * loss if loss is not None else 0.0
+
+    span_losses: list[float] = []
+
+    def span_loss(batch: dict, targets, output):
+        if span is None:
+            return 0.0
+        loss, _ = span.loss(output.hidden_states, batch["input_ids"], image_token, targets)
+        if loss is None:
+            return 0.0
+        span_losses.append(float(loss.detach()))
+        return args.span_weight * loss
 
     guide_losses: list[float] = []
 
@@ -317,25 +371,27 @@ def main(argv: list[str] | None = None) -> None:
         return args.guide_weight * loss
 
     started = time.monotonic()
-    train_scenes = SymbolicScenes(work / "synthetic-train", source_size, (width, height))
-    val_scenes = SymbolicScenes(work / "synthetic-val", source_size, (width, height))
+    train_scenes = SymbolicScenes(work / "synthetic-train", source_size, (width, height), args.cell_positions)
+    val_scenes = SymbolicScenes(work / "synthetic-val", source_size, (width, height), args.cell_positions)
     train_rows, val_rows = usable_rows(str(work / "prepared-train")), usable_rows(str(work / "prepared-val"))
     if args.limit:
         train_rows = train_rows.select(range(min(args.limit, len(train_rows))))
     if args.clip_local_ids:
         train_rows, val_rows = train_rows.map(clip_local_ids), val_rows.map(clip_local_ids)
     if args.fresh_scenes:
-        train_scenes = SymbolicScenes(None, source_size, (width, height))
+        train_scenes = SymbolicScenes(None, source_size, (width, height), args.cell_positions)
         train_rows = fresh_scene_rows(train_scenes, 31337, args.fresh_scenes, spec)
     if args.questions_only and not args.which_object:
         parser.error("--questions-only needs --which-object N (questions per step)")
     train = []
-    for i in range(0 if args.questions_only else len(train_rows)):
+    for i in range(0 if args.questions_only or args.eval_only else len(train_rows)):
         train.append(encode(train_rows, train_scenes, i, True))
         if i % 256 == 255:
             release_freed_memory()
     val = [(val_rows[i], encode(val_rows, val_scenes, i, False))
            for i in range(0 if args.questions_only else min(args.eval_samples, len(val_rows)))]
+    # teacher-forced on the same samples: the guides' attention and the span head, where they are trained
+    answered = [encode(val_rows, val_scenes, i, True) for i in range(len(val))] if guided or span is not None else []
 
     def questions(rows, scenes: SymbolicScenes, picked) -> list[dict]:
         frames, classes, encoded = rows if isinstance(rows, list) else VideoFrames(rows), {}, []
@@ -361,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     which, which_val = [], []
     if args.which_object and args.fresh_scenes:  # held out: scenes of another seed, perfect tracks too
         which = questions(train_rows, train_scenes, fresh_which_object_questions(train_rows, train_scenes))
-        held_scenes = SymbolicScenes(None, source_size, (width, height))
+        held_scenes = SymbolicScenes(None, source_size, (width, height), args.cell_positions)
         held_rows = fresh_scene_rows(held_scenes, 4242, 60, spec)
         asked = random.Random(0).sample(fresh_which_object_questions(held_rows, held_scenes), 192)
         held = questions(held_rows, held_scenes, asked)
@@ -378,9 +434,54 @@ def main(argv: list[str] | None = None) -> None:
         scores = greedy_scores(model, processor, [row for row, _ in val], encoded=[enc for _, enc in val]) if val else {}
         if which_val:
             scores.update({f"which_object_{k}": v for k, v in question_scores(model, which_val).items()})
+        if answered:
+            scores.update(teacher_forced_scores())
         return scores
 
-    params = [*model.parameters(), *tables.parameters(), *(match.parameters() if match else [])]
+    def teacher_forced_scores() -> dict:
+        """Mean attention mass of each guide kind, and the span head's per-frame calls on the asked track
+        (its mean logit over the track's cells > 0 means "inside the span") against the GT."""
+        masses: dict[str, list[float]] = {}
+        calls = []
+        model.eval()
+        for i in range(0, len(answered), 8):
+            examples = answered[i:i + 8]
+            batch = batch_of(examples)
+            batch.pop("labels")
+            batch.pop("match", None)
+            targets, guides = batch.pop("span", None), batch.pop("guides", None)
+            with torch.no_grad():
+                output = model(**batch, output_hidden_states=True, output_attentions=guided)
+            if guides:
+                for kind, values in guide_masses(output.attentions, guides, answer_layer).items():
+                    masses.setdefault(kind, []).extend(values)
+            if span is not None:
+                _, logits = span.loss(output.hidden_states, batch["input_ids"], image_token, targets)
+                at = 0
+                for e, (row, _) in zip(examples, val[i:i + 8], strict=True):
+                    for frame, cells in enumerate(track_cells(row)):
+                        asked = cells.get(int(row["gt_target_id"]))
+                        if asked is not None and asked.any():
+                            where = at + frame * cells_per_frame + np.flatnonzero(asked)
+                            calls.append((float(logits[where].mean()) > 0, bool(targets[where].max() > 0)))
+                    at += len(e["pixel_values"])
+        model.train()
+        scores = {f"mass_{kind}": round(float(np.mean(v)), 3) for kind, v in masses.items()}
+        if calls:
+            inside = [c for c in calls if c[1]]
+            scores.update(span_frames_right=round(float(np.mean([p == t for p, t in calls])), 3),
+                          span_frames_inside_found=round(float(np.mean([p for p, _ in inside])), 3) if inside else 0.0,
+                          span_frames_inside_share=round(len(inside) / len(calls), 3))
+        return scores
+
+    if args.eval_only:
+        if not args.init_state:
+            parser.error("--eval-only needs --init-state")
+        print(json.dumps({"init_state": args.init_state, **evaluate()}), flush=True)
+        return
+
+    params = [*model.parameters(), *tables.parameters(), *(match.parameters() if match else []),
+              *(span.parameters() if span else [])]
     optimizer = torch.optim.AdamW(params, lr=args.lr)
     rng, order, recent = random.Random(0), [], []
     with (out / "log.jsonl").open("w") as log:
@@ -398,8 +499,10 @@ def main(argv: list[str] | None = None) -> None:
                     batch = batch_of([train[i] for i in picked])
                     labels = batch.pop("labels")[:, 1:]
                     targets = batch.pop("match", None)
+                    span_targets = batch.pop("span", None)
                     guides = batch.pop("guides", None)
-                    output = model(**batch, output_hidden_states=match is not None, output_attentions=guided)
+                    output = model(**batch, output_hidden_states=match is not None or span is not None,
+                                   output_attentions=guided)
                     logits = output.logits[:, :-1].float()
                     per_token = torch.nn.functional.cross_entropy(
                         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none",
@@ -408,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
                     loss = (per_token * weights[:, 1:] * (labels != -100)).sum() / (labels != -100).sum()
                     if match is not None:
                         loss = loss + match_loss({**batch, "match": targets}, output)
-                    loss = loss + guidance(guides, output)
+                    loss = loss + span_loss(batch, span_targets, output) + guidance(guides, output)
                 if which:
                     batch = batch_of([rng.choice(which) for _ in range(args.which_object)])
                     targets = batch.pop("match", None)
@@ -429,13 +532,17 @@ def main(argv: list[str] | None = None) -> None:
                 if guide_losses:
                     entry["guide_loss"] = round(sum(guide_losses) / len(guide_losses), 4)
                     guide_losses.clear()
+                if span_losses:
+                    entry["span_loss"] = round(sum(span_losses) / len(span_losses), 4)
+                    span_losses.clear()
                 if step % args.eval_every == 0 or step == args.steps:
                     entry.update(evaluate())
                 print(json.dumps(entry), flush=True)
                 log.write(json.dumps(entry) + "\n")
                 log.flush()
     torch.save({"model": model.state_dict(), "tables": tables.state_dict(),
-                "match": match.state_dict() if match else None}, out / "final.pt")
+                "match": match.state_dict() if match else None, "span": span.state_dict() if span else None},
+               out / "final.pt")
 
 
 if __name__ == "__main__":

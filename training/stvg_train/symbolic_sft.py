@@ -12,6 +12,11 @@ reaches bounds what SFT of the same language model can reach with any vision tow
     # the same with the target-match loss on the visual tokens (binding.py), which takes it off chance
     python -m stvg_train.symbolic_sft --work-dir RUN --out OUT --fresh-scenes 800 --which-object 64 --questions-only \
         --steps 800 --match-weight 1
+    # the span: time guides (binding.time_guides), the span head, tokens that know their cell's place
+    python -m stvg_train.symbolic_sft --work-dir RUN --out OUT --fresh-scenes 1500 --which-object 32 --steps 600 \
+        --lr 3e-4 --match-weight 1 --guide-weight 1 --time-guides --span-weight 1 --cell-positions
+    # where a trained state looks (teacher-forced guide masses, span-head calls), with its run's options
+    python -m stvg_train.symbolic_sft --work-dir RUN --out OUT2 --init-state OUT/final.pt --eval-only [options]
 
 RUN is a `stvg-train recipe synth-small` work folder with its `data` and `init` stages done. Not part
 of the recipe: it measures, it ships nothing. One JSON line per logged step goes to OUT/log.jsonl.
@@ -452,11 +457,11 @@ def main(argv: list[str] | None = None) -> None:
             targets, guides = batch.pop("span", None), batch.pop("guides", None)
             with torch.no_grad():
                 output = model(**batch, output_hidden_states=True, output_attentions=guided)
+                logits = span.loss(output.hidden_states, batch["input_ids"], image_token, targets)[1] if span else None
             if guides:
                 for kind, values in guide_masses(output.attentions, guides, answer_layer).items():
                     masses.setdefault(kind, []).extend(values)
-            if span is not None:
-                _, logits = span.loss(output.hidden_states, batch["input_ids"], image_token, targets)
+            if logits is not None:
                 at = 0
                 for e, (row, _) in zip(examples, val[i:i + 8], strict=True):
                     for frame, cells in enumerate(track_cells(row)):

@@ -12,8 +12,10 @@ from stvg_train.binding import (
     END_HEAD,
     EVENT_GUIDE,
     LABEL_GUIDE,
+    MOTIONS,
     START_HEAD,
     TRACK_GUIDE,
+    MotionHead,
     TargetMatchHead,
     answer_time_digits,
     description_positions,
@@ -21,6 +23,7 @@ from stvg_train.binding import (
     guide_loss,
     id_cells,
     match_scores,
+    motion_targets,
     span_cells,
     span_frames,
     target_cells,
@@ -235,3 +238,37 @@ def test_time_guides_link_tracks_across_frames_words_labels_and_the_span():
     assert "".join(pieces[q + 1] for q in queries) == "250260" and keys == [visual[5]]
     with pytest.raises(ValueError, match="frames"):
         time_guides(tokenizer, input_ids, labels, image, tracks[:2], 3, [0.0, 1.5], 1.4, 2.6, answer_layer=3)
+
+
+def test_motion_targets_say_how_each_track_moved_since_the_previous_frame():
+    ids = [[3, 4], [3, 4], [3]]
+    boxes = [[[0, 0, 10, 10], [50, 50, 60, 60]], [[20, 2, 30, 12], [51, 50, 61, 60]], [[20, 30, 30, 40]]]
+    cells = [{3: np.array([True, False, False]), 4: np.array([False, False, True])},
+             {3: np.array([False, True, False]), 4: np.array([False, False, True])},
+             {3: np.array([True, False, False])}, ]
+    targets = motion_targets(ids, boxes, cells, 3)
+    names = [MOTIONS[t] if t >= 0 else None for t in targets.tolist()]
+    # frame 0: nothing earlier; frame 1: track 3 went right, track 4 moved 1 px (still); frame 2: 3 went down
+    assert names == [None, None, None, None, "right", "still", "down", None, None]
+    assert motion_targets([[], [5]], [[], [[0, 0, 4, 4]]], [{}, {5: np.array([True, False, False])}], 3).tolist() == [-100] * 6
+
+
+def test_motion_head_learns_the_classes_and_skips_unsupervised_tokens():
+    torch.manual_seed(0)
+    image = 7
+    input_ids = torch.tensor([[1, 7, 7, 7, 7, 2]])
+    hidden = tuple(torch.randn(1, 6, 8) for _ in range(3))
+    targets = torch.tensor([0, -100, 3, 4])
+    head = MotionHead(8, layer=1)
+    loss, logits = head.loss(hidden, input_ids, image, targets)
+    assert logits.shape == (4, len(MOTIONS)) and float(loss) == pytest.approx(np.log(len(MOTIONS)), abs=0.05)
+    assert head.loss(hidden, input_ids, image, torch.full((4,), -100))[0] is None
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.1)
+    for _ in range(100):
+        optimizer.zero_grad()
+        head.loss(hidden, input_ids, image, targets)[0].backward()
+        optimizer.step()
+    _, logits = head.loss(hidden, input_ids, image, targets)
+    assert logits.argmax(-1)[[0, 2, 3]].tolist() == [0, 3, 4]
+    with pytest.raises(ValueError, match="motion targets"):
+        head.loss(hidden, input_ids, image, targets[:3])

@@ -237,7 +237,7 @@ def test_symbolic_diagnostic_trains_on_a_recipe_folder(recipe_run, tmp_path, mod
     _, work, _, _ = recipe_run
     extra = {"plain": [], "match": ["--match-weight", "1"],
              "time": ["--match-weight", "1", "--guide-weight", "1", "--time-guides", "--span-weight", "1",
-                      "--cell-positions"]}[mode]
+                      "--motion-weight", "1", "--cell-positions"]}[mode]
     common = ["--work-dir", str(work), "--steps", "2", "--eval-every", "2", "--threads", "1", *extra]
     symbolic_sft.main([*common, "--out", str(tmp_path / "full"), "--limit", "2", "--batch-size", "2",
                        "--eval-samples", "1"])
@@ -246,6 +246,6 @@ def test_symbolic_diagnostic_trains_on_a_recipe_folder(recipe_run, tmp_path, mod
     full, questions = ([json.loads(line) for line in (tmp_path / kind / "log.jsonl").read_text().splitlines()]
                        for kind in ("full", "questions"))
     assert full[-1]["step"] == 2 and full[-1]["loss"] > 0 and full[-1]["n"] == 1 and 0 <= full[-1]["id_accuracy"] <= 1
-    assert (mode == "time") == ("span_loss" in full[-1] and "guide_loss" in full[-1])
+    assert (mode == "time") == ("span_loss" in full[-1] and "guide_loss" in full[-1] and "motion_loss" in full[-1])
     assert questions[-1]["step"] == 2 and questions[-1]["loss"] > 0
     assert 0.0 <= questions[-1]["which_object_exact"] <= 1.0 and 0.0 <= questions[-1]["which_object_tokens"] <= 1.0

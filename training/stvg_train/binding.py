@@ -392,3 +392,65 @@ def guide_masses(attentions, guides, answer_layer: int) -> dict[str, list[float]
             weights = attentions[layer][row, head][queries][:, keys]
             masses.setdefault(kinds.get((layer, head), f"{layer}.{head}"), []).append(float(weights.sum(-1).mean()))
     return masses
+
+
+#: Classes of `motion_targets`: how a track moved since the previous sampled frame.
+MOTIONS = ("still", "left", "right", "up", "down")
+#: A box centre that moved less than this (source pixels) between two sampled frames is "still".
+STILL_PX = 6.0
+
+
+def motion_targets(frame_track_ids, frame_track_boxes, frame_tracks: list[dict[int, np.ndarray]],
+                   cells: int) -> np.ndarray:
+    """(frames × `cells`,) int64: on each track's cells (`frame_tracks`, as `time_guides`), the index in
+    `MOTIONS` of its box centre's move since the previous frame (the larger axis decides); -100 where not
+    supervised (other cells, the first frame, a track not drawn one frame earlier)."""
+    targets = []
+    for k, tracks in enumerate(frame_tracks):
+        frame = np.full(cells, -100, np.int64)
+        if k and tracks:
+            before = {int(t): b for t, b in zip(frame_track_ids[k - 1], frame_track_boxes[k - 1], strict=True)}
+            for t, box in zip(frame_track_ids[k], frame_track_boxes[k], strict=True):
+                if int(t) in before and int(t) in tracks:
+                    (x0, y0), (x1, y1) = (((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in (before[int(t)], box))
+                    dx, dy = x1 - x0, y1 - y0
+                    move = 0 if np.hypot(dx, dy) < STILL_PX else (1 + int(dx > 0) if abs(dx) >= abs(dy) else 3 + int(dy > 0))
+                    frame[tracks[int(t)]] = move
+        targets.append(frame)
+    return np.concatenate(targets)
+
+
+class MotionHead:
+    """A linear head on the hidden states after `layer` decoder layers, at the visual tokens: how did the
+    token's track move since the previous frame (`MOTIONS`)? Cross-entropy; training only."""
+
+    def __init__(self, hidden_size: int, layer: int = 1, seed: int = 2) -> None:
+        import torch
+
+        self.layer = layer
+        generator = torch.Generator().manual_seed(seed)
+        self.linear = torch.nn.Linear(hidden_size, len(MOTIONS))
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(self.linear.weight.shape, generator=generator) * 0.02)
+            self.linear.bias.zero_()
+
+    def parameters(self):
+        return self.linear.parameters()
+
+    def state_dict(self) -> dict:
+        return self.linear.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.linear.load_state_dict(state)
+
+    def loss(self, hidden_states, input_ids, image_token_id: int, targets):
+        """(loss or None when nothing is supervised, logits) over the batch's visual tokens; `targets` as
+        `motion_targets`, concatenated over the batch."""
+        import torch
+
+        logits = self.linear(hidden_states[self.layer][input_ids == image_token_id].float())
+        if logits.shape[0] != targets.shape[0]:
+            raise ValueError(f"{logits.shape[0]} visual tokens but {targets.shape[0]} motion targets")
+        if not bool((targets != -100).any()):
+            return None, logits
+        return torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100), logits

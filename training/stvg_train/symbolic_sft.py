@@ -36,10 +36,12 @@ import numpy as np
 from stvg_train.binding import (
     DEFAULT_LAYER,
     GUIDED_ATTENTION,
+    MotionHead,
     TargetMatchHead,
     answer_id_digits,
     guide_loss,
     guide_masses,
+    motion_targets,
     sample_guides,
     span_cells,
     target_cells,
@@ -253,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="add binding.time_guides (weighted by --guide-weight): track, event words, labels, span")
     parser.add_argument("--span-weight", type=float, default=0.0,
                         help="weight of the span head's loss (the asked object's cells in the span's frames)")
+    parser.add_argument("--motion-weight", type=float, default=0.0,
+                        help="weight of the motion head's loss (each track's move since the previous frame, layer 1)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --init-state's model and exit")
     args = parser.parse_args(argv)
     if args.time_guides and args.guide_weight <= 0:
@@ -286,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.match_weight > 0:
         match = TargetMatchHead(hidden, args.match_layer or DEFAULT_LAYER)
     span = TargetMatchHead(hidden, args.match_layer or DEFAULT_LAYER, seed=1) if args.span_weight > 0 else None
+    motion = MotionHead(hidden) if args.motion_weight > 0 else None
     if args.init_state:
         state = torch.load(args.init_state)
         model.load_state_dict(state["model"])
@@ -294,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
             match.load_state_dict(state["match"])
         if span is not None and state.get("span"):
             span.load_state_dict(state["span"])
+        if motion is not None and state.get("motion"):
+            motion.load_state_dict(state["motion"])
     image_token = model.config.image_token_id
     answer_layer = model.config.text_config.num_hidden_layers - 1
     guided = args.guide_weight > 0
@@ -321,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
             enc["weights"] = answer_id_weights(processor.tokenizer, enc["input_ids"], enc["labels"], args.id_weight)
         if with_answer and guided:
             enc["guides"] = guides_of(enc, row["frame_track_ids"], row["frame_track_boxes"], row["gt_target_id"])
-        if with_answer and (args.time_guides or span is not None):
+        if with_answer and (args.time_guides or span is not None or motion is not None):
             tracks = track_cells(row)
             if args.time_guides:
                 enc["guides"] += time_guides(processor.tokenizer, enc["input_ids"], enc["labels"], image_token, tracks,
@@ -331,6 +338,9 @@ def main(argv: list[str] | None = None) -> None:
                 enc["span"] = torch.from_numpy(span_cells([t.get(row["gt_target_id"], np.zeros(cells_per_frame, bool))
                                                            for t in tracks], row["timestamps_s"], row["gt_start_s"],
                                                           row["gt_end_s"]))
+            if motion is not None:
+                enc["motion"] = torch.from_numpy(motion_targets(row["frame_track_ids"], row["frame_track_boxes"], tracks,
+                                                                cells_per_frame))
         if with_answer and match is not None:
             enc["match"] = torch.from_numpy(np.concatenate([
                 target_cells(ids, boxes, row["gt_target_id"], source_size, (width, height))
@@ -342,6 +352,9 @@ def main(argv: list[str] | None = None) -> None:
         batch["pixel_values"] = torch.cat([e["pixel_values"] for e in examples])
         if match is not None:
             batch["match"] = torch.cat([e["match"] for e in examples])
+        if any("motion" in e for e in examples):
+            batch["motion"] = torch.cat([e["motion"] if "motion" in e else torch.full((len(e["pixel_values"]),), -100)
+                                         for e in examples])
         if any("span" in e for e in examples):
             batch["span"] = torch.cat([e["span"] if "span" in e else unsupervised(len(e["pixel_values"]))
                                        for e in examples])
@@ -354,6 +367,16 @@ def main(argv: list[str] | None = None) -> None:
         return args.match_weight * loss if loss is not None else 0.0
 
     span_losses: list[float] = []
+    motion_losses: list[float] = []
+
+    def motion_loss(batch: dict, targets, output):
+        if motion is None or targets is None:
+            return 0.0
+        loss, _ = motion.loss(output.hidden_states, batch["input_ids"], image_token, targets)
+        if loss is None:
+            return 0.0
+        motion_losses.append(float(loss.detach()))
+        return args.motion_weight * loss
 
     def span_loss(batch: dict, targets, output):
         if span is None:
@@ -396,7 +419,8 @@ def main(argv: list[str] | None = None) -> None:
     val = [(val_rows[i], encode(val_rows, val_scenes, i, False))
            for i in range(0 if args.questions_only else min(args.eval_samples, len(val_rows)))]
     # teacher-forced on the same samples: the guides' attention and the span head, where they are trained
-    answered = [encode(val_rows, val_scenes, i, True) for i in range(len(val))] if guided or span is not None else []
+    answered = ([encode(val_rows, val_scenes, i, True) for i in range(len(val))]
+                if guided or span is not None or motion is not None else [])
 
     def questions(rows, scenes: SymbolicScenes, picked) -> list[dict]:
         frames, classes, encoded = rows if isinstance(rows, list) else VideoFrames(rows), {}, []
@@ -447,17 +471,21 @@ def main(argv: list[str] | None = None) -> None:
         """Mean attention mass of each guide kind, and the span head's per-frame calls on the asked track
         (its mean logit over the track's cells > 0 means "inside the span") against the GT."""
         masses: dict[str, list[float]] = {}
-        calls = []
+        calls, motion_calls = [], []
         model.eval()
         for i in range(0, len(answered), 8):
             examples = answered[i:i + 8]
             batch = batch_of(examples)
             batch.pop("labels")
             batch.pop("match", None)
-            targets, guides = batch.pop("span", None), batch.pop("guides", None)
+            targets, guides, moves = batch.pop("span", None), batch.pop("guides", None), batch.pop("motion", None)
             with torch.no_grad():
                 output = model(**batch, output_hidden_states=True, output_attentions=guided)
                 logits = span.loss(output.hidden_states, batch["input_ids"], image_token, targets)[1] if span else None
+                if motion is not None and moves is not None:
+                    _, motion_logits = motion.loss(output.hidden_states, batch["input_ids"], image_token, moves)
+                    known = moves != -100
+                    motion_calls.extend((motion_logits[known].argmax(-1) == moves[known]).tolist())
             if guides:
                 for kind, values in guide_masses(output.attentions, guides, answer_layer).items():
                     masses.setdefault(kind, []).extend(values)
@@ -472,6 +500,8 @@ def main(argv: list[str] | None = None) -> None:
                     at += len(e["pixel_values"])
         model.train()
         scores = {f"mass_{kind}": round(float(np.mean(v)), 3) for kind, v in masses.items()}
+        if motion_calls:
+            scores["motion_right"] = round(float(np.mean(motion_calls)), 3)
         if calls:
             inside = [c for c in calls if c[1]]
             scores.update(span_frames_right=round(float(np.mean([p == t for p, t in calls])), 3),
@@ -486,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     params = [*model.parameters(), *tables.parameters(), *(match.parameters() if match else []),
-              *(span.parameters() if span else [])]
+              *(span.parameters() if span else []), *(motion.parameters() if motion else [])]
     optimizer = torch.optim.AdamW(params, lr=args.lr)
     rng, order, recent = random.Random(0), [], []
     with (out / "log.jsonl").open("w") as log:
@@ -505,8 +535,9 @@ def main(argv: list[str] | None = None) -> None:
                     labels = batch.pop("labels")[:, 1:]
                     targets = batch.pop("match", None)
                     span_targets = batch.pop("span", None)
+                    moves = batch.pop("motion", None)
                     guides = batch.pop("guides", None)
-                    output = model(**batch, output_hidden_states=match is not None or span is not None,
+                    output = model(**batch, output_hidden_states=match is not None or span is not None or motion is not None,
                                    output_attentions=guided)
                     logits = output.logits[:, :-1].float()
                     per_token = torch.nn.functional.cross_entropy(
@@ -517,6 +548,7 @@ def main(argv: list[str] | None = None) -> None:
                     if match is not None:
                         loss = loss + match_loss({**batch, "match": targets}, output)
                     loss = loss + span_loss(batch, span_targets, output) + guidance(guides, output)
+                    loss = loss + motion_loss(batch, moves, output)
                 if which:
                     batch = batch_of([rng.choice(which) for _ in range(args.which_object)])
                     targets = batch.pop("match", None)
@@ -537,6 +569,9 @@ def main(argv: list[str] | None = None) -> None:
                 if guide_losses:
                     entry["guide_loss"] = round(sum(guide_losses) / len(guide_losses), 4)
                     guide_losses.clear()
+                if motion_losses:
+                    entry["motion_loss"] = round(sum(motion_losses) / len(motion_losses), 4)
+                    motion_losses.clear()
                 if span_losses:
                     entry["span_loss"] = round(sum(span_losses) / len(span_losses), 4)
                     span_losses.clear()
@@ -546,7 +581,8 @@ def main(argv: list[str] | None = None) -> None:
                 log.write(json.dumps(entry) + "\n")
                 log.flush()
     torch.save({"model": model.state_dict(), "tables": tables.state_dict(),
-                "match": match.state_dict() if match else None, "span": span.state_dict() if span else None},
+                "match": match.state_dict() if match else None, "span": span.state_dict() if span else None,
+                "motion": motion.state_dict() if motion else None},
                out / "final.pt")
 
 

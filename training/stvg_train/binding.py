@@ -47,16 +47,18 @@ def target_cells(track_ids: list[int], boxes_src: list[list[float]], target_id: 
     return match
 
 
-class TargetMatchHead:
-    """A linear head on the language model's hidden states after `layer` decoder layers, at the visual
-    tokens: does this token show the asked object? Trained with binary cross-entropy."""
+class TokenHead:
+    """A linear head with `outputs` values per visual token on the language model's hidden states after
+    `layer` decoder layers; used only in training (not exported)."""
 
-    def __init__(self, hidden_size: int, layer: int = DEFAULT_LAYER, seed: int = 0) -> None:
+    targets_name = "targets"
+
+    def __init__(self, hidden_size: int, outputs: int, layer: int, seed: int) -> None:
         import torch
 
         self.layer = layer
         generator = torch.Generator().manual_seed(seed)
-        self.linear = torch.nn.Linear(hidden_size, 1)
+        self.linear = torch.nn.Linear(hidden_size, outputs)
         with torch.no_grad():
             self.linear.weight.copy_(torch.randn(self.linear.weight.shape, generator=generator) * 0.02)
             self.linear.bias.zero_()
@@ -70,16 +72,30 @@ class TargetMatchHead:
     def load_state_dict(self, state: dict) -> None:
         self.linear.load_state_dict(state)
 
+    def visual_logits(self, hidden_states, input_ids, image_token_id: int, targets):
+        """(visual tokens of the batch, outputs) logits; raises where `targets` has another length."""
+        logits = self.linear(hidden_states[self.layer][input_ids == image_token_id].float())
+        if logits.shape[0] != targets.shape[0]:
+            raise ValueError(f"{logits.shape[0]} visual tokens but {targets.shape[0]} {self.targets_name}")
+        return logits
+
+
+class TargetMatchHead(TokenHead):
+    """After `layer` decoder layers, at the visual tokens: does this token show the asked object? Trained
+    with binary cross-entropy."""
+
+    targets_name = "match targets"
+
+    def __init__(self, hidden_size: int, layer: int = DEFAULT_LAYER, seed: int = 0) -> None:
+        super().__init__(hidden_size, 1, layer, seed)
+
     def loss(self, hidden_states, input_ids, image_token_id: int, targets):
         """BCE over the visual tokens of a batch. `hidden_states`: the model output's tuple (embeddings,
         then one per layer); `targets`: (visual tokens of the batch,) in order, NaN where not supervised.
         Returns (loss, logits) — loss None when no token is supervised."""
         import torch
 
-        tokens = hidden_states[self.layer][input_ids == image_token_id].float()
-        if tokens.shape[0] != targets.shape[0]:
-            raise ValueError(f"{tokens.shape[0]} visual tokens but {targets.shape[0]} match targets")
-        logits = self.linear(tokens).squeeze(-1)
+        logits = self.visual_logits(hidden_states, input_ids, image_token_id, targets).squeeze(-1)
         known = ~torch.isnan(targets)
         if not bool(known.any()):
             return None, logits
@@ -420,37 +436,21 @@ def motion_targets(frame_track_ids, frame_track_boxes, frame_tracks: list[dict[i
     return np.concatenate(targets)
 
 
-class MotionHead:
-    """A linear head on the hidden states after `layer` decoder layers, at the visual tokens: how did the
-    token's track move since the previous frame (`MOTIONS`)? Cross-entropy; training only."""
+class MotionHead(TokenHead):
+    """After `layer` decoder layers, at the visual tokens: how did the token's track move since the
+    previous frame (`MOTIONS`)? Cross-entropy."""
+
+    targets_name = "motion targets"
 
     def __init__(self, hidden_size: int, layer: int = 1, seed: int = 2) -> None:
-        import torch
-
-        self.layer = layer
-        generator = torch.Generator().manual_seed(seed)
-        self.linear = torch.nn.Linear(hidden_size, len(MOTIONS))
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.randn(self.linear.weight.shape, generator=generator) * 0.02)
-            self.linear.bias.zero_()
-
-    def parameters(self):
-        return self.linear.parameters()
-
-    def state_dict(self) -> dict:
-        return self.linear.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.linear.load_state_dict(state)
+        super().__init__(hidden_size, len(MOTIONS), layer, seed)
 
     def loss(self, hidden_states, input_ids, image_token_id: int, targets):
         """(loss or None when nothing is supervised, logits) over the batch's visual tokens; `targets` as
         `motion_targets`, concatenated over the batch."""
         import torch
 
-        logits = self.linear(hidden_states[self.layer][input_ids == image_token_id].float())
-        if logits.shape[0] != targets.shape[0]:
-            raise ValueError(f"{logits.shape[0]} visual tokens but {targets.shape[0]} motion targets")
+        logits = self.visual_logits(hidden_states, input_ids, image_token_id, targets)
         if not bool((targets != -100).any()):
             return None, logits
         return torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100), logits

@@ -369,23 +369,15 @@ def main(argv: list[str] | None = None) -> None:
     span_losses: list[float] = []
     motion_losses: list[float] = []
 
-    def motion_loss(batch: dict, targets, output):
-        if motion is None or targets is None:
+    def head_loss(head, weight: float, logged: list[float], batch: dict, targets, output):
+        """`weight` × a token head's loss (0 without the head or supervised tokens); logged apart."""
+        if head is None or targets is None:
             return 0.0
-        loss, _ = motion.loss(output.hidden_states, batch["input_ids"], image_token, targets)
+        loss, _ = head.loss(output.hidden_states, batch["input_ids"], image_token, targets)
         if loss is None:
             return 0.0
-        motion_losses.append(float(loss.detach()))
-        return args.motion_weight * loss
-
-    def span_loss(batch: dict, targets, output):
-        if span is None:
-            return 0.0
-        loss, _ = span.loss(output.hidden_states, batch["input_ids"], image_token, targets)
-        if loss is None:
-            return 0.0
-        span_losses.append(float(loss.detach()))
-        return args.span_weight * loss
+        logged.append(float(loss.detach()))
+        return weight * loss
 
     guide_losses: list[float] = []
 
@@ -547,8 +539,9 @@ def main(argv: list[str] | None = None) -> None:
                     loss = (per_token * weights[:, 1:] * (labels != -100)).sum() / (labels != -100).sum()
                     if match is not None:
                         loss = loss + match_loss({**batch, "match": targets}, output)
-                    loss = loss + span_loss(batch, span_targets, output) + guidance(guides, output)
-                    loss = loss + motion_loss(batch, moves, output)
+                    loss = loss + guidance(guides, output)
+                    loss = loss + head_loss(span, args.span_weight, span_losses, batch, span_targets, output)
+                    loss = loss + head_loss(motion, args.motion_weight, motion_losses, batch, moves, output)
                 if which:
                     batch = batch_of([rng.choice(which) for _ in range(args.which_object)])
                     targets = batch.pop("match", None)

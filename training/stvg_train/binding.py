@@ -25,26 +25,30 @@ from stvg_train.id_reading import CELL_PX, cell_targets, covered_cells
 DEFAULT_LAYER = 2
 
 
-def target_cells(track_ids: list[int], boxes_src: list[list[float]], target_id: int, src_size: tuple[int, int],
-                 frame_size: tuple[int, int]) -> np.ndarray:
-    """(cells,) float32 in raster order of the merged token grid: 1 where the cell shows `target_id`.
+def track_cells(track_ids: list[int], boxes_src: list[list[float]], src_size: tuple[int, int],
+                frame_size: tuple[int, int]) -> dict[int, np.ndarray]:
+    """Per drawn track, (cells,) bool in raster order of the merged token grid: the cells that show it —
+    those its box covers, except where another track's ID is drawn, plus those of its own drawn ID.
 
     `boxes_src` are the tracks' boxes in source pixels (`src_size` = width, height); `frame_size` is the
-    frame the model sees (width, height, multiples of CELL_PX). A frame without the target is all 0.
-    """
-    width, height = frame_size
-    grid_w, grid_h = width // CELL_PX, height // CELL_PX
-    match = np.zeros(grid_h * grid_w, np.float32)
-    if target_id not in track_ids:
-        return match
+    frame the model sees (width, height, multiples of CELL_PX). One ID rendering for the whole frame."""
+    if not track_ids:
+        return {}
     _, owner = cell_targets(track_ids, boxes_src, src_size, frame_size, with_owner=True)
-    k = track_ids.index(target_id)
-    sx, sy = width / src_size[0], height / src_size[1]
-    box = boxes_src[k]
-    covered = covered_cells([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], frame_size)
-    match[covered & (owner == -1)] = 1.0
-    match[owner == k] = 1.0
-    return match
+    sx, sy = frame_size[0] / src_size[0], frame_size[1] / src_size[1]
+    cells = {}
+    for k, (track, box) in enumerate(zip(track_ids, boxes_src, strict=True)):
+        covered = covered_cells([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], frame_size)
+        cells[int(track)] = (covered & (owner == -1)) | (owner == k)
+    return cells
+
+
+def target_cells(track_ids: list[int], boxes_src: list[list[float]], target_id: int, src_size: tuple[int, int],
+                 frame_size: tuple[int, int]) -> np.ndarray:
+    """(cells,) float32: 1 where the cell shows `target_id` (`track_cells`); a frame without it is all 0."""
+    if target_id not in track_ids:
+        return np.zeros((frame_size[1] // CELL_PX) * (frame_size[0] // CELL_PX), np.float32)
+    return track_cells(track_ids, boxes_src, src_size, frame_size)[int(target_id)].astype(np.float32)
 
 
 class TokenHead:

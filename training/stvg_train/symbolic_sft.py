@@ -46,6 +46,7 @@ from stvg_train.binding import (
     span_cells,
     target_cells,
     time_guides,
+    track_cells,
     unsupervised,
 )
 from stvg_train.id_reading import CELL_PX, ID_DIGITS, NO_DIGIT, attribute_classes, attribute_targets, cell_targets
@@ -309,8 +310,8 @@ def main(argv: list[str] | None = None) -> None:
         return sample_guides(processor.tokenizer, enc, image_token, frames_ids, frames_boxes, target_id, source_size,
                              (width, height), answer_layer)
 
-    def track_cells(row) -> list[dict[int, np.ndarray]]:
-        return [{int(t): target_cells(list(ids), list(boxes), int(t), source_size, (width, height)) > 0 for t in ids}
+    def frames_track_cells(row) -> list[dict[int, np.ndarray]]:
+        return [track_cells(list(ids), list(boxes), source_size, (width, height))
                 for ids, boxes in zip(row["frame_track_ids"], row["frame_track_boxes"], strict=True)]
 
     def image_features(pixel_values, image_grid_thw=None, **_):
@@ -328,23 +329,22 @@ def main(argv: list[str] | None = None) -> None:
             enc["weights"] = answer_id_weights(processor.tokenizer, enc["input_ids"], enc["labels"], args.id_weight)
         if with_answer and guided:
             enc["guides"] = guides_of(enc, row["frame_track_ids"], row["frame_track_boxes"], row["gt_target_id"])
-        if with_answer and (args.time_guides or span is not None or motion is not None):
-            tracks = track_cells(row)
+        if with_answer and (args.time_guides or span is not None or motion is not None or match is not None):
+            tracks = frames_track_cells(row)
+            nowhere = np.zeros(cells_per_frame, bool)
+            if match is not None:
+                enc["match"] = torch.from_numpy(np.concatenate(
+                    [t.get(row["gt_target_id"], nowhere) for t in tracks]).astype(np.float32))
             if args.time_guides:
                 enc["guides"] += time_guides(processor.tokenizer, enc["input_ids"], enc["labels"], image_token, tracks,
                                              row["gt_target_id"], row["timestamps_s"], row["gt_start_s"],
                                              row["gt_end_s"], answer_layer)
             if span is not None:
-                enc["span"] = torch.from_numpy(span_cells([t.get(row["gt_target_id"], np.zeros(cells_per_frame, bool))
-                                                           for t in tracks], row["timestamps_s"], row["gt_start_s"],
-                                                          row["gt_end_s"]))
+                enc["span"] = torch.from_numpy(span_cells([t.get(row["gt_target_id"], nowhere) for t in tracks],
+                                                          row["timestamps_s"], row["gt_start_s"], row["gt_end_s"]))
             if motion is not None:
                 enc["motion"] = torch.from_numpy(motion_targets(row["frame_track_ids"], row["frame_track_boxes"], tracks,
                                                                 cells_per_frame))
-        if with_answer and match is not None:
-            enc["match"] = torch.from_numpy(np.concatenate([
-                target_cells(ids, boxes, row["gt_target_id"], source_size, (width, height))
-                for ids, boxes in zip(row["frame_track_ids"], row["frame_track_boxes"], strict=True)]))
         return enc
 
     def batch_of(examples: list[dict]) -> dict:
@@ -481,15 +481,12 @@ def main(argv: list[str] | None = None) -> None:
             if guides:
                 for kind, values in guide_masses(output.attentions, guides, answer_layer).items():
                     masses.setdefault(kind, []).extend(values)
-            if logits is not None:
-                at = 0
-                for e, (row, _) in zip(examples, val[i:i + 8], strict=True):
-                    for frame, cells in enumerate(track_cells(row)):
-                        asked = cells.get(int(row["gt_target_id"]))
-                        if asked is not None and asked.any():
-                            where = at + frame * cells_per_frame + np.flatnonzero(asked)
-                            calls.append((float(logits[where].mean()) > 0, bool(targets[where].max() > 0)))
-                    at += len(e["pixel_values"])
+            if logits is not None:  # the span targets are set on the asked track's cells only
+                for frame in range(len(targets) // cells_per_frame):
+                    cells = slice(frame * cells_per_frame, (frame + 1) * cells_per_frame)
+                    asked = ~torch.isnan(targets[cells])
+                    if bool(asked.any()):
+                        calls.append((float(logits[cells][asked].mean()) > 0, bool(targets[cells][asked].max() > 0)))
         model.train()
         scores = {f"mass_{kind}": round(float(np.mean(v)), 3) for kind, v in masses.items()}
         if motion_calls:

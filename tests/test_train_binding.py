@@ -9,10 +9,12 @@ import torch
 
 from stvg_train.binding import (
     ATTRIBUTE_LAYER,
+    BEFORE_GUIDE,
     END_HEAD,
     EVENT_GUIDE,
     LABEL_GUIDE,
     MOTIONS,
+    NOW_GUIDE,
     START_HEAD,
     TRACK_GUIDE,
     MotionHead,
@@ -236,8 +238,23 @@ def test_time_guides_link_tracks_across_frames_words_labels_and_the_span():
     assert "".join(pieces[q + 1] for q in queries) == "150140" and keys == [visual[3]]
     (queries, keys), = by_kind[(3, END_HEAD)]
     assert "".join(pieces[q + 1] for q in queries) == "250260" and keys == [visual[5]]
+    assert NOW_GUIDE not in by_kind and BEFORE_GUIDE not in by_kind
     with pytest.raises(ValueError, match="frames"):
         time_guides(tokenizer, input_ids, labels, image, tracks[:2], 3, [0.0, 1.5], 1.4, 2.6, answer_layer=3)
+
+
+def test_motion_lookups_gather_a_tracks_cells_now_and_one_frame_earlier_in_one_layer():
+    tokenizer, _, input_ids, labels, image, _ = _clip_example()
+    tracks = [{3: np.array([True, True])}, {3: np.array([False, True])}, {}]
+    guides = time_guides(tokenizer, input_ids, labels, image, tracks, 3, [0.0, 1.5, 2.5], 1.4, 2.6, answer_layer=3,
+                         motion_lookups=True)
+    visual = [i for i, t in enumerate(input_ids) if t == image]
+    by_kind = {}
+    for layer, head, queries, keys in guides:
+        by_kind.setdefault((layer, head), []).append((queries, keys))
+    assert by_kind[NOW_GUIDE] == [([visual[3]], [visual[3]])]
+    assert by_kind[BEFORE_GUIDE] == [([visual[3]], [visual[0], visual[1]])]
+    assert NOW_GUIDE[0] == BEFORE_GUIDE[0]  # one layer: its MLP sees both places
 
 
 def test_motion_targets_say_how_each_track_moved_since_the_previous_frame():

@@ -12,6 +12,7 @@ from stvg_train.symbolic_sft import (
     clip_local_ids,
     fresh_scene_rows,
     fresh_which_object_questions,
+    set_linear_codes,
 )
 from tests.train_support import PieceTokenizer
 
@@ -66,3 +67,13 @@ def test_fresh_which_object_questions_name_the_object_under_the_number():
         assert number in row["frame_track_ids"][q.frame]  # drawn on the frame asked about
         obj = next(o for o in scenes.cache[row["video"]]["objects"] if o["id"] == row["numbered_objects"][number - 1])
         assert q.question.endswith(f"{obj['colour']} {obj['shape']}?")
+
+
+def test_linear_codes_are_fixed_and_a_difference_of_places_is_one_direction():
+    table = torch.nn.Embedding(6, 16)
+    set_linear_codes(table, 2.0)
+    codes = table.weight
+    assert not codes.requires_grad
+    assert torch.allclose(codes[0].norm(), torch.tensor(2.0)) and torch.allclose(codes[-1], -codes[0])
+    steps = codes[1:] - codes[:-1]
+    assert torch.allclose(steps, steps[0].expand_as(steps), atol=1e-6)  # equal steps: linear in the place

@@ -279,6 +279,13 @@ TRACK_GUIDE = (0, 3)
 EVENT_GUIDE = (1, 0)
 LABEL_GUIDE = (1, 1)
 START_HEAD, END_HEAD = 1, 2
+#: The motion lookups (`time_guides(motion_lookups=True)`): a track's move is where its cells are now
+#: minus where they were, and a cell's own place is not where its track is (a still two-cell object has
+#: one cell left and one right of its centre). So two heads of one layer gather the track's cells of the
+#: same frame and of the previous frame (the same key/value group: both carry the cells' places), and the
+#: layer's MLP can subtract the two means.
+NOW_GUIDE = (1, 2)
+BEFORE_GUIDE = (1, 3)
 
 
 def frame_tokens(input_ids, image_token_id: int) -> list[list[int]]:
@@ -362,10 +369,10 @@ def span_cells(track_cells: list[np.ndarray], timestamps_s, start_s: float, end_
 
 def time_guides(tokenizer, input_ids, labels, image_token_id: int, frame_tracks: list[dict[int, np.ndarray]],
                 target_id: int, timestamps_s, start_s: float, end_s: float,
-                answer_layer: int) -> list[tuple[int, int, list[int], list[int]]]:
+                answer_layer: int, motion_lookups: bool = False) -> list[tuple[int, int, list[int], list[int]]]:
     """The time guides of one encoded example, as `example_guides`. `frame_tracks`: per frame, each drawn
     track's cells (bool, the frame's visual tokens); `timestamps_s`, `start_s`, `end_s`: the frames' times
-    and the GT span."""
+    and the GT span; `motion_lookups`: also `NOW_GUIDE` and `BEFORE_GUIDE`."""
     pieces = [tokenizer.decode([int(t)]) for t in input_ids]
     frames = frame_tokens(input_ids, image_token_id)
     if len(frames) != len(frame_tracks):
@@ -377,8 +384,11 @@ def time_guides(tokenizer, input_ids, labels, image_token_id: int, frame_tracks:
         for track, cells in frame_tracks[k].items():
             before = frame_tracks[k - 1].get(track)
             if before is not None and before.any() and cells.any():
-                guides.append((*TRACK_GUIDE, [frames[k][i] for i in np.flatnonzero(cells)],
-                               [frames[k - 1][i] for i in np.flatnonzero(before)]))
+                now = [frames[k][i] for i in np.flatnonzero(cells)]
+                earlier = [frames[k - 1][i] for i in np.flatnonzero(before)]
+                guides.append((*TRACK_GUIDE, now, earlier))
+                if motion_lookups:
+                    guides += [(*NOW_GUIDE, now, now), (*BEFORE_GUIDE, now, earlier)]
     words = event_words(pieces, prompt_length)
     if words:
         guides.append((*EVENT_GUIDE, [p for run in frames for p in run], words))
@@ -399,7 +409,8 @@ def guide_kinds(answer_layer: int) -> dict[tuple[int, int], str]:
     """The name of each guide's (layer, head), for the diagnostics."""
     return {(ATTRIBUTE_LAYER, 0): "colour", (ATTRIBUTE_LAYER, 1): "shape", (ATTRIBUTE_LAYER, 2): "size",
             (answer_layer, 0): "answer_id", TRACK_GUIDE: "track", EVENT_GUIDE: "event", LABEL_GUIDE: "label",
-            (answer_layer, START_HEAD): "start", (answer_layer, END_HEAD): "end"}
+            (answer_layer, START_HEAD): "start", (answer_layer, END_HEAD): "end", NOW_GUIDE: "track_now",
+            BEFORE_GUIDE: "track_before"}
 
 
 def guide_masses(attentions, guides, answer_layer: int) -> dict[str, list[float]]:

@@ -15,6 +15,14 @@ reaches bounds what SFT of the same language model can reach with any vision tow
     # the span: time guides (binding.time_guides), the span head, tokens that know their cell's place
     python -m stvg_train.symbolic_sft --work-dir RUN --out OUT --fresh-scenes 1500 --which-object 32 --steps 600 \
         --lr 3e-4 --match-weight 1 --guide-weight 1 --time-guides --span-weight 1 --cell-positions
+    # the motion: each track's cells now and one frame earlier in one layer, fixed linear place codes (run 4),
+    # then the span head after layer 3 (run 5); RUN2 is the run above continued for 200 steps (docs/training.md)
+    python -m stvg_train.symbolic_sft --work-dir RUN --out OUT4 --init-state RUN2/final.pt --fresh-scenes 600 \
+        --which-object 32 --steps 200 --lr 3e-4 --match-weight 1 --guide-weight 1 --time-guides --span-weight 1 \
+        --cell-positions --motion-weight 1 --motion-lookups --fixed-positions 2
+    python -m stvg_train.symbolic_sft --work-dir RUN --out OUT5 --init-state OUT4/final.pt --fresh-scenes 800 \
+        --which-object 32 --steps 300 --lr 3e-4 --match-weight 1 --guide-weight 1 --time-guides --span-weight 2 \
+        --span-layer 3 --cell-positions --motion-weight 1 --motion-lookups --fixed-positions 2
     # where a trained state looks (teacher-forced guide masses, span-head calls), with its run's options
     python -m stvg_train.symbolic_sft --work-dir RUN --out OUT2 --init-state OUT/final.pt --eval-only [options]
 
@@ -111,6 +119,20 @@ class SymbolicScenes:
                 columns.append(np.stack([cell // grid_w, cell % grid_w], axis=1))
             frames.append(np.concatenate(columns, axis=1))
         return np.concatenate(frames)
+
+
+def set_linear_codes(table, norm: float, seed: int = 5) -> None:
+    """Make an embedding table of places 0..n-1 a fixed code linear in the place: row i is
+    (2i/(n-1) - 1) × `norm` × one random unit vector (so a difference of two places' codes is a multiple of
+    the vector), frozen."""
+    import torch
+
+    places = table.weight.shape[0]
+    direction = torch.randn(table.weight.shape[1], generator=torch.Generator().manual_seed(seed + places))
+    steps = torch.linspace(-1.0, 1.0, places).unsqueeze(1)
+    with torch.no_grad():
+        table.weight.copy_(steps * norm * direction / direction.norm())
+    table.weight.requires_grad_(False)
 
 
 #: Where prep's clip buffer (2 fps, 10-s scenes) puts the 8 sampled frames.
@@ -256,12 +278,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="add binding.time_guides (weighted by --guide-weight): track, event words, labels, span")
     parser.add_argument("--span-weight", type=float, default=0.0,
                         help="weight of the span head's loss (the asked object's cells in the span's frames)")
+    parser.add_argument("--span-layer", type=int, default=0,
+                        help="decoder layers below the span head (0: the match head's)")
     parser.add_argument("--motion-weight", type=float, default=0.0,
                         help="weight of the motion head's loss (each track's move since the previous frame, layer 1)")
+    parser.add_argument("--motion-lookups", action="store_true",
+                        help="with --time-guides: layer 1 gathers each track's cells now and one frame earlier "
+                             "(binding.NOW_GUIDE, BEFORE_GUIDE); the motion head reads after layer 2")
+    parser.add_argument("--fixed-positions", type=float, default=0.0,
+                        help="with --cell-positions: fixed codes linear in the row and column, of this norm at the "
+                             "far edge, instead of learned embeddings (0: learned)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --init-state's model and exit")
     args = parser.parse_args(argv)
     if args.time_guides and args.guide_weight <= 0:
         parser.error("--time-guides needs --guide-weight > 0")
+    if args.motion_lookups and not args.time_guides:
+        parser.error("--motion-lookups needs --time-guides")
+    if args.fixed_positions and not args.cell_positions:
+        parser.error("--fixed-positions needs --cell-positions")
 
     torch.set_num_threads(args.threads)
     work, out = Path(args.work_dir), Path(args.out)
@@ -290,18 +324,23 @@ def main(argv: list[str] | None = None) -> None:
     match = None
     if args.match_weight > 0:
         match = TargetMatchHead(hidden, args.match_layer or DEFAULT_LAYER)
-    span = TargetMatchHead(hidden, args.match_layer or DEFAULT_LAYER, seed=1) if args.span_weight > 0 else None
-    motion = MotionHead(hidden) if args.motion_weight > 0 else None
+    span_layer = args.span_layer or args.match_layer or DEFAULT_LAYER
+    span = TargetMatchHead(hidden, span_layer, seed=1) if args.span_weight > 0 else None
+    motion = MotionHead(hidden, layer=2 if args.motion_lookups else 1) if args.motion_weight > 0 else None
     if args.init_state:
         state = torch.load(args.init_state)
         model.load_state_dict(state["model"])
         tables.load_state_dict(state["tables"])
         if match is not None and state.get("match"):
             match.load_state_dict(state["match"])
-        if span is not None and state.get("span"):
-            span.load_state_dict(state["span"])
-        if motion is not None and state.get("motion"):
-            motion.load_state_dict(state["motion"])
+        # a head is kept where it reads the same layer (states before "layers" was saved: span 2, motion 1)
+        saved = {"span": DEFAULT_LAYER, "motion": 1, **state.get("layers", {})}
+        for name, head in (("span", span), ("motion", motion)):
+            if head is not None and state.get(name) and saved[name] == head.layer:
+                head.load_state_dict(state[name])
+    if args.fixed_positions:
+        for table in tables[-2:]:
+            set_linear_codes(table, args.fixed_positions)
     image_token = model.config.image_token_id
     answer_layer = model.config.text_config.num_hidden_layers - 1
     guided = args.guide_weight > 0
@@ -338,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.time_guides:
                 enc["guides"] += time_guides(processor.tokenizer, enc["input_ids"], enc["labels"], image_token, tracks,
                                              row["gt_target_id"], row["timestamps_s"], row["gt_start_s"],
-                                             row["gt_end_s"], answer_layer)
+                                             row["gt_end_s"], answer_layer, args.motion_lookups)
             if span is not None:
                 enc["span"] = torch.from_numpy(span_cells([t.get(row["gt_target_id"], nowhere) for t in tracks],
                                                           row["timestamps_s"], row["gt_start_s"], row["gt_end_s"]))
@@ -504,7 +543,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"init_state": args.init_state, **evaluate()}), flush=True)
         return
 
-    params = [*model.parameters(), *tables.parameters(), *(match.parameters() if match else []),
+    params = [*model.parameters(), *(p for p in tables.parameters() if p.requires_grad), *(match.parameters() if match else []),
               *(span.parameters() if span else []), *(motion.parameters() if motion else [])]
     optimizer = torch.optim.AdamW(params, lr=args.lr)
     rng, order, recent = random.Random(0), [], []
@@ -572,7 +611,8 @@ def main(argv: list[str] | None = None) -> None:
                 log.flush()
     torch.save({"model": model.state_dict(), "tables": tables.state_dict(),
                 "match": match.state_dict() if match else None, "span": span.state_dict() if span else None,
-                "motion": motion.state_dict() if motion else None},
+                "motion": motion.state_dict() if motion else None,
+                "layers": {name: head.layer for name, head in (("span", span), ("motion", motion)) if head}},
                out / "final.pt")
 
 

@@ -18,6 +18,7 @@ from stvg_train.binding import (
     START_HEAD,
     TRACK_GUIDE,
     MotionHead,
+    PlaceHead,
     TargetMatchHead,
     answer_time_digits,
     description_positions,
@@ -26,6 +27,7 @@ from stvg_train.binding import (
     id_cells,
     match_scores,
     motion_targets,
+    place_targets,
     span_cells,
     span_frames,
     target_cells,
@@ -289,3 +291,32 @@ def test_motion_head_learns_the_classes_and_skips_unsupervised_tokens():
     assert logits.argmax(-1)[[0, 2, 3]].tolist() == [0, 3, 4]
     with pytest.raises(ValueError, match="motion targets"):
         head.loss(hidden, input_ids, image, targets[:3])
+
+
+def test_place_targets_and_head_give_each_visual_token_its_row_and_column():
+    targets = place_targets(2, 2, 3)
+    assert targets.tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]] * 2
+    torch.manual_seed(0)
+    input_ids = torch.tensor([[1] + [7] * 12 + [2]])
+    hidden = tuple(torch.randn(1, 14, 16) for _ in range(2))
+    head = PlaceHead(16, 2, 3, layer=1)
+    labels = torch.from_numpy(targets)
+    loss, _ = head.loss(hidden, input_ids, 7, labels)
+    assert float(loss) == pytest.approx(np.log(2) + np.log(3), abs=0.1)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.1)
+    for _ in range(150):
+        optimizer.zero_grad()
+        head.loss(hidden, input_ids, 7, labels)[0].backward()
+        optimizer.step()
+    assert head.right(head.loss(hidden, input_ids, 7, labels)[1], labels) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="place targets"):
+        head.loss(hidden, input_ids, 7, labels[:5])
+
+
+def test_without_the_track_guide_its_head_is_free():
+    tokenizer, _, input_ids, labels, image, _ = _clip_example()
+    tracks = [{3: np.array([True, True])}, {3: np.array([False, True])}, {}]
+    guides = time_guides(tokenizer, input_ids, labels, image, tracks, 3, [0.0, 1.5, 2.5], 1.4, 2.6, answer_layer=3,
+                         motion_lookups=True, track_guide=False)
+    kinds = {(layer, head) for layer, head, _, _ in guides}
+    assert TRACK_GUIDE not in kinds and BEFORE_GUIDE in kinds and NOW_GUIDE in kinds

@@ -227,18 +227,21 @@ def test_unknown_recipe_is_a_clear_error(tmp_path, capfd):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["plain", "match", "time"])
+@pytest.mark.parametrize("mode", ["plain", "match", "time", "place"])
 def test_symbolic_diagnostic_trains_on_a_recipe_folder(recipe_run, tmp_path, mode):
     """`python -m stvg_train.symbolic_sft` end to end on the recipe's work folder: full samples on symbolic
     tokens, then single-frame questions of fresh scenes; plain, with the target-match loss, and with the
-    time guides, the span head, the motion lookups and the cells' fixed positions."""
+    time guides, the span head, the motion lookups and the cells' fixed positions; and with the place head
+    instead of the cells' positions."""
     from stvg_train import symbolic_sft
 
     _, work, _, _ = recipe_run
     extra = {"plain": [], "match": ["--match-weight", "1"],
              "time": ["--match-weight", "1", "--guide-weight", "1", "--time-guides", "--span-weight", "1",
                       "--motion-weight", "1", "--cell-positions", "--motion-lookups", "--fixed-positions", "2",
-                      "--span-layer", "3"]}[mode]
+                      "--span-layer", "3"],
+             "place": ["--guide-weight", "1", "--time-guides", "--motion-lookups", "--motion-weight", "1",
+                       "--place-weight", "1"]}[mode]
     common = ["--work-dir", str(work), "--steps", "2", "--eval-every", "2", "--threads", "1", *extra]
     symbolic_sft.main([*common, "--out", str(tmp_path / "full"), "--limit", "2", "--batch-size", "2",
                        "--eval-samples", "1"])
@@ -248,6 +251,8 @@ def test_symbolic_diagnostic_trains_on_a_recipe_folder(recipe_run, tmp_path, mod
                        for kind in ("full", "questions"))
     assert full[-1]["step"] == 2 and full[-1]["loss"] > 0 and full[-1]["n"] == 1 and 0 <= full[-1]["id_accuracy"] <= 1
     assert (mode == "time") == ("span_loss" in full[-1] and "guide_loss" in full[-1] and "motion_loss" in full[-1])
-    assert (mode == "time") == ("mass_track_now" in full[-1] and "mass_track_before" in full[-1])
+    assert (mode in ("time", "place")) == ("mass_track_now" in full[-1] and "mass_track_before" in full[-1])
+    assert (mode == "place") == ("place_loss" in full[-1] and 0 <= full[-1].get("place_row_right", -1) <= 1
+                                 and "mass_track" not in full[-1])  # the place head's layer-0 head is free
     assert questions[-1]["step"] == 2 and questions[-1]["loss"] > 0
     assert 0.0 <= questions[-1]["which_object_exact"] <= 1.0 and 0.0 <= questions[-1]["which_object_tokens"] <= 1.0

@@ -369,10 +369,12 @@ def span_cells(track_cells: list[np.ndarray], timestamps_s, start_s: float, end_
 
 def time_guides(tokenizer, input_ids, labels, image_token_id: int, frame_tracks: list[dict[int, np.ndarray]],
                 target_id: int, timestamps_s, start_s: float, end_s: float,
-                answer_layer: int, motion_lookups: bool = False) -> list[tuple[int, int, list[int], list[int]]]:
+                answer_layer: int, motion_lookups: bool = False,
+                track_guide: bool = True) -> list[tuple[int, int, list[int], list[int]]]:
     """The time guides of one encoded example, as `example_guides`. `frame_tracks`: per frame, each drawn
     track's cells (bool, the frame's visual tokens); `timestamps_s`, `start_s`, `end_s`: the frames' times
-    and the GT span; `motion_lookups`: also `NOW_GUIDE` and `BEFORE_GUIDE`."""
+    and the GT span; `motion_lookups`: also `NOW_GUIDE` and `BEFORE_GUIDE`; `track_guide`: `TRACK_GUIDE` too
+    (without it, that head is free: e.g. for working out the place, `PlaceHead`)."""
     pieces = [tokenizer.decode([int(t)]) for t in input_ids]
     frames = frame_tokens(input_ids, image_token_id)
     if len(frames) != len(frame_tracks):
@@ -386,7 +388,8 @@ def time_guides(tokenizer, input_ids, labels, image_token_id: int, frame_tracks:
             if before is not None and before.any() and cells.any():
                 now = [frames[k][i] for i in np.flatnonzero(cells)]
                 earlier = [frames[k - 1][i] for i in np.flatnonzero(before)]
-                guides.append((*TRACK_GUIDE, now, earlier))
+                if track_guide:
+                    guides.append((*TRACK_GUIDE, now, earlier))
                 if motion_lookups:
                     guides += [(*NOW_GUIDE, now, now), (*BEFORE_GUIDE, now, earlier)]
     words = event_words(pieces, prompt_length)
@@ -469,3 +472,36 @@ class MotionHead(TokenHead):
         if not bool((targets != -100).any()):
             return None, logits
         return torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100), logits
+
+
+class PlaceHead(TokenHead):
+    """After `layer` decoder layers, at the visual tokens: the token's row and column in its frame's grid of
+    merged cells. Neither tower has absolute position embeddings, so the language model must derive the
+    place from M-RoPE's phases (a vision tower that says where a cell is needs nothing of it). Cross-entropy
+    on each."""
+
+    targets_name = "place targets"
+
+    def __init__(self, hidden_size: int, rows: int, columns: int, layer: int = 1, seed: int = 3) -> None:
+        super().__init__(hidden_size, rows + columns, layer, seed)
+        self.rows = rows
+
+    def loss(self, hidden_states, input_ids, image_token_id: int, targets):
+        """(loss, logits); `targets`: (visual tokens of the batch, 2) row and column, in order."""
+        import torch
+
+        logits = self.visual_logits(hidden_states, input_ids, image_token_id, targets)
+        cross = torch.nn.functional.cross_entropy
+        return cross(logits[:, :self.rows], targets[:, 0]) + cross(logits[:, self.rows:], targets[:, 1]), logits
+
+    def right(self, logits, targets) -> tuple[float, float]:
+        """Shares of tokens whose row and whose column are called right."""
+        rows = (logits[:, :self.rows].argmax(-1) == targets[:, 0]).float().mean()
+        columns = (logits[:, self.rows:].argmax(-1) == targets[:, 1]).float().mean()
+        return float(rows), float(columns)
+
+
+def place_targets(frames: int, rows: int, columns: int) -> np.ndarray:
+    """(frames × rows × columns, 2) int64: each visual token's row and column (raster order per frame)."""
+    cell = np.arange(rows * columns)
+    return np.tile(np.stack([cell // columns, cell % columns], axis=1), (frames, 1)).astype(np.int64)

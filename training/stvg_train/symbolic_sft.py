@@ -45,11 +45,13 @@ from stvg_train.binding import (
     DEFAULT_LAYER,
     GUIDED_ATTENTION,
     MotionHead,
+    PlaceHead,
     TargetMatchHead,
     answer_id_digits,
     guide_loss,
     guide_masses,
     motion_targets,
+    place_targets,
     sample_guides,
     span_cells,
     target_cells,
@@ -288,6 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fixed-positions", type=float, default=0.0,
                         help="with --cell-positions: fixed codes linear in the row and column, of this norm at the "
                              "far edge, instead of learned embeddings (0: learned)")
+    parser.add_argument("--place-weight", type=float, default=0.0,
+                        help="weight of the place head's loss (binding.PlaceHead: each visual token's row and column "
+                             "after layer 1, from M-RoPE alone; frees TRACK_GUIDE's head)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --init-state's model and exit")
     args = parser.parse_args(argv)
     if args.time_guides and args.guide_weight <= 0:
@@ -327,15 +332,17 @@ def main(argv: list[str] | None = None) -> None:
     span_layer = args.span_layer or args.match_layer or DEFAULT_LAYER
     span = TargetMatchHead(hidden, span_layer, seed=1) if args.span_weight > 0 else None
     motion = MotionHead(hidden, layer=2 if args.motion_lookups else 1) if args.motion_weight > 0 else None
+    grid = (height // CELL_PX, width // CELL_PX)
+    place = PlaceHead(hidden, *grid) if args.place_weight > 0 else None
     if args.init_state:
         state = torch.load(args.init_state)
         model.load_state_dict(state["model"])
-        tables.load_state_dict(state["tables"])
+        tables.load_state_dict(state["tables"], strict=args.cell_positions)  # without: no place tables
         if match is not None and state.get("match"):
             match.load_state_dict(state["match"])
         # a head is kept where it reads the same layer (states before "layers" was saved: span 2, motion 1)
-        saved = {"span": DEFAULT_LAYER, "motion": 1, **state.get("layers", {})}
-        for name, head in (("span", span), ("motion", motion)):
+        saved = {"span": DEFAULT_LAYER, "motion": 1, "place": 1, **state.get("layers", {})}
+        for name, head in (("span", span), ("motion", motion), ("place", place)):
             if head is not None and state.get(name) and saved[name] == head.layer:
                 head.load_state_dict(state[name])
     if args.fixed_positions:
@@ -368,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
             enc["weights"] = answer_id_weights(processor.tokenizer, enc["input_ids"], enc["labels"], args.id_weight)
         if with_answer and guided:
             enc["guides"] = guides_of(enc, row["frame_track_ids"], row["frame_track_boxes"], row["gt_target_id"])
-        if with_answer and (args.time_guides or span is not None or motion is not None or match is not None):
+        if with_answer and (args.time_guides or any(h is not None for h in (span, motion, match, place))):
             tracks = frames_track_cells(row)
             nowhere = np.zeros(cells_per_frame, bool)
             if match is not None:
@@ -377,10 +384,13 @@ def main(argv: list[str] | None = None) -> None:
             if args.time_guides:
                 enc["guides"] += time_guides(processor.tokenizer, enc["input_ids"], enc["labels"], image_token, tracks,
                                              row["gt_target_id"], row["timestamps_s"], row["gt_start_s"],
-                                             row["gt_end_s"], answer_layer, args.motion_lookups)
+                                             row["gt_end_s"], answer_layer, args.motion_lookups,
+                                             track_guide=place is None)
             if span is not None:
                 enc["span"] = torch.from_numpy(span_cells([t.get(row["gt_target_id"], nowhere) for t in tracks],
                                                           row["timestamps_s"], row["gt_start_s"], row["gt_end_s"]))
+            if place is not None:
+                enc["place"] = torch.from_numpy(place_targets(len(tracks), *grid))
             if motion is not None:
                 enc["motion"] = torch.from_numpy(motion_targets(row["frame_track_ids"], row["frame_track_boxes"], tracks,
                                                                 cells_per_frame))
@@ -394,6 +404,10 @@ def main(argv: list[str] | None = None) -> None:
         if any("motion" in e for e in examples):
             batch["motion"] = torch.cat([e["motion"] if "motion" in e else torch.full((len(e["pixel_values"]),), -100)
                                          for e in examples])
+        if any("place" in e for e in examples):
+            batch["place"] = torch.cat([e["place"] if "place" in e else torch.zeros((len(e["pixel_values"]), 2),
+                                                                                    dtype=torch.long)
+                                        for e in examples])
         if any("span" in e for e in examples):
             batch["span"] = torch.cat([e["span"] if "span" in e else unsupervised(len(e["pixel_values"]))
                                        for e in examples])
@@ -407,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
 
     span_losses: list[float] = []
     motion_losses: list[float] = []
+    place_losses: list[float] = []
 
     def head_loss(head, weight: float, logged: list[float], batch: dict, targets, output):
         """`weight` × a token head's loss (0 without the head or supervised tokens); logged apart."""
@@ -451,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
            for i in range(0 if args.questions_only else min(args.eval_samples, len(val_rows)))]
     # teacher-forced on the same samples: the guides' attention and the span head, where they are trained
     answered = ([encode(val_rows, val_scenes, i, True) for i in range(len(val))]
-                if guided or span is not None or motion is not None else [])
+                if guided or span is not None or motion is not None or place is not None else [])
 
     def questions(rows, scenes: SymbolicScenes, picked) -> list[dict]:
         frames, classes, encoded = rows if isinstance(rows, list) else VideoFrames(rows), {}, []
@@ -502,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
         """Mean attention mass of each guide kind, and the span head's per-frame calls on the asked track
         (its mean logit over the track's cells > 0 means "inside the span") against the GT."""
         masses: dict[str, list[float]] = {}
-        calls, motion_calls = [], []
+        calls, motion_calls, place_calls = [], [], []
         model.eval()
         for i in range(0, len(answered), 8):
             examples = answered[i:i + 8]
@@ -510,6 +525,7 @@ def main(argv: list[str] | None = None) -> None:
             batch.pop("labels")
             batch.pop("match", None)
             targets, guides, moves = batch.pop("span", None), batch.pop("guides", None), batch.pop("motion", None)
+            places = batch.pop("place", None)
             with torch.no_grad():
                 output = model(**batch, output_hidden_states=True, output_attentions=guided)
                 logits = span.loss(output.hidden_states, batch["input_ids"], image_token, targets)[1] if span else None
@@ -517,6 +533,9 @@ def main(argv: list[str] | None = None) -> None:
                     _, motion_logits = motion.loss(output.hidden_states, batch["input_ids"], image_token, moves)
                     known = moves != -100
                     motion_calls.extend((motion_logits[known].argmax(-1) == moves[known]).tolist())
+                if place is not None and places is not None:
+                    place_calls.append(place.right(place.loss(output.hidden_states, batch["input_ids"], image_token,
+                                                              places)[1], places))
             if guides:
                 for kind, values in guide_masses(output.attentions, guides, answer_layer).items():
                     masses.setdefault(kind, []).extend(values)
@@ -528,6 +547,9 @@ def main(argv: list[str] | None = None) -> None:
                         calls.append((float(logits[cells][asked].mean()) > 0, bool(targets[cells][asked].max() > 0)))
         model.train()
         scores = {f"mass_{kind}": round(float(np.mean(v)), 3) for kind, v in masses.items()}
+        if place_calls:
+            scores["place_row_right"], scores["place_column_right"] = (round(float(np.mean(v)), 3)
+                                                                       for v in zip(*place_calls, strict=True))
         if motion_calls:
             scores["motion_right"] = round(float(np.mean(motion_calls)), 3)
         if calls:
@@ -544,7 +566,8 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     params = [*model.parameters(), *(p for p in tables.parameters() if p.requires_grad), *(match.parameters() if match else []),
-              *(span.parameters() if span else []), *(motion.parameters() if motion else [])]
+              *(span.parameters() if span else []), *(motion.parameters() if motion else []),
+              *(place.parameters() if place else [])]
     optimizer = torch.optim.AdamW(params, lr=args.lr)
     rng, order, recent = random.Random(0), [], []
     with (out / "log.jsonl").open("w") as log:
@@ -564,8 +587,10 @@ def main(argv: list[str] | None = None) -> None:
                     targets = batch.pop("match", None)
                     span_targets = batch.pop("span", None)
                     moves = batch.pop("motion", None)
+                    places = batch.pop("place", None)
                     guides = batch.pop("guides", None)
-                    output = model(**batch, output_hidden_states=match is not None or span is not None or motion is not None,
+                    heads = (match, span, motion, place)
+                    output = model(**batch, output_hidden_states=any(h is not None for h in heads),
                                    output_attentions=guided)
                     logits = output.logits[:, :-1].float()
                     per_token = torch.nn.functional.cross_entropy(
@@ -578,6 +603,7 @@ def main(argv: list[str] | None = None) -> None:
                     loss = loss + guidance(guides, output)
                     loss = loss + head_loss(span, args.span_weight, span_losses, batch, span_targets, output)
                     loss = loss + head_loss(motion, args.motion_weight, motion_losses, batch, moves, output)
+                    loss = loss + head_loss(place, args.place_weight, place_losses, batch, places, output)
                 if which:
                     batch = batch_of([rng.choice(which) for _ in range(args.which_object)])
                     targets = batch.pop("match", None)
@@ -601,6 +627,9 @@ def main(argv: list[str] | None = None) -> None:
                 if motion_losses:
                     entry["motion_loss"] = round(sum(motion_losses) / len(motion_losses), 4)
                     motion_losses.clear()
+                if place_losses:
+                    entry["place_loss"] = round(sum(place_losses) / len(place_losses), 4)
+                    place_losses.clear()
                 if span_losses:
                     entry["span_loss"] = round(sum(span_losses) / len(span_losses), 4)
                     span_losses.clear()
@@ -611,8 +640,9 @@ def main(argv: list[str] | None = None) -> None:
                 log.flush()
     torch.save({"model": model.state_dict(), "tables": tables.state_dict(),
                 "match": match.state_dict() if match else None, "span": span.state_dict() if span else None,
-                "motion": motion.state_dict() if motion else None,
-                "layers": {name: head.layer for name, head in (("span", span), ("motion", motion)) if head}},
+                "motion": motion.state_dict() if motion else None, "place": place.state_dict() if place else None,
+                "layers": {name: head.layer for name, head in (("span", span), ("motion", motion), ("place", place))
+                           if head}},
                out / "final.pt")
 
 

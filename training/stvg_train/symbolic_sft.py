@@ -23,6 +23,10 @@ reaches bounds what SFT of the same language model can reach with any vision tow
     python -m stvg_train.symbolic_sft --work-dir RUN --out OUT5 --init-state OUT4/final.pt --fresh-scenes 800 \
         --which-object 32 --steps 300 --lr 3e-4 --match-weight 1 --guide-weight 1 --time-guides --span-weight 2 \
         --span-layer 3 --cell-positions --motion-weight 1 --motion-lookups --fixed-positions 2
+    # the place from M-RoPE alone: no place codes, the place head after the first layer (from run 5's state)
+    python -m stvg_train.symbolic_sft --work-dir RUN --out OUT --init-state OUT5/final.pt --fresh-scenes 600 \
+        --which-object 32 --steps 200 --lr 3e-4 --match-weight 1 --guide-weight 1 --time-guides --span-weight 2 \
+        --span-layer 3 --motion-weight 1 --motion-lookups --place-weight 1
     # where a trained state looks (teacher-forced guide masses, span-head calls), with its run's options
     python -m stvg_train.symbolic_sft --work-dir RUN --out OUT2 --init-state OUT/final.pt --eval-only [options]
 
@@ -292,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
                              "far edge, instead of learned embeddings (0: learned)")
     parser.add_argument("--place-weight", type=float, default=0.0,
                         help="weight of the place head's loss (binding.PlaceHead: each visual token's row and column "
-                             "after layer 1, from M-RoPE alone; frees TRACK_GUIDE's head)")
+                             "after the first decoder layer, from M-RoPE alone; frees TRACK_GUIDE's head)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --init-state's model and exit")
     args = parser.parse_args(argv)
     if args.time_guides and args.guide_weight <= 0:

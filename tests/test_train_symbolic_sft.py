@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from stvg_train.id_reading import ID_DIGITS, NO_DIGIT, attribute_classes
@@ -12,6 +13,7 @@ from stvg_train.symbolic_sft import (
     clip_local_ids,
     fresh_scene_rows,
     fresh_which_object_questions,
+    main,
     set_linear_codes,
 )
 from tests.train_support import PieceTokenizer
@@ -77,3 +79,14 @@ def test_linear_codes_are_fixed_and_a_difference_of_places_is_one_direction():
     assert torch.allclose(codes[0].norm(), torch.tensor(2.0)) and torch.allclose(codes[-1], -codes[0])
     steps = codes[1:] - codes[:-1]
     assert torch.allclose(steps, steps[0].expand_as(steps), atol=1e-6)  # equal steps: linear in the place
+
+
+@pytest.mark.parametrize("options, error", [
+    (["--motion-lookups"], "--motion-lookups needs --time-guides"),
+    (["--fixed-positions", "2"], "--fixed-positions needs --cell-positions"),
+    (["--place-weight", "1", "--cell-positions"], "not with --cell-positions"),
+])
+def test_the_diagnostic_refuses_options_that_do_not_go_together(tmp_path, capsys, options, error):
+    with pytest.raises(SystemExit):
+        main(["--work-dir", str(tmp_path), "--out", str(tmp_path / "out"), *options])
+    assert error in capsys.readouterr().err

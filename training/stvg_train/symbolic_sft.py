@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--motion-lookups needs --time-guides")
     if args.fixed_positions and not args.cell_positions:
         parser.error("--fixed-positions needs --cell-positions")
+    if args.place_weight and args.cell_positions:
+        parser.error("--place-weight asks the model to work out the place: not with --cell-positions, which give it")
 
     torch.set_num_threads(args.threads)
     work, out = Path(args.work_dir), Path(args.out)
@@ -470,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
            for i in range(0 if args.questions_only else min(args.eval_samples, len(val_rows)))]
     # teacher-forced on the same samples: the guides' attention and the span head, where they are trained
     answered = ([encode(val_rows, val_scenes, i, True) for i in range(len(val))]
-                if guided or span is not None or motion is not None or place is not None else [])
+                if guided or any(h is not None for h in (span, motion, place)) else [])
 
     def questions(rows, scenes: SymbolicScenes, picked) -> list[dict]:
         frames, classes, encoded = rows if isinstance(rows, list) else VideoFrames(rows), {}, []
@@ -569,9 +571,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"init_state": args.init_state, **evaluate()}), flush=True)
         return
 
-    params = [*model.parameters(), *(p for p in tables.parameters() if p.requires_grad), *(match.parameters() if match else []),
-              *(span.parameters() if span else []), *(motion.parameters() if motion else []),
-              *(place.parameters() if place else [])]
+    params = [*model.parameters(), *(p for p in tables.parameters() if p.requires_grad),
+              *(p for head in (match, span, motion, place) if head for p in head.parameters())]
     optimizer = torch.optim.AdamW(params, lr=args.lr)
     rng, order, recent = random.Random(0), [], []
     with (out / "log.jsonl").open("w") as log:

@@ -380,9 +380,12 @@ class _Driver:
     def close(self) -> None:
         import rclpy
 
-        self.executor.shutdown(timeout_sec=5.0)
-        self.node.destroy_node()
-        self._thread.join(timeout=5.0)
+        from stvg_ros.nodes.lifecycle import stop_spinner
+
+        if stop_spinner(self.executor, self._thread, 5.0):
+            self.node.destroy_node()
+        else:  # its wait set still holds the node: the process exit frees it
+            log.warning("the replay's spin thread did not stop within 5 s; its node is left to the exit")
         if self._owns_context and rclpy.ok():
             rclpy.try_shutdown()
 

@@ -184,13 +184,13 @@ class GroundClient:
 
     def close(self) -> None:
         """Stop the spinner and destroy the node when made here (a given node stays its owner's)."""
-        if not self._owns_node:
-            return
-        self._executor.shutdown(timeout_sec=2)
+        from stvg_ros.nodes.lifecycle import stop_spinner
+
+        if not self._owns_node or not stop_spinner(self._executor, self._thread, 2.0):
+            return  # another owner's node; or one a wait set still holds, which the process exit frees
         if self._action is not None:
             self._action.destroy()
         self.node.destroy_node()
-        self._thread.join(timeout=2)
 
     def __enter__(self) -> GroundClient:
         return self

@@ -51,6 +51,21 @@ def spin_until_shutdown(executor) -> None:
             raise
 
 
+def stop_spinner(executor, thread, timeout_s: float) -> bool:
+    """Stop `executor`, spun by `thread` (`spin_until_shutdown`), and wait for the thread; True when it
+    ended, i.e. when the executor's nodes may be destroyed. Destroying a node while the thread's wait set
+    still holds it crashed `eval replay` on SIGINT under load (SIGSEGV). After SIGINT/SIGTERM the context is
+    already shut down and the spin ends by itself; the executor is woken only while the context is valid,
+    as shutting it down then races rclpy's signal thread (the graph's own stop does the same)."""
+    if executor.context.ok():
+        executor.shutdown(timeout_sec=timeout_s)
+    thread.join(timeout=timeout_s)
+    if thread.is_alive():
+        return False
+    executor.shutdown(timeout_sec=timeout_s)  # nothing spins any more: free its thread pool
+    return True
+
+
 def _exit_within(code: int, timeout_s: float) -> None:
     """Shut rclpy down and exit with `code`, at the latest after `timeout_s`: a node that failed to
     start has nothing to save, and its exit was seen to hang once in CI (not reproduced in 50 runs here)."""

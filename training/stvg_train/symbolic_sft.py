@@ -120,9 +120,7 @@ class SymbolicScenes:
             attributes = attribute_targets([bodies[k][:2] for k in back_to_front], owner, self.frame_size)
             columns = [digits[:, :ID_DIGITS], attributes]
             if self.positions:
-                cell = np.arange(len(digits))
-                grid_w = self.frame_size[0] // CELL_PX
-                columns.append(np.stack([cell // grid_w, cell % grid_w], axis=1))
+                columns.append(place_targets(1, self.frame_size[1] // CELL_PX, self.frame_size[0] // CELL_PX))
             frames.append(np.concatenate(columns, axis=1))
         return np.concatenate(frames)
 

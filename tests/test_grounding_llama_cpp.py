@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -34,6 +35,10 @@ def llama(tiny_vlm):
 def test_conversion_made_a_qwen2vl_model_and_its_projector(tiny_vlm):
     model, mmproj = gguf.gguf_summary(tiny_vlm.gguf_f32), gguf.gguf_summary(tiny_vlm.mmproj_f32)
     assert model["architecture"] == "qwen2vl" and model["embedding_length"] == 64 and model["file_type"] == 0
+    # the rotary base and M-RoPE sections travel from the Hugging Face config (the small model sets its own)
+    rope = json.loads((tiny_vlm.hf_dir / "config.json").read_text())["text_config"]["rope_parameters"]
+    assert model["rope_freq_base"] == pytest.approx(rope["rope_theta"])
+    assert list(model["rope_dimension_sections"]) == [*rope["mrope_section"], 0]
     assert mmproj["architecture"] == "clip" and mmproj["projector_type"] == "qwen2.5vl_merger"
     assert mmproj["projection_dim"] == 64
     assert gguf.gguf_summary(tiny_vlm.gguf_q8_0)["file_type"] == gguf.QUANTS["q8_0"]

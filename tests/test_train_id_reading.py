@@ -154,7 +154,7 @@ def test_attribute_loss_teaches_what_the_objects_look_like(tmp_path):
         without_columns, _ = head.loss(model, *batch[:2], batch[2][:, :TARGET_COLUMNS])
     assert with_attributes > digits_only == pytest.approx(float(without_columns))
     before = reading_scores(head, model, batch)
-    assert {"object_attributes", "id_cell_attributes"} <= set(before)
+    assert {"object_attributes", "id_cell_attributes", "object_colour", "object_shape", "object_size"} <= set(before)
     optimizer = torch.optim.AdamW([*model.model.visual.parameters(), *head.parameters()], lr=3e-3)
     for _ in range(30):
         loss, _ = head.loss(model, *batch)
@@ -164,6 +164,7 @@ def test_attribute_loss_teaches_what_the_objects_look_like(tmp_path):
     after = reading_scores(head, model, batch)
     assert after["object_attributes"] > max(0.5, before["object_attributes"])
     assert after["id_cell_attributes"] > before["id_cell_attributes"]
+    assert min(after[f"object_{a}"] for a in ("colour", "shape", "size")) >= after["object_attributes"]
 
 
 def test_video_frames_decodes_each_video_once():

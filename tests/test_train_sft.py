@@ -181,6 +181,28 @@ def test_small_tokenizer_round_trips_captions_and_answers(small_model):
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") != tokenizer.unk_token_id
 
 
+def test_small_models_rotary_phases_tell_the_rows_and_columns_of_a_frame_apart(small_model):
+    """Neither tower has absolute position embeddings: a visual token's row and column reach the language
+    model only as M-RoPE phases. The small model's rotary base and sections must make them visible (at the
+    7B's base 1e6 with sections [12, 10, 10], columns 0 and 7 differ by 0.01 %)."""
+    from transformers import AutoConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRotaryEmbedding, apply_rotary_pos_emb
+
+    out, _ = small_model
+    config = AutoConfig.from_pretrained(out).text_config
+    rows, columns, start = 6, 8, 100  # the recipe's 224x168 frame: 6 x 8 merged cells, after some text
+    row, column = torch.meshgrid(torch.arange(rows), torch.arange(columns), indexing="ij")
+    positions = torch.stack([torch.full((rows * columns,), start), start + row.flatten(), start + column.flatten()])
+    head_dim = config.hidden_size // config.num_attention_heads
+    cos, sin = Qwen2_5_VLRotaryEmbedding(config)(torch.zeros(1, rows * columns, head_dim), positions[:, None, :])
+    query = torch.randn(head_dim, generator=torch.Generator().manual_seed(0))
+    rotated, _ = apply_rotary_pos_emb(query.expand(1, 1, rows * columns, head_dim),
+                                      query.expand(1, 1, rows * columns, head_dim), cos, sin)
+    grid = rotated[0, 0].view(rows, columns, head_dim)
+    assert float((grid[-1] - grid[0]).norm(dim=-1).mean() / query.norm()) > 0.3
+    assert float((grid[:, -1] - grid[:, 0]).norm(dim=-1).mean() / query.norm()) > 0.3
+
+
 def test_encode_example_labels_only_the_completion(small_model):
     _, processor = small_model
     row = _row()

@@ -269,7 +269,8 @@ def frame_batch(processor, rows, picks: list[tuple[int, int]], src_size: tuple[i
 
 
 def reading_scores(head: IdReadingHead, model, batch) -> dict[str, float]:
-    """On the cells where an ID is drawn: the share read right in every place, and per place."""
+    """On the cells where an ID is drawn: the share read right in every place, and per place; on exercises
+    also, on the cells showing an object, the share with all its attributes right and each one's share."""
     import torch
 
     pixel_values, grid, targets = batch
@@ -290,6 +291,9 @@ def reading_scores(head: IdReadingHead, model, batch) -> dict[str, float]:
         for name, cells in (("object_attributes", has_object), ("id_cell_attributes", has_object & has_id)):
             right = (predicted[cells] == shown[cells]).all(dim=1)
             scores[name] = float(right.float().mean()) if int(cells.sum()) else 0.0
+        for k, attribute in enumerate(ATTRIBUTES):  # each attribute alone, on the object cells
+            right = predicted[has_object, k] == shown[has_object, k]
+            scores[f"object_{attribute}"] = float(right.float().mean()) if int(has_object.sum()) else 0.0
     return scores
 
 
@@ -388,7 +392,7 @@ class ReadingOptions:
     max_id: int | None = None
     #: weight of the shown objects' colour, shape and size in the loss (`attribute_targets`; 0: digits only)
     attribute_weight: float = 1.0
-    pool: int = 64  # scenes the exercises are drawn from (held-out ones come from other seeds)
+    pool: int = 2000  # scenes the exercises are drawn from (held-out ones come from other seeds)
     lr: float = 1e-3
     warmup_steps: int = 30
     weight_decay: float = 0.01

@@ -131,7 +131,8 @@ _READING_CURVES: tuple[CurveSpec, ...] = (
     ("heldout_id_reading_exact", "robot's held-out frames: IDs read exactly", "max"),
     ("heldout_exercises_place", "unseen exercises: digits right", "max"),
     ("heldout_exercises_object_attributes", "unseen exercises: objects' colour+shape+size right", "max"),
-    ("heldout_exercises_id_cell_attributes", "unseen exercises: ID cells naming their object right", "max"))
+    ("heldout_exercises_id_cell_attributes", "unseen exercises: ID cells naming their object right", "max"),
+    ("heldout_exercises_object_shape", "unseen exercises: objects' shape right", "max"))
 
 
 def _logged_curves(records: list[dict[str, Any]], log_path: Path, what: str,

@@ -31,7 +31,8 @@ reaches bounds what SFT of the same language model can reach with any vision tow
     python -m stvg_train.symbolic_sft --work-dir RUN --out OUT2 --init-state OUT/final.pt --eval-only [options]
 
 RUN is a `stvg-train recipe synth-small` work folder with its `data` and `init` stages done. Not part
-of the recipe: it measures, it ships nothing. One JSON line per logged step goes to OUT/log.jsonl.
+of the recipe: it measures, it ships nothing. One JSON line per logged step goes to OUT/log.jsonl; the trained
+state to OUT/last.pt at each evaluation and to OUT/final.pt at the end.
 """
 
 from __future__ import annotations
@@ -573,6 +574,15 @@ def main(argv: list[str] | None = None) -> None:
               *(p for head in (match, span, motion, place) if head for p in head.parameters())]
     optimizer = torch.optim.AdamW(params, lr=args.lr)
     rng, order, recent = random.Random(0), [], []
+
+    def save_state(path: Path) -> None:
+        """The trained state (`--init-state` reads it): model, symbolic tables, heads and their layers."""
+        heads = {"span": span, "motion": motion, "place": place}
+        torch.save({"model": model.state_dict(), "tables": tables.state_dict(),
+                    "match": match.state_dict() if match else None,
+                    **{name: head.state_dict() if head else None for name, head in heads.items()},
+                    "layers": {name: head.layer for name, head in heads.items() if head}}, path)
+
     with (out / "log.jsonl").open("w") as log:
         for step in range(1, args.steps + 1):
             for group in optimizer.param_groups:
@@ -638,15 +648,11 @@ def main(argv: list[str] | None = None) -> None:
                     span_losses.clear()
                 if step % args.eval_every == 0 or step == args.steps:
                     entry.update(evaluate())
+                    save_state(out / "last.pt")  # a run stopped early keeps its state (`--init-state`)
                 print(json.dumps(entry), flush=True)
                 log.write(json.dumps(entry) + "\n")
                 log.flush()
-    torch.save({"model": model.state_dict(), "tables": tables.state_dict(),
-                "match": match.state_dict() if match else None, "span": span.state_dict() if span else None,
-                "motion": motion.state_dict() if motion else None, "place": place.state_dict() if place else None,
-                "layers": {name: head.layer for name, head in (("span", span), ("motion", motion), ("place", place))
-                           if head}},
-               out / "final.pt")
+    save_state(out / "final.pt")
 
 
 if __name__ == "__main__":

@@ -195,7 +195,8 @@ def convert_mmproj(hf_dir: str | Path, outfile: str | Path, mmproj_type: str = "
 
 
 def gguf_summary(path: str | Path) -> dict:
-    """A few header fields of a GGUF file (architecture, embedding sizes, projector type, file type).
+    """A few header fields of a GGUF file (architecture, embedding sizes, rotary base and M-RoPE sections,
+    projector type, file type).
 
     Reads only metadata. Raises GgufError for a missing or unreadable file.
     """
@@ -227,4 +228,6 @@ def gguf_summary(path: str | Path) -> dict:
     elif arch:
         summary["embedding_length"] = value(f"{arch}.embedding_length")
         summary["block_count"] = value(f"{arch}.block_count")
+        summary["rope_freq_base"] = value(f"{arch}.rope.freq_base")
+        summary["rope_dimension_sections"] = value(f"{arch}.rope.dimension_sections")
     return summary

@@ -154,7 +154,7 @@ def qwen25vl_config(tokenizer, text: dict, vision: dict):
             "num_key_value_heads": text["num_key_value_heads"],
             "max_position_embeddings": 32768,
             "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+            "rope_parameters": {"rope_type": "default", "rope_theta": float(text.get("rope_theta", 1000000.0)),
                                 "mrope_section": list(text["mrope_section"])},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],

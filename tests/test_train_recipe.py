@@ -256,3 +256,36 @@ def test_symbolic_diagnostic_trains_on_a_recipe_folder(recipe_run, tmp_path, mod
                                  and "mass_track" not in full[-1])  # the place head's layer-0 head is free
     assert questions[-1]["step"] == 2 and questions[-1]["loss"] > 0
     assert 0.0 <= questions[-1]["which_object_exact"] <= 1.0 and 0.0 <= questions[-1]["which_object_tokens"] <= 1.0
+
+
+@pytest.mark.slow
+def test_sft_on_real_frames_trains_the_span_heads_and_resumes_with_them(recipe_run, tmp_path):
+    """The recipe's SFT with the span's guides and heads (as the perfect-perception diagnostic trains them):
+    each head's loss is logged, the heads are checkpointed and a rerun resumes with them."""
+    from stvg_train.recipe import _source_size
+    from stvg_train.sft import TRAINER_STATE, SftOptions, train_sft
+
+    recipe_path, work, _, _ = recipe_run
+    recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
+    opts = SftOptions(model_dir=str(work / "read" / "final"), train=str(work / "prepared-train"),
+                      out_dir=str(tmp_path / "sft"), steps=3, batch_size=2, save_every=2, log_every=1, eval_every=100,
+                      threads=1, max_pixels=int(recipe["max_pixels"]), vision_lr_scale=0,
+                      source_size=_source_size(recipe), guide_weight=1.0, time_guides=True, motion_lookups=True,
+                      span_weight=1.0, motion_weight=1.0, place_weight=1.0)
+    train_sft(opts)
+    log = [json.loads(line) for line in (tmp_path / "sft" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3]
+    assert all(e["guide_loss"] > 0 and e["span_loss"] >= 0 and e["motion_loss"] > 0 and e["place_loss"] > 0
+               for e in log)
+    state = torch.load(tmp_path / "sft" / "checkpoint-last" / TRAINER_STATE, weights_only=False)  # step 2
+    rows, columns = 6, 8  # cells of the recipe's 224x168 frames (max_pixels 37632)
+    assert int(recipe["max_pixels"]) == 224 * 168
+    assert state["step"] == 2 and state["place_head"]["weight"].shape[0] == rows + columns
+    assert state["span_head"]["weight"].shape[0] == 1 and state["motion_head"]["weight"].shape[0] == 5
+    train_sft(opts)  # resumes at step 2 with the heads (a head of other shape would fail to load)
+    log = [json.loads(line) for line in (tmp_path / "sft" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 3 and log[-1]["place_loss"] > 0
+    with pytest.raises(ValueError, match="time_guides are attention guides"):
+        train_sft(SftOptions(**{**opts.__dict__, "guide_weight": 0.0, "out_dir": str(tmp_path / "other")}))
+    with pytest.raises(ValueError, match="motion_lookups are time guides"):
+        train_sft(SftOptions(**{**opts.__dict__, "time_guides": False, "out_dir": str(tmp_path / "other")}))

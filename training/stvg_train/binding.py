@@ -505,3 +505,37 @@ def place_targets(frames: int, rows: int, columns: int) -> np.ndarray:
     """(frames × rows × columns, 2) int64: each visual token's row and column (raster order per frame)."""
     cell = np.arange(rows * columns)
     return np.tile(np.stack([cell // columns, cell % columns], axis=1), (frames, 1)).astype(np.int64)
+
+
+def sample_time_supervision(tokenizer, enc: dict, image_token_id: int, row, src_size: tuple[int, int],
+                            frame_size: tuple[int, int], answer_layer: int, *, guides: bool = True,
+                            motion_lookups: bool = False, track_guide: bool = True, span: bool = False,
+                            motion: bool = False, place: bool = False,
+                            frame_tracks: list[dict[int, np.ndarray]] | None = None) -> dict:
+    """What the span is supervised with on one encoded full sample (`input_ids`, `labels`) of prepared `row`
+    (`frame_track_ids`, `frame_track_boxes` in source pixels, `gt_target_id`, `timestamps_s`, `gt_start_s`,
+    `gt_end_s`), whose visual tokens are its frames in order, each `frame_size` (width, height) pixels;
+    `frame_tracks`: its `track_cells` per frame, where already computed.
+
+    Returns "guides" (`time_guides`, with `guides`), and the per-visual-token targets asked for: "span"
+    (`span_cells`), "motion" (`motion_targets`), "place" (`place_targets`). One place for the symbolic
+    diagnostic and SFT on real frames."""
+    if frame_tracks is None:
+        frame_tracks = [track_cells(list(ids), list(boxes), src_size, frame_size)
+                        for ids, boxes in zip(row["frame_track_ids"], row["frame_track_boxes"], strict=True)]
+    target_id = int(row["gt_target_id"])
+    cells = (frame_size[1] // CELL_PX) * (frame_size[0] // CELL_PX)
+    out: dict = {"guides": []}
+    if guides:
+        out["guides"] = time_guides(tokenizer, enc["input_ids"], enc["labels"], image_token_id, frame_tracks, target_id,
+                                    row["timestamps_s"], row["gt_start_s"], row["gt_end_s"], answer_layer,
+                                    motion_lookups, track_guide=track_guide)
+    if span:
+        nowhere = np.zeros(cells, bool)
+        out["span"] = span_cells([t.get(target_id, nowhere) for t in frame_tracks], row["timestamps_s"],
+                                 row["gt_start_s"], row["gt_end_s"])
+    if motion:
+        out["motion"] = motion_targets(row["frame_track_ids"], row["frame_track_boxes"], frame_tracks, cells)
+    if place:
+        out["place"] = place_targets(len(frame_tracks), frame_size[1] // CELL_PX, frame_size[0] // CELL_PX)
+    return out

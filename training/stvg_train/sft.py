@@ -14,6 +14,10 @@ trains the vision tower on a dense per-token ID-reading loss (`id_reading`) over
 its held-out per-token accuracy is logged with the other held-out scores. With `match_weight`, a head on
 the language model's visual tokens learns which show the asked object (`binding`: the GT target on full
 samples, the asked track on which-object questions), a dense signal for finding the described object.
+With `time_guides` and the span's heads (`span_weight`, `motion_weight`, `place_weight`), full samples also
+carry what the span needs (`binding.sample_time_supervision`, as in the perfect-perception diagnostic
+`symbolic_sft`): where each track was one frame earlier, the event words, the frame labels, the answered
+times' frames, whether the asked track's frame is inside the span, how each track moved, each token's place.
 
 The loop is plain PyTorch (AdamW, warm-up + cosine decay, gradient clipping), batches of samples
 padded on the right, checkpoints every `save_every` steps and resumes from the last one. Every
@@ -36,12 +40,16 @@ from typing import Any
 import numpy as np
 
 from stvg_train.binding import (
+    DEFAULT_LAYER,
     GUIDED_ATTENTION,
+    MotionHead,
+    PlaceHead,
     TargetMatchHead,
     example_guides,
     guide_loss,
     id_cells,
     match_scores,
+    sample_time_supervision,
     target_cells,
     unsupervised,
 )
@@ -110,6 +118,27 @@ class SftOptions:
     #: weight of the attention guides (`binding.guide_loss`; 0: none): visual tokens attend to the asked
     #: object's description words, the answer's ID digits to the cells of its drawn number. Needs eager attention.
     guide_weight: float = 0.0
+    #: with the guides, also the span's (`binding.time_guides`) on full samples; `motion_lookups`: a track's
+    #: cells now and one frame earlier gathered by two heads of one layer (`NOW_GUIDE`, `BEFORE_GUIDE`)
+    time_guides: bool = False
+    motion_lookups: bool = False
+    #: weights of the span's token heads on full samples (0: none): is the asked track's frame inside the
+    #: span (`span_layer` layers below it), how did each track move (after layer 2 with `motion_lookups`,
+    #: else 1), each visual token's row and column (after layer 1; frees the track guide's head)
+    span_weight: float = 0.0
+    span_layer: int = 3
+    motion_weight: float = 0.0
+    place_weight: float = 0.0
+
+
+def _token_grid(source_size: tuple[int, int] | None, max_pixels: int) -> tuple[int, int]:
+    """(rows, columns) of merged visual tokens of a `source_size` (width, height) frame at `max_pixels`."""
+    from stvg_ros.grounding.sampling import smart_resize
+
+    if not source_size:
+        raise ValueError("place_weight needs source_size (width, height of the source videos)")
+    height, width = smart_resize(int(source_size[1]), int(source_size[0]), max_pixels=max_pixels)
+    return height // CELL_PX, width // CELL_PX
 
 
 def warmup_cosine_lr(lr: float, warmup_steps: int, steps: int, step: int) -> float:
@@ -365,6 +394,13 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     guided = opts.guide_weight > 0
     if guided and not opts.source_size:
         raise ValueError("guide_weight needs source_size (width, height of the source videos)")
+    if opts.time_guides and not guided:
+        raise ValueError("time_guides are attention guides: set guide_weight > 0 too")
+    if opts.motion_lookups and not opts.time_guides:
+        raise ValueError("motion_lookups are time guides: set time_guides too")
+    timed = max(opts.span_weight, opts.motion_weight, opts.place_weight) > 0
+    if (timed or opts.time_guides) and not opts.source_size:
+        raise ValueError("the span's guides and heads need source_size (width, height of the source videos)")
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32,
                                                         attn_implementation=GUIDED_ATTENTION if guided else None)
     model.train()
@@ -384,6 +420,17 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
             raise ValueError("match_weight needs source_size (width, height of the source videos)")
         match = TargetMatchHead(model.config.text_config.hidden_size, opts.match_layer, seed=opts.seed)
         groups.append({"params": match.parameters(), "weight_decay": 0.0, "lr_scale": 1.0})
+    hidden = model.config.text_config.hidden_size
+    grid = _token_grid(opts.source_size, opts.max_pixels) if opts.place_weight > 0 else (0, 0)
+    span_head = TargetMatchHead(hidden, opts.span_layer or DEFAULT_LAYER, seed=1) if opts.span_weight > 0 else None
+    motion_head = MotionHead(hidden, layer=2 if opts.motion_lookups else 1) if opts.motion_weight > 0 else None
+    place_head = PlaceHead(hidden, *grid) if opts.place_weight > 0 else None
+    #: the span's heads: (name, head, loss weight), trained on full samples only
+    span_heads = [(name, head, weight) for name, head, weight in (
+        ("span", span_head, opts.span_weight), ("motion", motion_head, opts.motion_weight),
+        ("place", place_head, opts.place_weight)) if head is not None]
+    for _, head, _ in span_heads:
+        groups.append({"params": head.parameters(), "weight_decay": 0.0, "lr_scale": 1.0})
     optimizer = torch.optim.AdamW(groups, lr=opts.lr)
     trained = [p for group in groups for p in group["params"]]
     step = 0
@@ -400,6 +447,9 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
             reading.load_state_dict(state["id_reading_head"])
         if match is not None and state.get("match_head"):
             match.load_state_dict(state["match_head"])
+        for name, head, _ in span_heads:
+            if state.get(f"{name}_head"):
+                head.load_state_dict(state[f"{name}_head"])
         step, order = state["step"], state["order"]
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -447,6 +497,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
     recent_read: list[float] = []
     recent_match: list[float] = []
     recent_guide: list[float] = []
+    recent_heads: dict[str, list[float]] = {name: [] for name, _, _ in span_heads}
     image_token = model.config.image_token_id
     answer_layer = model.config.text_config.num_hidden_layers - 1
 
@@ -482,15 +533,39 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
         return example_guides(processor.tokenizer, enc["input_ids"], enc["labels"], image_token,
                               np.concatenate(cells), answer_layer)
 
-    def forward(examples: list[dict], targets: list, batch_guides: list):
-        """The model's loss on `examples`, the match loss of their visual tokens and the guides' loss (each
-        None when not trained or nothing is supervised)."""
+    timed_cache: dict[int, dict] = {}  # training row -> its span supervision (deterministic; ≈ 40 ms each)
+
+    def time_supervision(enc: dict, index: int, row) -> dict:
+        """The span's guides and head targets of encoded full sample `enc` of training row `index` (`row`)."""
+        if not (timed or opts.time_guides):
+            return {"guides": []}
+        if index not in timed_cache:
+            width, height = row["images"][0].size
+            if place_head is not None and (height // CELL_PX, width // CELL_PX) != grid:
+                raise ValueError(f"training frames of {width}x{height} px, but max_pixels {opts.max_pixels} makes "
+                                 f"{grid} (rows, columns) of cells of the {opts.source_size} source frames")
+            timed_cache[index] = sample_time_supervision(
+                processor.tokenizer, enc, image_token, row, opts.source_size, row["images"][0].size, answer_layer,
+                guides=opts.time_guides, motion_lookups=opts.motion_lookups, track_guide=place_head is None,
+                span=span_head is not None, motion=motion_head is not None, place=place_head is not None)
+        return timed_cache[index]
+
+    def forward(examples: list[dict], targets: list, batch_guides: list, timed_targets: list[dict] | None = None):
+        """The model's loss on `examples`, the match loss of their visual tokens, the guides' loss and, with
+        `timed_targets` (full samples: per example, `time_supervision`), each span head's loss (None when not
+        trained or nothing is supervised)."""
         batch = collate(examples, pad_id)
-        output = model(**batch, output_hidden_states=match is not None, output_attentions=guided)
+        output = model(**batch, output_hidden_states=match is not None or bool(span_heads),
+                       output_attentions=guided)
         match_loss = None
         if match is not None:
             match_loss, _ = match.loss(output.hidden_states, batch["input_ids"], image_token, torch.cat(targets))
-        return output.loss, match_loss, guide_loss(output.attentions, batch_guides) if guided else None
+        head_losses = {}
+        for name, head, _ in span_heads if timed_targets else ():
+            head_losses[name], _ = head.loss(output.hidden_states, batch["input_ids"], image_token,
+                                             torch.from_numpy(np.concatenate([t[name] for t in timed_targets])))
+        return (output.loss, match_loss, guide_loss(output.attentions, batch_guides) if guided else None,
+                head_losses)
 
     def save(where: Path) -> None:
         tmp = where.with_name(where.name + ".tmp")
@@ -500,13 +575,14 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
         torch.save({"optimizer": optimizer.state_dict(), "step": step, "order": order, "rng": rng.getstate(),
                     "torch_rng": torch.get_rng_state(), "options": asdict(opts),
                     "id_reading_head": reading.state_dict() if reading else None,
-                    "match_head": match.state_dict() if match else None}, tmp / TRAINER_STATE)
+                    "match_head": match.state_dict() if match else None,
+                    **{f"{name}_head": head.state_dict() for name, head, _ in span_heads}}, tmp / TRAINER_STATE)
         shutil.rmtree(where, ignore_errors=True)
         tmp.rename(where)
 
     while step < opts.steps:
         aux_only = step < opts.aux_only_steps and questions
-        examples, targets, batch_guides = [], [], []
+        examples, targets, batch_guides, timed_targets = [], [], [], []
         if not aux_only:
             if len(order) < opts.batch_size:
                 epoch = list(range(len(train_rows)))
@@ -518,14 +594,16 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
                 completion = reference_completion(row["gt_target_id"], row["gt_start_s"], row["gt_end_s"])
                 examples.append(encode_example(processor, row, completion))
                 batch_guides.append(guides(examples[-1], i, row["gt_target_id"], range(len(row["images"]))))
+                timed_targets.append(time_supervision(examples[-1], i, row))
+                batch_guides[-1] = batch_guides[-1] + timed_targets[-1]["guides"]
                 if match is not None:
                     targets += match_targets(i, row["gt_target_id"], range(len(row["images"])))
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(opts, step) * group["lr_scale"]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.bf16):
-            loss, match_losses, guide_losses = None, [], []
+            loss, match_losses, guide_losses, head_losses = None, [], [], {}
             if examples:
-                loss, match_loss, guided_loss = forward(examples, targets, batch_guides)
+                loss, match_loss, guided_loss, head_losses = forward(examples, targets, batch_guides, timed_targets)
                 match_losses.append(match_loss)
                 guide_losses.append(guided_loss)
             aux_loss = None
@@ -536,7 +614,7 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
                 aux_targets = [t for q in picked for t in match_targets(q.row, q.target_id, [q.frame])] \
                     if match is not None else []
                 aux_guides = [guides(enc, q.row, q.target_id, [q.frame]) for enc, q in zip(aux, picked, strict=True)]
-                aux_loss, match_loss, guided_loss = forward(aux, aux_targets, aux_guides)
+                aux_loss, match_loss, guided_loss, _ = forward(aux, aux_targets, aux_guides)
                 match_losses.append(match_loss)
                 guide_losses.append(guided_loss)
             read_loss = None
@@ -545,9 +623,12 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
                 read_loss, _ = reading.loss(model, *frame_batch(processor, frames, picks, opts.source_size))
         match_losses = [m for m in match_losses if m is not None]
         guide_losses = [g for g in guide_losses if g is not None]
+        head_losses = {name: x for name, x in head_losses.items() if x is not None}
+        weights = {name: weight for name, _, weight in span_heads}
         total = sum(x for x in (loss, aux_loss, None if read_loss is None else opts.id_reading_weight * read_loss,
                                 opts.match_weight * sum(match_losses) if match_losses else None,
-                                opts.guide_weight * sum(guide_losses) if guide_losses else None) if x is not None)
+                                opts.guide_weight * sum(guide_losses) if guide_losses else None,
+                                *(weights[name] * x for name, x in head_losses.items())) if x is not None)
         total.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, opts.max_grad_norm))
         optimizer.step()
@@ -561,6 +642,8 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
             recent_read.append(float(read_loss.detach()))
         recent_match += [float(m.detach()) for m in match_losses]
         recent_guide += [float(g.detach()) for g in guide_losses]
+        for name, x in head_losses.items():
+            recent_heads[name].append(float(x.detach()))
         if step % opts.log_every == 0 or step == opts.steps:
             entry = {"step": step, "loss": sum(recent) / len(recent) if recent else None, "grad_norm": grad_norm,
                      "lr": _learning_rate(opts, step - 1), "elapsed_s": round(time.monotonic() - started, 1)}
@@ -572,6 +655,10 @@ def train_sft(opts: SftOptions) -> dict[str, Any]:
                 entry["match_loss"] = sum(recent_match) / len(recent_match)
             if recent_guide:
                 entry["guide_loss"] = sum(recent_guide) / len(recent_guide)
+            for name, values in recent_heads.items():
+                if values:
+                    entry[f"{name}_loss"] = sum(values) / len(values)
+                    values.clear()
             recent, recent_aux, recent_read, recent_match, recent_guide = [], [], [], [], []
             if heldout_rows is not None and (step % opts.eval_every == 0 or step == opts.steps):
                 scores = greedy_scores(model, processor, heldout_rows, max_new_tokens=opts.max_new_tokens)

@@ -55,12 +55,10 @@ from stvg_train.binding import (
     answer_id_digits,
     guide_loss,
     guide_masses,
-    motion_targets,
     place_targets,
     sample_guides,
-    span_cells,
+    sample_time_supervision,
     target_cells,
-    time_guides,
     track_cells,
     unsupervised,
 )
@@ -386,19 +384,12 @@ def main(argv: list[str] | None = None) -> None:
             if match is not None:
                 enc["match"] = torch.from_numpy(np.concatenate(
                     [t.get(row["gt_target_id"], nowhere) for t in tracks]).astype(np.float32))
-            if args.time_guides:
-                enc["guides"] += time_guides(processor.tokenizer, enc["input_ids"], enc["labels"], image_token, tracks,
-                                             row["gt_target_id"], row["timestamps_s"], row["gt_start_s"],
-                                             row["gt_end_s"], answer_layer, args.motion_lookups,
-                                             track_guide=place is None)
-            if span is not None:
-                enc["span"] = torch.from_numpy(span_cells([t.get(row["gt_target_id"], nowhere) for t in tracks],
-                                                          row["timestamps_s"], row["gt_start_s"], row["gt_end_s"]))
-            if place is not None:
-                enc["place"] = torch.from_numpy(place_targets(len(tracks), *grid))
-            if motion is not None:
-                enc["motion"] = torch.from_numpy(motion_targets(row["frame_track_ids"], row["frame_track_boxes"], tracks,
-                                                                cells_per_frame))
+            timed = sample_time_supervision(
+                processor.tokenizer, enc, image_token, row, source_size, (width, height), answer_layer,
+                guides=args.time_guides, motion_lookups=args.motion_lookups, track_guide=place is None,
+                span=span is not None, motion=motion is not None, place=place is not None, frame_tracks=tracks)
+            enc["guides"] = enc.get("guides", []) + timed.pop("guides")
+            enc.update({name: torch.from_numpy(targets) for name, targets in timed.items()})
         return enc
 
     def batch_of(examples: list[dict]) -> dict:

@@ -181,26 +181,43 @@ def test_small_tokenizer_round_trips_captions_and_answers(small_model):
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") != tokenizer.unk_token_id
 
 
-def test_small_models_rotary_phases_tell_the_rows_and_columns_of_a_frame_apart(small_model):
-    """Neither tower has absolute position embeddings: a visual token's row and column reach the language
-    model only as M-RoPE phases. The small model's rotary base and sections must make them visible (at the
-    7B's base 1e6 with sections [12, 10, 10], columns 0 and 7 differ by 0.01 %)."""
-    from transformers import AutoConfig
+def _rotary_angles(config, positions):
+    """Per rotary pair, the angle by which M-RoPE turns a query at each (t, h, w) column of `positions`."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRotaryEmbedding, apply_rotary_pos_emb
+
+    head_dim = config.hidden_size // config.num_attention_heads
+    n = positions.shape[1]
+    cos, sin = Qwen2_5_VLRotaryEmbedding(config)(torch.zeros(1, n, head_dim), positions[:, None, :])
+    query = torch.cat([torch.ones(head_dim // 2), torch.zeros(head_dim // 2)]).expand(1, 1, n, head_dim)
+    rotated, _ = apply_rotary_pos_emb(query, query, cos, sin)
+    return torch.atan2(rotated[0, 0, :, head_dim // 2:], rotated[0, 0, :, : head_dim // 2])  # (n, pairs)
+
+
+def _turn(angles, reference):
+    """|angle - reference angle|, wrapped to [0, pi]."""
+    return torch.remainder(angles - reference + torch.pi, 2 * torch.pi).sub(torch.pi).abs()
+
+
+def test_small_models_rotary_shows_rows_and_columns_and_keeps_slow_pairs_for_long_lookups(small_model):
+    """Neither tower has absolute position embeddings: a visual token's row and column reach the language
+    model only as M-RoPE phases, so some pair must turn by a radian across a frame's rows and columns (at the
+    7B's base 1e6 with sections [12, 10, 10] the columns turn 0.0005 rad). And a lookup by content over a
+    whole sample (a visual token finding the caption's colour word, an answer digit its ID's cells) needs
+    pairs that hardly turn over 1000 tokens (at base 10 none do)."""
+    from transformers import AutoConfig
 
     out, _ = small_model
     config = AutoConfig.from_pretrained(out).text_config
     rows, columns, start = 6, 8, 100  # the recipe's 224x168 frame: 6 x 8 merged cells, after some text
     row, column = torch.meshgrid(torch.arange(rows), torch.arange(columns), indexing="ij")
-    positions = torch.stack([torch.full((rows * columns,), start), start + row.flatten(), start + column.flatten()])
-    head_dim = config.hidden_size // config.num_attention_heads
-    cos, sin = Qwen2_5_VLRotaryEmbedding(config)(torch.zeros(1, rows * columns, head_dim), positions[:, None, :])
-    query = torch.randn(head_dim, generator=torch.Generator().manual_seed(0))
-    rotated, _ = apply_rotary_pos_emb(query.expand(1, 1, rows * columns, head_dim),
-                                      query.expand(1, 1, rows * columns, head_dim), cos, sin)
-    grid = rotated[0, 0].view(rows, columns, head_dim)
-    assert float((grid[-1] - grid[0]).norm(dim=-1).mean() / query.norm()) > 0.3
-    assert float((grid[:, -1] - grid[:, 0]).norm(dim=-1).mean() / query.norm()) > 0.3
+    cells = torch.stack([torch.full((rows * columns,), start), start + row.flatten(), start + column.flatten()])
+    grid = _rotary_angles(config, cells).view(rows, columns, -1)
+    assert float(_turn(grid[-1, 0], grid[0, 0]).max()) > 1.0
+    assert float(_turn(grid[0, -1], grid[0, 0]).max()) > 1.0
+    text = torch.arange(1001).expand(3, -1)  # text tokens: t = h = w = position
+    angles = _rotary_angles(config, text)
+    slow_pairs = (_turn(angles, angles[0]).max(dim=0).values < 0.3).sum()
+    assert int(slow_pairs) >= 2
 
 
 def test_encode_example_labels_only_the_completion(small_model):

@@ -14,14 +14,17 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 #: Text decoder and vision tower shapes (FEASIBILITY: ≈ 60 ms per sample per step on 2 CPU threads).
-#: The rotary base and M-RoPE sections let the language model see where a visual token is: neither tower
-#: has absolute position embeddings, so a token's row and column reach it only as rotary phases, and M-RoPE
-#: gives the columns the lowest frequencies. At the 7B's base (1e6) with sections [12, 10, 10], a query
-#: rotated at column 7 differs from column 0 by 0.01 % (rows 0 and 5: 0.7 %), and a place head stayed at
-#: chance; at base 10 with [8, 12, 12], by 63 % (78 %), and the place is learnt (docs/training.md).
+#: The rotary base and M-RoPE sections decide what attention can see. Neither tower has absolute position
+#: embeddings, so a visual token's row and column reach the language model only as rotary phases, and M-RoPE
+#: gives the rows the next-highest frequencies after time and the columns the lowest. At the 7B's base (1e6)
+#: with sections [12, 10, 10] the fastest column frequency turns 0.0005 rad across a frame's 8 columns, and a
+#: place head found no column. At base 10 with [8, 12, 12] it did, but no pair turns slowly any more (the
+#: slowest 0.1 rad per token), and lookups by content across a sample (visual tokens to the caption's colour
+#: word) came later. Base 1e4 with [2, 3, 27] has both: rows at 0.56 and columns at 0.24 rad per step, three
+#: pairs that turn under 0.3 rad over 1000 tokens; columns and lookups learnt sooner (docs/training.md).
 SMALL_SHAPES = {
     "text": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "mrope_section": [8, 12, 12], "rope_theta": 10.0},
+             "num_key_value_heads": 2, "mrope_section": [2, 3, 27], "rope_theta": 10000.0},
     "vision": {"depth": 4, "hidden_size": 128, "intermediate_size": 384, "num_heads": 4,
                "fullatt_block_indexes": [1, 3]},
 }

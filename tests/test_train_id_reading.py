@@ -165,6 +165,9 @@ def test_attribute_loss_teaches_what_the_objects_look_like(tmp_path):
     assert after["object_attributes"] > max(0.5, before["object_attributes"])
     assert after["id_cell_attributes"] > before["id_cell_attributes"]
     assert min(after[f"object_{a}"] for a in ("colour", "shape", "size")) >= after["object_attributes"]
+    shapes = {key: value for key, value in after.items() if key.startswith("object_shape_")}
+    assert shapes and set(shapes) <= {f"object_shape_{name}" for name in attribute_classes()[1]}
+    assert min(shapes.values()) <= after["object_shape"] <= max(shapes.values())
 
 
 def test_video_frames_decodes_each_video_once():

@@ -270,7 +270,8 @@ def frame_batch(processor, rows, picks: list[tuple[int, int]], src_size: tuple[i
 
 def reading_scores(head: IdReadingHead, model, batch) -> dict[str, float]:
     """On the cells where an ID is drawn: the share read right in every place, and per place; on exercises
-    also, on the cells showing an object, the share with all its attributes right and each one's share."""
+    also, on the cells showing an object, the share with all its attributes right, each one's share and, per
+    shape shown, the share whose shape is right (`object_shape_<name>`)."""
     import torch
 
     pixel_values, grid, targets = batch
@@ -294,6 +295,11 @@ def reading_scores(head: IdReadingHead, model, batch) -> dict[str, float]:
         for k, attribute in enumerate(ATTRIBUTES):  # each attribute alone, on the object cells
             right = predicted[has_object, k] == shown[has_object, k]
             scores[f"object_{attribute}"] = float(right.float().mean()) if int(has_object.sum()) else 0.0
+        shape = ATTRIBUTES.index("shape")  # the hardest attribute: its recall per shape, where one is shown
+        for name_index, name in enumerate(attribute_classes()[shape]):
+            cells = has_object & (shown[:, shape] == name_index)
+            if int(cells.sum()):
+                scores[f"object_shape_{name}"] = float((predicted[cells, shape] == name_index).float().mean())
     return scores
 
 
